@@ -1,0 +1,433 @@
+"""Timing methodology: warm-up, interleaved blocks, every sample kept, percentiles, the profiler's view beside it.
+
+The original tutorial timed each variant once with the profiler's self-CPU total. That number is not wall time
+(it sums operator self times, across threads), so we report it *beside* the wall-clock median, never instead of it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from deit_demo.errors import DeitDemoError
+
+
+def usable_cpus() -> int:
+    """CPUs this process may really use: affinity mask and cgroup v2/v1 CPU quota both honoured."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()),
+                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), Path(
+                            "/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()])):
+        try:
+            quota, period = parse(Path(path).read_text())
+            if quota not in ("max", "-1") and int(period) > 0:
+                count = min(count, max(1, int(int(quota) / int(period))))
+        except (OSError, ValueError, IndexError):
+            continue
+    return max(1, count)
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on, so results from different machines can be compared."""
+    flags: set[str] = set()
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model.strip():
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    isa = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma", "avx_vnni"))
+    return {"cpu": model or platform.machine(), "isa": isa, "cores": os.cpu_count(), "usable_cpus": usable_cpus(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+@dataclass
+class LatencyStats:
+    """Per-call latency samples in milliseconds and the statistics a performance engineer quotes."""
+
+    samples_ms: list[float]
+    batch_size: int = 1
+
+    def _sorted(self) -> list[float]:
+        return sorted(self.samples_ms)
+
+    def percentile(self, q: float) -> float:
+        """Linear-interpolated percentile (numpy's default method), q in 0..100."""
+        data = self._sorted()
+        if not data:
+            return float("nan")
+        pos = (len(data) - 1) * q / 100
+        lo, hi = int(pos), min(int(pos) + 1, len(data) - 1)
+        return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+    @property
+    def median_ms(self) -> float:
+        return self.percentile(50)
+
+    @property
+    def p10_ms(self) -> float:
+        return self.percentile(10)
+
+    @property
+    def p90_ms(self) -> float:
+        return self.percentile(90)
+
+    @property
+    def mean_ms(self) -> float:
+        return statistics.fmean(self.samples_ms) if self.samples_ms else float("nan")
+
+    @property
+    def stdev_ms(self) -> float:
+        return statistics.stdev(self.samples_ms) if len(self.samples_ms) > 1 else 0.0
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.percentile(75) - self.percentile(25)
+
+    @property
+    def throughput_ips(self) -> float:
+        """Images per second at the median."""
+        return self.batch_size * 1000.0 / self.median_ms if self.samples_ms else 0.0
+
+    def to_row(self) -> dict:
+        return {"median_ms": self.median_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms, "mean_ms": self.mean_ms,
+                "stdev_ms": self.stdev_ms, "iqr_ms": self.iqr_ms, "throughput_ips": self.throughput_ips,
+                "samples_ms": list(self.samples_ms)}
+
+    def to_markdown(self) -> str:
+        return (f"median {self.median_ms:.2f} ms (p10 {self.p10_ms:.2f}, p90 {self.p90_ms:.2f}, "
+                f"IQR {self.iqr_ms:.2f}, n={len(self.samples_ms)})")
+
+
+@dataclass
+class BenchSettings:
+    """What to time and how."""
+
+    variants: list[str] = field(default_factory=lambda: ["original"])
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    threads: int = 0  # 0: all CPUs this process may use
+    warmup: int = 3
+    runs: int = 10
+    block: int = 3  # consecutive calls per variant per round; the first of each block is dropped
+    time_budget_s: float | None = None
+    input: str = "noise"  # "noise" (fixed seed) or an image path
+    profile: bool = True
+
+    def resolved_threads(self) -> int:
+        return self.threads if self.threads > 0 else usable_cpus()
+
+
+@dataclass
+class BenchResult:
+    """One (variant, batch size) line of a benchmark; field names follow the project's result vocabulary."""
+
+    model: str
+    variant: str
+    batch_size: int
+    threads: int
+    status: str = "ok"
+    reason: str = ""
+    latency: LatencyStats | None = None
+    size_bytes: int = 0
+    profiler_self_cpu_ms: float | None = None
+    profiler_ops: list[dict] = field(default_factory=list)
+    profiler_note: str = ""
+    peak_rss_bytes: int = 0
+    weights: str = ""
+    top1_agreement: float | None = None
+    max_abs_diff: float | None = None
+
+    def to_row(self) -> dict:
+        row = {k: v for k, v in asdict(self).items() if k != "latency"}
+        row.update(self.latency.to_row() if self.latency else {})
+        return row
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by runtimes created after this point
+
+
+class RssSampler:
+    """Peak resident memory of this process while a block runs (psutil, sampled every few ms)."""
+
+    def __init__(self, interval_s: float = 0.005):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval_s = interval_s
+        self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def profile_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, top: int = 10) -> tuple[float, list]:
+    """The tutorial's number (profiler self-CPU total, ms) and the top operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
+        fn(x)
+    events = prof.key_averages()
+    total_ms = sum(e.self_cpu_time_total for e in events) / 1000.0
+    ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return total_ms, [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1000.0, "calls": e.count} for e in ops]
+
+
+ProgressFn = Callable[[str, int, int], None]
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+def time_interleaved(runners: dict[str, Runner], x: torch.Tensor, settings: BenchSettings, *,
+                     progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+                     on_round: Callable[[dict[str, list[float]]], None] | None = None,
+                     clock: Callable[[], float] = time.perf_counter) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Warm up each runner, then time them in interleaved blocks; returns samples (ms) and peak RSS per runner.
+
+    Each round runs every variant for `block` consecutive calls and keeps all but the first: switching runtime on
+    every call makes their thread pools fight, and the first call after a switch pays for it.
+    """
+    names = list(runners)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    peaks: dict[str, int] = {name: 0 for name in names}
+    kept_per_block = max(1, settings.block - 1)
+    total = settings.runs
+    with torch.inference_mode():
+        for name in names:
+            for _ in range(settings.warmup):
+                _check_cancel(cancel)
+                runners[name](x)
+        started = clock()
+        done = 0
+        while done < total:
+            if settings.time_budget_s is not None and done and clock() - started > settings.time_budget_s:
+                break
+            for name in names:
+                with RssSampler() as rss:
+                    for call in range(kept_per_block + (1 if settings.block > 1 else 0)):
+                        _check_cancel(cancel)
+                        start = clock()
+                        runners[name](x)
+                        elapsed_ms = (clock() - start) * 1000.0
+                        if settings.block > 1 and call == 0:
+                            continue
+                        if len(samples[name]) < total:
+                            samples[name].append(elapsed_ms)
+                peaks[name] = max(peaks[name], rss.peak)
+                if progress:
+                    progress(name, len(samples[name]), total)
+            done = min(len(s) for s in samples.values())
+            if on_round:
+                on_round(samples)
+    return samples, peaks
+
+
+class Cancelled(DeitDemoError):
+    """The benchmark was stopped by the user."""
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("Benchmark stopped.")
+
+
+def make_input(settings: BenchSettings, spec, batch_size: int) -> torch.Tensor:
+    """The benchmark input: a fixed-seed tensor, or an image repeated `batch_size` times."""
+    if settings.input == "noise":
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(batch_size, 3, spec.input_size, spec.input_size, generator=generator)
+    from deit_demo.images import load_image, preprocess
+
+    return preprocess(load_image(settings.input), spec).repeat(batch_size, 1, 1, 1)
+
+
+def reduction_table(results: list[BenchResult]) -> list[dict]:
+    """The tutorial's table (Model, Inference Time, Reduction) plus size and size reduction vs the original."""
+    base = next((r for r in results if r.variant == "original" and r.latency), None)
+    rows = []
+    for r in results:
+        if not r.latency:
+            rows.append({"Model": r.variant, "batch": r.batch_size, "Inference Time": r.status,
+                         "Reduction": "", "Size": "", "Size Reduction": "", "reason": r.reason})
+            continue
+        time_red = size_red = ""
+        if base and base.batch_size == r.batch_size:
+            time_red = f"{round(100 * (1 - r.latency.median_ms / base.latency.median_ms)) + 0:d}%"
+        elif base:
+            same_batch = next((b for b in results if b.variant == "original" and b.batch_size == r.batch_size
+                               and b.latency), None)
+            if same_batch:
+                time_red = f"{(1 - r.latency.median_ms / same_batch.latency.median_ms):.0%}"
+        if base and base.size_bytes and r.size_bytes:
+            size_red = f"{round(100 * (1 - r.size_bytes / base.size_bytes)) + 0:d}%"
+        rows.append({"Model": r.variant, "batch": r.batch_size, "Inference Time": f"{r.latency.median_ms:.2f}ms",
+                     "Reduction": time_red, "Size": f"{r.size_bytes / 1e6:.1f} MB" if r.size_bytes else "",
+                     "Size Reduction": size_red, "reason": ""})
+    return rows
+
+
+def to_markdown(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A GitHub-flavoured Markdown table from dict rows."""
+    if not rows:
+        return "_no results_"
+    columns = columns or list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def save_json(path: Path | str, model: str, results: list[BenchResult], extra: dict | None = None) -> None:
+    payload = {"model": model, "machine": machine_info(), "rows": [r.to_row() for r in results], **(extra or {})}
+    text = json.dumps(payload, indent=2, default=str)
+    if str(path) == "-":
+        print(text)
+    else:
+        Path(path).write_text(text)
+
+
+def load_json(path: Path | str) -> tuple[dict, list[BenchResult]]:
+    """Read back a saved benchmark: the payload and its rows as BenchResult objects."""
+    payload = json.loads(Path(path).read_text())
+    results = []
+    for row in payload["rows"]:
+        row = dict(row)
+        samples = row.pop("samples_ms", None)
+        for key in ("median_ms", "p10_ms", "p90_ms", "mean_ms", "stdev_ms", "iqr_ms", "throughput_ips"):
+            row.pop(key, None)
+        result = BenchResult(**row)
+        if samples is not None:
+            result.latency = LatencyStats(samples, batch_size=result.batch_size)
+        results.append(result)
+    return payload, results
+
+
+CSV_FIELDS = ["model", "variant", "batch_size", "threads", "status", "reason", "median_ms", "p10_ms", "p90_ms",
+              "mean_ms", "stdev_ms", "iqr_ms", "throughput_ips", "size_bytes", "profiler_self_cpu_ms",
+              "peak_rss_bytes", "weights", "top1_agreement", "max_abs_diff", "samples_ms"]
+
+
+def save_csv(path: Path | str, results: list[BenchResult]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for result in results:
+            row = result.to_row()
+            row["samples_ms"] = " ".join(f"{s:.4f}" for s in row.get("samples_ms", []))
+            writer.writerow(row)
+
+
+def load_csv(path: Path | str) -> list[dict]:
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["samples_ms"] = [float(s) for s in row["samples_ms"].split()] if row.get("samples_ms") else []
+    return rows
+
+
+UpdateFn = Callable[[list[BenchResult]], None]
+
+
+def run_benchmark(loaded, settings: BenchSettings, store, *, progress: ProgressFn | None = None,
+                  cancel: threading.Event | None = None, on_update: UpdateFn | None = None) -> list[BenchResult]:
+    """Convert (or reuse) each variant, then time all of them interleaved, batch size by batch size.
+
+    `on_update` receives the results so far after every round, so a UI can redraw its charts while it runs.
+    """
+    from deit_demo.variants import convert_variant, get_variant, load_verified, parse_variant_keys
+
+    threads = settings.resolved_threads()
+    set_threads(threads)
+    keys = parse_variant_keys(settings.variants)
+    common = {"model": loaded.spec.key, "threads": threads, "weights": loaded.weights}
+    runners, sizes, failed = {}, {}, {}
+    for i, key in enumerate(keys):
+        _check_cancel(cancel)
+        if progress:
+            progress(key, 0, settings.runs)
+        variant = get_variant(key)
+        ok, reason = variant.available()
+        if not ok:
+            failed[key] = ("unavailable", reason)
+            continue
+        try:
+            artifact, _ = convert_variant(variant, loaded, store)
+            runners[key] = load_verified(variant, artifact, store)
+            sizes[key] = artifact.size_bytes
+        except Exception as err:  # one broken variant never stops the others
+            failed[key] = ("failed", f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}")
+    results: list[BenchResult] = []
+    for batch_size in settings.batch_sizes:
+        x = make_input(settings, loaded.spec, batch_size)
+        with torch.inference_mode():
+            reference = loaded.model(x).float()
+        batch_results = {key: BenchResult(batch_size=batch_size, variant=key, size_bytes=sizes[key], **common)
+                         for key in runners}
+        for key, runner in runners.items():
+            try:
+                with torch.inference_mode():
+                    got = runner(x).float().reshape(reference.shape)
+                batch_results[key].top1_agreement = float((got.argmax(-1) == reference.argmax(-1)).float().mean())
+                batch_results[key].max_abs_diff = float((got - reference).abs().max())
+            except Exception as err:
+                batch_results[key].status, batch_results[key].reason = "failed", f"{type(err).__name__}: {err}"
+        live = {k: runners[k] for k in runners if batch_results[k].status == "ok"}
+
+        def publish(samples: dict[str, list[float]]) -> None:
+            for key, values in samples.items():
+                batch_results[key].latency = LatencyStats(list(values), batch_size=batch_size)
+            if on_update:
+                on_update(results + list(batch_results.values()))
+
+        samples, peaks = time_interleaved(live, x, settings, progress=progress, cancel=cancel, on_round=publish)
+        publish(samples)
+        for key, runner in live.items():
+            result = batch_results[key]
+            result.peak_rss_bytes = peaks[key]
+            if settings.profile and getattr(runner, "profiler_visible", True):
+                result.profiler_self_cpu_ms, result.profiler_ops = profile_once(runner, x)
+                result.profiler_note = "self-CPU total sums operator self times over threads; it is not wall time"
+            elif settings.profile:
+                result.profiler_note = ("torch.profiler cannot see inside this runtime; its operators run outside "
+                                        "PyTorch, so no self-CPU figure is shown")
+        results.extend(batch_results.values())
+    for key, (status, reason) in failed.items():
+        results.append(BenchResult(variant=key, batch_size=settings.batch_sizes[0], status=status, reason=reason,
+                                   **common))
+    if on_update:
+        on_update(results)
+    return results

@@ -1,0 +1,100 @@
+"""Top-k predictions, with the class-token and distillation-token heads of distilled DeiTs kept apart."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from deit_demo.images import ImageSource, load_image, preprocess
+from deit_demo.models import LoadedModel
+
+HEAD_TITLES = {"logits": "Prediction", "class": "Class token head", "distillation": "Distillation token head",
+               "average": "Average (what DeiT reports)"}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    prob: float
+
+
+@dataclass
+class ClassifyResult:
+    """Top-k per head (``logits`` for plain models; ``class``/``distillation``/``average`` for distilled ones)."""
+
+    model: str
+    weights: str
+    variant: str
+    heads: dict[str, list[Prediction]]
+    elapsed_ms: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def top1(self) -> Prediction:
+        return self.heads["average" if "average" in self.heads else "logits"][0]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        lines = [f"**{self.model}** ({self.variant}, weights: {self.weights}) in {self.elapsed_ms:.1f} ms", ""]
+        for head, preds in self.heads.items():
+            lines += [f"{HEAD_TITLES.get(head, head)}:", "", "| # | label | probability |", "|---|---|---|"]
+            lines += [f"| {i + 1} | {p.label} | {p.prob:.2%} |" for i, p in enumerate(preds)]
+            lines.append("")
+        return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_labels() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names, offline from timm's bundled metadata."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return tuple(info.index_to_description(i).split(",")[0] for i in range(info.num_classes()))
+
+
+def labels_for(loaded: LoadedModel) -> tuple[str, ...]:
+    labels = imagenet_labels()
+    if loaded.spec.num_classes != len(labels):
+        return tuple(f"class {i}" for i in range(loaded.spec.num_classes))
+    return labels
+
+
+def forward_heads(model: torch.nn.Module, x: torch.Tensor, *, distilled: bool) -> dict[str, torch.Tensor]:
+    """Logits per head. Distilled DeiTs average their two heads in eval mode; here both are kept apart."""
+    if not distilled:
+        return {"logits": model(x)}
+    tokens = model.forward_features(x)
+    cls_logits = model.head(tokens[:, 0])
+    dist_logits = model.head_dist(tokens[:, 1])
+    return {"class": cls_logits, "distillation": dist_logits, "average": (cls_logits + dist_logits) / 2}
+
+
+def top_k(logits: torch.Tensor, labels: tuple[str, ...], k: int = 5) -> list[Prediction]:
+    probs = torch.softmax(logits.float().reshape(-1), dim=0)
+    values, indices = probs.topk(min(k, probs.numel()))
+    return [Prediction(int(i), labels[int(i)], float(v)) for v, i in zip(values, indices)]
+
+
+def classify(loaded: LoadedModel, source: ImageSource, *, k: int = 5,
+             runner: Callable[[torch.Tensor], torch.Tensor] | None = None, variant: str = "original") -> ClassifyResult:
+    """Classify one image. `runner` replaces the eager model (a converted variant): it yields one averaged head."""
+    image = load_image(source)
+    x = preprocess(image, loaded.spec)
+    labels = labels_for(loaded)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        if runner is None:
+            heads = forward_heads(loaded.model, x, distilled=loaded.spec.distilled)
+        else:
+            heads = {"logits": runner(x)}
+    elapsed_ms = (time.perf_counter() - start) * 1e3
+    return ClassifyResult(model=loaded.spec.key, weights=loaded.weights, variant=variant,
+                          heads={name: top_k(logits[0], labels, k) for name, logits in heads.items()},
+                          elapsed_ms=elapsed_ms)

@@ -1,0 +1,224 @@
+"""The DeiT model catalog and the one way to load a model with its weights.
+
+Weights come from exactly one explicit source, reported back to the caller:
+  * ``hub``: timm + the Hugging Face hub cache (honours HF_HOME and HF_HUB_OFFLINE);
+  * a checkpoint path: a ``.safetensors`` file, or an official DeiT ``.pth`` (state dict under ``"model"``),
+    read with ``weights_only=True``;
+  * ``random``: seeded random initialisation, for offline demos and tests (labels are then meaningless).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deit_demo.errors import DeitDemoError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One catalog entry. `params` and `top1` are the published figures (timm model cards, DeiT papers)."""
+
+    key: str
+    timm_name: str
+    tag: str
+    label: str
+    params: int
+    input_size: int
+    distilled: bool
+    top1: float
+    family: str = "DeiT"
+    crop_pct: float = 0.875  # DeiT evaluates 224 models at resize 256 -> crop 224
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    num_classes: int = 1000
+
+    @property
+    def hub_name(self) -> str:
+        """timm's pretrained name, e.g. ``deit_base_patch16_224.fb_in1k``."""
+        return f"{self.timm_name}.{self.tag}"
+
+    @property
+    def hf_repo(self) -> str:
+        return f"timm/{self.hub_name}"
+
+    @property
+    def resize_size(self) -> int:
+        return int(self.input_size / self.crop_pct)
+
+
+def _deit(key: str, timm_name: str, label: str, params: int, top1: float, *, size: int = 224,
+          distilled: bool = False, family: str = "DeiT") -> ModelSpec:
+    return ModelSpec(key=key, timm_name=timm_name, tag="fb_in1k", label=label, params=params, input_size=size,
+                     distilled=distilled, top1=top1, family=family, crop_pct=0.875 if size == 224 else 1.0)
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.key: spec
+    for spec in [
+        _deit("deit_tiny", "deit_tiny_patch16_224", "DeiT-Ti", 5_717_416, 72.2),
+        _deit("deit_small", "deit_small_patch16_224", "DeiT-S", 22_050_664, 79.9),
+        _deit("deit_base", "deit_base_patch16_224", "DeiT-B", 86_567_656, 81.8),
+        _deit("deit_base_384", "deit_base_patch16_384", "DeiT-B 384", 86_859_496, 83.1, size=384),
+        _deit("deit_tiny_distilled", "deit_tiny_distilled_patch16_224", "DeiT-Ti ⚗", 5_910_800, 74.5, distilled=True),
+        _deit("deit_small_distilled", "deit_small_distilled_patch16_224", "DeiT-S ⚗", 22_436_432, 81.2,
+              distilled=True),
+        _deit("deit_base_distilled", "deit_base_distilled_patch16_224", "DeiT-B ⚗", 87_338_192, 83.4, distilled=True),
+        _deit("deit_base_distilled_384", "deit_base_distilled_patch16_384", "DeiT-B ⚗ 384", 87_630_032, 85.2,
+              size=384, distilled=True),
+        _deit("deit3_small", "deit3_small_patch16_224", "DeiT III-S", 22_059_496, 81.4, family="DeiT III"),
+        _deit("deit3_medium", "deit3_medium_patch16_224", "DeiT III-M", 38_849_512, 83.0, family="DeiT III"),
+        _deit("deit3_base", "deit3_base_patch16_224", "DeiT III-B", 86_585_320, 83.8, family="DeiT III"),
+    ]
+}
+DEFAULT_MODEL = "deit_base"
+
+
+def get_spec(key: str) -> ModelSpec:
+    """The catalog entry for `key`, or a project error listing the valid keys."""
+    try:
+        return MODELS[key]
+    except KeyError:
+        raise DeitDemoError(f"Unknown model {key!r}. Choose one of: {', '.join(MODELS)}.") from None
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode plus where its weights came from.
+
+    `weights` is what the UI and result rows show (``hub`` / ``checkpoint:<name>`` / ``random``); `weights_id` is a
+    fingerprint of the actual tensors, so converted artifacts are keyed by the weights they were made from.
+    """
+
+    spec: ModelSpec
+    model: nn.Module
+    weights: str
+    weights_id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.weights_id:
+            self.weights_id = fingerprint(self.model)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A short sha256 over the state dict's names, shapes and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def create_model(spec: ModelSpec, *, pretrained: bool = False) -> nn.Module:
+    """Build the timm architecture for `spec`; ``pretrained=True`` goes through timm's hub loading."""
+    import timm
+
+    name = spec.hub_name if pretrained else spec.timm_name
+    return timm.create_model(name, pretrained=pretrained, num_classes=spec.num_classes)
+
+
+HUB_HELP = (
+    "Pretrained weights for {name} could not be loaded from the Hugging Face hub ({why}). "
+    "Either use --weights random (labels will be meaningless), pass a checkpoint path (--weights PATH.safetensors "
+    "or an official DeiT .pth), or pre-fill the cache on a machine with network: "
+    "`hf download {repo}` (copy HF_HOME/hub across and set HF_HUB_OFFLINE=1)."
+)
+
+
+def _load_hub(spec: ModelSpec) -> nn.Module:
+    try:
+        return create_model(spec, pretrained=True)
+    except Exception as err:  # huggingface_hub / requests / OSError: all mean "not reachable or not cached"
+        why = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'no detail'}"
+        raise DeitDemoError(HUB_HELP.format(name=spec.hub_name, why=why, repo=spec.hf_repo)) from err
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or an official ``.pth`` (``{"model": state_dict}``), never unpickling code."""
+    if not path.is_file():
+        raise DeitDemoError(f"Checkpoint {path} does not exist or is not a file.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise DeitDemoError(f"Could not read checkpoint {path.name}: {err}. Expected .safetensors or a DeiT .pth "
+                            "saved as plain tensors.") from err
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DeitDemoError(f"Checkpoint {path.name} does not hold a state dict of tensors.")
+    return state
+
+
+def _load_checkpoint(spec: ModelSpec, path: Path) -> nn.Module:
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    model = create_model(spec)
+    state = checkpoint_filter_fn(read_checkpoint(path), model)  # adapts official DeiT key names / pos-embed sizes
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise DeitDemoError(
+            f"Checkpoint {path.name} does not fit {spec.key} ({spec.timm_name}): missing {len(missing)} keys "
+            f"(e.g. {missing[:3]}), unexpected {len(unexpected)} (e.g. {unexpected[:3]}). Pick the matching --model."
+        )
+    return model
+
+
+def _load_random(spec: ModelSpec) -> nn.Module:
+    # Seeded so every process (CLI, app, tests) gets the same random model and artifacts can be reused.
+    with torch.random.fork_rng():
+        torch.manual_seed(RANDOM_SEED)
+        return create_model(spec)
+
+
+def load_model(key: str, weights: str | Path = "hub") -> LoadedModel:
+    """Build `key` with weights from ``"hub"``, ``"random"`` or a checkpoint path; eval mode, grads off."""
+    spec = get_spec(key)
+    if weights == "hub":
+        model, source = _load_hub(spec), "hub"
+    elif weights == "random":
+        model, source = _load_random(spec), "random"
+    else:
+        path = Path(weights).expanduser()
+        model, source = _load_checkpoint(spec, path), f"checkpoint:{path.name}"
+    model.eval().requires_grad_(False)
+    return LoadedModel(spec=spec, model=model, weights=source)
+
+
+class ModelCache:
+    """A small bounded LRU of loaded models, safe to share between server threads."""
+
+    def __init__(self, max_models: int = 2):
+        self.max_models = max_models
+        self._items: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, weights: str | Path = "hub") -> LoadedModel:
+        cache_key = (key, str(weights))
+        with self._lock:
+            if cache_key in self._items:
+                self._items.move_to_end(cache_key)
+                return self._items[cache_key]
+            loaded = load_model(key, weights)
+            self._items[cache_key] = loaded
+            while len(self._items) > self.max_models:
+                self._items.popitem(last=False)
+            return loaded
+
+    def __len__(self) -> int:
+        return len(self._items)
