@@ -269,27 +269,24 @@ def make_input(settings: BenchSettings, spec, batch_size: int) -> torch.Tensor:
 
 def reduction_table(results: list[BenchResult]) -> list[dict]:
     """The tutorial's table (Model, Inference Time, Reduction) plus size and size reduction vs the original."""
-    base = next((r for r in results if r.variant == "original" and r.latency), None)
+    originals = {r.batch_size: r for r in results if r.variant == "original" and r.latency}
     rows = []
     for r in results:
         if not r.latency:
             rows.append({"Model": r.variant, "batch": r.batch_size, "Inference Time": r.status,
                          "Reduction": "", "Size": "", "Size Reduction": "", "reason": r.reason})
             continue
-        time_red = size_red = ""
-        if base and base.batch_size == r.batch_size:
-            time_red = f"{round(100 * (1 - r.latency.median_ms / base.latency.median_ms)) + 0:d}%"
-        elif base:
-            same_batch = next((b for b in results if b.variant == "original" and b.batch_size == r.batch_size
-                               and b.latency), None)
-            if same_batch:
-                time_red = f"{(1 - r.latency.median_ms / same_batch.latency.median_ms):.0%}"
-        if base and base.size_bytes and r.size_bytes:
-            size_red = f"{round(100 * (1 - r.size_bytes / base.size_bytes)) + 0:d}%"
+        base = originals.get(r.batch_size)
+        time_red = _percent(1 - r.latency.median_ms / base.latency.median_ms) if base else ""
+        size_red = _percent(1 - r.size_bytes / base.size_bytes) if base and base.size_bytes and r.size_bytes else ""
         rows.append({"Model": r.variant, "batch": r.batch_size, "Inference Time": f"{r.latency.median_ms:.2f}ms",
                      "Reduction": time_red, "Size": f"{r.size_bytes / 1e6:.1f} MB" if r.size_bytes else "",
                      "Size Reduction": size_red, "reason": ""})
     return rows
+
+
+def _percent(fraction: float) -> str:
+    return f"{round(100 * fraction) + 0:d}%"  # + 0 turns -0 into 0
 
 
 def to_markdown(rows: list[dict], columns: list[str] | None = None) -> str:

@@ -169,8 +169,12 @@ def _load_checkpoint(spec: ModelSpec, path: Path) -> nn.Module:
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     model = create_model(spec)
-    state = checkpoint_filter_fn(read_checkpoint(path), model)  # adapts official DeiT key names / pos-embed sizes
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        state = checkpoint_filter_fn(read_checkpoint(path), model)  # adapts official DeiT key names / pos-embed
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches: a checkpoint of another size
+        raise DeitDemoError(f"Checkpoint {path.name} does not fit {spec.key} ({spec.timm_name}): "
+                            f"{str(err).splitlines()[-1].strip()[:200]}. Pick the matching --model.") from None
     if missing or unexpected:
         raise DeitDemoError(
             f"Checkpoint {path.name} does not fit {spec.key} ({spec.timm_name}): missing {len(missing)} keys "

@@ -33,6 +33,7 @@ def tutorial_apis():
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated", category=FutureWarning)
         warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"Lite Interpreter is deprecated")
         yield
 
 

@@ -1,0 +1,66 @@
+"""Shared fixtures and the network safety net: any connection outside loopback fails the test at once."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+class ForbiddenConnection(AssertionError):
+    pass
+
+
+def _allowed(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX
+        return True
+    host = address[0]
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _guarded_connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _allowed(address):
+        raise ForbiddenConnection(f"test tried to connect outside loopback: {address!r}")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _allowed(address):
+        raise ForbiddenConnection(f"test tried to connect outside loopback: {address!r}")
+    return _real_connect_ex(self, address)
+
+
+socket.socket.connect = _guarded_connect
+socket.socket.connect_ex = _guarded_connect_ex
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.getbasetemp() / "deit_home"
+    monkeypatch.setenv("DEIT_DEMO_HOME", str(home))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from deit_demo.models import load_model
+
+    return load_model("deit_tiny", "random")
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    from deit_demo.artifacts import ArtifactStore
+
+    return ArtifactStore(tmp_path_factory.mktemp("store"))

@@ -1,0 +1,76 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, env_extra=None, timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "deit_demo", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=timeout)
+
+
+def test_models_lists_the_catalog():
+    out = run_cli("models")
+    assert out.returncode == 0
+    assert "deit_base_patch16_224.fb_in1k" in out.stdout and "deit_base_distilled_patch16_384" in out.stdout
+
+
+def test_classify_random_prints_a_table_and_json(tmp_path):
+    out = run_cli("classify", "assets/chelsea_cat.jpg", "--model", "deit_tiny", "--weights", "random",
+                  "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    assert "weights: random" in out.stdout and "meaningless" in out.stdout
+    assert "| # | label | class | probability |" in out.stdout
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["weights"] == "random" and len(data["heads"]["logits"]) == 5
+
+
+def test_classify_distilled_shows_both_heads():
+    out = run_cli("classify", "assets/coffee.jpg", "--model", "deit_tiny_distilled", "--weights", "random",
+                  "--top", "3")
+    assert out.returncode == 0, out.stderr
+    for title in ("Class token head", "Distillation token head", "Average"):
+        assert title in out.stdout
+
+
+def test_classify_hub_offline_gives_the_actionable_message(tmp_path):
+    out = run_cli("classify", "assets/chelsea_cat.jpg", "--model", "deit_tiny",
+                  env_extra={"HF_HOME": str(tmp_path / "empty-hf")})
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "--weights random" in out.stderr and "hf download timm/deit_tiny_patch16_224.fb_in1k" in out.stderr
+
+
+def test_classify_bad_input_is_one_readable_line(tmp_path):
+    (tmp_path / "fake.jpg").write_text("not an image")
+    out = run_cli("classify", str(tmp_path / "fake.jpg"), "--model", "deit_tiny", "--weights", "random")
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+    out = run_cli("classify", "http://169.254.169.254/x.jpg", "--model", "deit_tiny", "--weights", "random")
+    assert out.returncode == 2 and "link-local" in out.stderr
+
+
+@pytest.mark.slow
+def test_convert_and_bench_cli(tmp_path):
+    out = run_cli("convert", "--model", "deit_tiny", "--weights", "random", "--variants", "all",
+                  "--out", str(tmp_path / "store"), "--json", str(tmp_path / "c.json"))
+    assert out.returncode == 0, out.stderr
+    header = out.stdout.splitlines()[0]
+    assert header.startswith("| variant | file | size MB | % of original | seconds | top-1 agreement")
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert {r["variant"] for r in data["rows"]} == set(__import__("deit_demo.variants").variants.VARIANTS)
+    assert "note: torch.jit is deprecated" in out.stdout
+    out = run_cli("bench", "--model", "deit_tiny", "--weights", "random", "--variants", "original,scripted_int8",
+                  "--runs", "4", "--warmup", "1", "--threads", "1", "--batch", "1,2", "--out", str(tmp_path / "store"),
+                  "--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv"), "--html", str(tmp_path / "b.html"))
+    assert out.returncode == 0, out.stderr
+    assert "| Model | batch | Inference Time | Reduction | Size | Size Reduction |" in out.stdout
+    assert "not wall time" in out.stdout
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert len(rows) == 4 and all(len(r["samples_ms"]) == 4 for r in rows)
+    assert (tmp_path / "b.html").stat().st_size > 100_000 and (tmp_path / "b.csv").exists()

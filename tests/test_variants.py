@@ -1,0 +1,167 @@
+import json
+import multiprocessing
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from deit_demo import DeitDemoError
+from deit_demo.artifacts import MANIFEST, ArtifactStore
+from deit_demo.variants import (VARIANTS, check_inputs, compare_answers, convert_variant, get_variant, load_verified,
+                                run_conversion, run_inputs)
+
+INT8_KEYS = {"scripted_int8", "mobile_optimized", "lite"}
+
+
+@pytest.fixture(scope="module")
+def rows(tiny, store):
+    return {r.variant: r for r in run_conversion(tiny, list(VARIANTS), store)}
+
+
+@pytest.mark.parametrize("key", list(VARIANTS))
+def test_variant_converts_loads_and_agrees(key, rows, tiny, store):
+    variant = VARIANTS[key]
+    row = rows[key]
+    assert variant.title and variant.description and variant.family
+    ok, reason = variant.available()
+    if not ok:
+        assert row.status == "unavailable" and len(reason) > 40 and row.reason == reason
+        return
+    assert row.status == "ok", row.reason
+    assert row.size_bytes > 1_000_000 and len(row.sha256) == 64 and row.convert_s >= 0
+    assert os.path.isfile(row.path)
+    if key in INT8_KEYS:
+        # Random weights give near-flat logits, so int8 noise may flip near-ties; it must never flip a decision
+        # whose margin is larger than the int8 error itself.
+        inputs = check_inputs(tiny.spec)
+        reference = run_inputs(tiny.model, inputs)
+        artifact, reused = convert_variant(variant, tiny, store)
+        assert reused
+        got = run_inputs(load_verified(variant, artifact, store), inputs)
+        for name, ref in reference.items():
+            top2 = ref.topk(2).values[0]
+            if float(top2[0] - top2[1]) > 2 * row.max_abs_diff:
+                assert ref.argmax() == got[name].argmax(), name
+        assert row.top1_agreement >= 0.75 and row.top5_overlap >= 0.75
+        assert row.max_abs_diff < 0.5
+        assert row.size_bytes < 0.35 * rows["original"].size_bytes  # int8 weights: ~4x smaller
+    else:
+        assert row.top1_agreement == 1.0 and row.top5_overlap == 1.0
+        assert row.max_abs_diff < 1e-4
+
+
+def test_mobile_optimized_follows_this_build():
+    from deit_demo.variants.torchscript import xnnpack_enabled
+
+    ok, reason = VARIANTS["mobile_optimized"].available()
+    assert ok == xnnpack_enabled()
+    if not ok:
+        assert "XNNPACK" in reason and "executorch" in reason.lower()
+
+
+def test_lite_says_what_it_was_built_from_and_how_it_ran(rows):
+    notes = rows["lite"].notes
+    assert notes["source"] in ("mobile_optimized", "scripted_int8")
+    assert "loader" in notes
+    if "fallback" in notes["loader"]:
+        assert notes["lite_loader_error"]
+
+
+def test_deprecated_apis_carry_a_successor_note():
+    for key in ("scripted", "scripted_int8", "mobile_optimized", "lite"):
+        assert "successor" in VARIANTS[key].deprecation or "superseded" in VARIANTS[key].deprecation
+
+
+def test_answer_check_math():
+    ref = {"a": torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]), "b": torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])}
+    got = {"a": torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0, 5.5]]), "b": torch.tensor([[0.0, 4.0, 3.0, 2.0, 1.0, 5.0]])}
+    check = compare_answers(ref, got)
+    assert check.top1_agreement == 0.5
+    assert check.top5_overlap == pytest.approx((5 / 5 + 4 / 5) / 2)
+    assert check.max_abs_diff == pytest.approx(5.0)
+    assert check.top1_unchanged == {"a": True, "b": False}
+
+
+def test_one_failing_variant_does_not_stop_others(tiny, store, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated exporter crash")
+
+    monkeypatch.setattr(VARIANTS["scripted"], "export", boom)
+    store2 = ArtifactStore(store.root.parent / "store_fail")
+    rows = {r.variant: r for r in run_conversion(tiny, ["original", "scripted", "scripted_int8"], store2)}
+    assert rows["scripted"].status == "failed" and "simulated exporter crash" in rows["scripted"].reason
+    assert rows["original"].status == "ok" and rows["scripted_int8"].status == "ok"
+
+
+def test_tampered_artifact_is_refused_and_rebuilt(tiny, tmp_path):
+    store = ArtifactStore(tmp_path)
+    variant = get_variant("scripted")
+    artifact, _ = convert_variant(variant, tiny, store)
+    with open(artifact.path, "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"tampered")
+    with pytest.raises(DeitDemoError, match="sha256"):
+        load_verified(variant, artifact, store)
+    rebuilt, reused = convert_variant(variant, tiny, store)
+    assert not reused
+    load_verified(variant, rebuilt, store)
+
+
+def test_manifest_cannot_point_outside_its_folder(tiny, tmp_path):
+    store = ArtifactStore(tmp_path)
+    artifact, _ = convert_variant(get_variant("original"), tiny, store)
+    manifest = artifact.path.parent / MANIFEST
+    data = json.loads(manifest.read_text())
+    data["path"] = "../../../../etc/passwd"
+    manifest.write_text(json.dumps(data))
+    found = store.lookup(tiny.spec.key, tiny.weights_id, "original")
+    assert found is None or found.path.parent == artifact.path.parent
+
+
+def _slow_convert(root: str) -> None:
+    from deit_demo.models import load_model
+
+    loaded = load_model("deit_tiny", "random")
+    variant = get_variant("scripted")
+    original_export = variant.export
+
+    def slow_export(model, example, path):
+        original_export(model, example, path)
+        open(os.path.join(root, "exported"), "w").close()
+        time.sleep(60)  # killed here: file written, manifest not yet
+        return {}
+
+    variant.export = slow_export
+    convert_variant(variant, loaded, ArtifactStore(root))
+
+
+def test_killed_conversion_leaves_nothing_reusable(tiny, tmp_path):
+    process = multiprocessing.get_context("spawn").Process(target=_slow_convert, args=(str(tmp_path),))
+    process.start()
+    deadline = time.time() + 90
+    while not (tmp_path / "exported").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert (tmp_path / "exported").exists()
+    os.kill(process.pid, signal.SIGKILL)
+    process.join()
+    store = ArtifactStore(tmp_path)
+    assert list(tmp_path.glob(".tmp-*/*.pt"))  # the half-done work is there...
+    assert store.lookup(tiny.spec.key, tiny.weights_id, "scripted") is None  # ...but never reused
+    assert store.artifacts() == []
+
+
+def test_store_cap_evicts_least_recently_used(tiny, tmp_path):
+    store = ArtifactStore(tmp_path, cap_bytes=10**12)
+    first, _ = convert_variant(get_variant("original"), tiny, store)
+    time.sleep(0.05)
+    second, _ = convert_variant(get_variant("scripted_int8"), tiny, store)
+    time.sleep(0.05)
+    assert store.lookup(tiny.spec.key, tiny.weights_id, "original") is not None  # touch: now most recent
+    store.cap_bytes = first.size_bytes + 1_000_000
+    removed = store.evict()
+    assert [p.name for p in removed] == ["scripted_int8"]
+    assert store.total_bytes() <= store.cap_bytes
+    third, _ = convert_variant(get_variant("scripted"), tiny, store)  # newest stays even if alone over the cap
+    assert third.path.exists() and not first.path.exists()
