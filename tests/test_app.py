@@ -1,0 +1,104 @@
+"""The app driven through its API with gradio_client, launched in-process on 127.0.0.1."""
+
+import pytest
+
+gr = pytest.importorskip("gradio")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from deit_demo.ui import AppConfig, build_app, launch_kwargs  # noqa: E402
+from deit_demo.variants import example_images  # noqa: E402
+from deit_demo.variants.torchscript import xnnpack_enabled  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    config = AppConfig(model="deit_tiny", weights="hub", store_root=str(tmp_path_factory.mktemp("app_store")))
+    demo = build_app(config)
+    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                **launch_kwargs(demo.lab))
+    yield demo
+    demo.close()
+
+
+def confidences(output) -> list:
+    """A gr.Label value from a plain return or a gr.update."""
+    value = output.get("value", output) if isinstance(output, dict) else output
+    return value["confidences"]
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app.local_url, verbose=False)
+
+
+def test_no_model_loaded_before_first_request():
+    demo = build_app(AppConfig(model="deit_tiny"))
+    assert len(demo.lab.cache) == 0
+
+
+@pytest.mark.parametrize("path", example_images(), ids=lambda p: p.name)
+def test_classify_each_example_offline_falls_back_to_random_with_banner(client, path):
+    banner, timing, main, second, third = client.predict(handle_file(str(path)), "", "deit_tiny", "original",
+                                                         api_name="/classify")
+    assert "RANDOM weights" in banner and "labels meaningless" in banner
+    assert "ms" in timing
+    assert len(confidences(main)) == 5
+    assert sum(c["confidence"] for c in confidences(main)) < 1.0
+
+
+def test_classify_distilled_shows_three_heads(client):
+    out = client.predict(handle_file(str(example_images()[0])), "", "deit_tiny_distilled", "original",
+                         api_name="/classify")
+    labels = out[2:]
+    assert all(len(confidences(label)) == 5 for label in labels)
+    assert confidences(labels[0]) != confidences(labels[1])
+
+
+def test_classify_through_a_converted_variant(client):
+    out = client.predict(handle_file(str(example_images()[0])), "", "deit_tiny", "scripted", api_name="/classify")
+    assert "scripted" in out[1] and len(confidences(out[2])) == 5
+
+
+def test_bad_input_gives_readable_error_and_next_call_works(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="link-local"):
+        client.predict(None, "http://169.254.169.254/latest/meta-data/", "deit_tiny", "original", api_name="/classify")
+    with pytest.raises(AppError, match="Upload an image"):
+        client.predict(None, "", "deit_tiny", "original", api_name="/classify")
+    if not xnnpack_enabled():
+        with pytest.raises(AppError, match="unavailable here"):
+            client.predict(handle_file(str(example_images()[0])), "", "deit_tiny", "mobile_optimized",
+                           api_name="/classify")
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("this is text, not a picture")
+    with pytest.raises(AppError, match="not an image"):
+        client.predict(handle_file(str(fake)), "", "deit_tiny", "original", api_name="/classify")
+    out = client.predict(handle_file(str(example_images()[0])), "", "deit_tiny", "original", api_name="/classify")
+    assert len(confidences(out[2])) == 5
+
+
+def test_convert_tiny(client):
+    status, table, files = client.predict("deit_tiny", ["original", "scripted", "scripted_int8", "mobile_optimized"],
+                                          api_name="/convert")
+    rows = {row[0]: row for row in table["data"]}
+    assert rows["original"][1].startswith("ok") and rows["scripted"][1].startswith("ok")
+    assert float(rows["scripted"][7]) < 1e-4 and rows["scripted"][5] == "100%"
+    assert rows["mobile_optimized"][1] in ("unavailable", "ok")
+    assert any(str(f).endswith(".csv") for f in files) and any(str(f).endswith(".pt") for f in files)
+
+
+def test_short_benchmark(client):
+    out = client.predict("deit_tiny", ["original", "scripted_int8"], 3, 1, 1, "1", api_name="/benchmark")
+    status, table = out[0], out[1]
+    assert "done" in status and "| original |" in table and "| scripted_int8 |" in table
+    latency = out[2]
+    assert latency is not None
+    assert any(str(f).endswith(".html") for f in out[-1])
+
+
+def test_bad_benchmark_settings_are_refused(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Batch sizes"):
+        client.predict("deit_tiny", ["original"], 3, 1, 1, "zero", api_name="/benchmark")
