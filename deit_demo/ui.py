@@ -291,7 +291,7 @@ def build_benchmark_tab(lab: Lab) -> None:
     with gr.Row():
         reduction_plot = gr.Plot(label="Reduction", elem_id="plot-reduction")
         scatter_plot = gr.Plot(label="Size vs latency", elem_id="plot-scatter")
-    sweep_plot = gr.Plot(label="Batch sweep", visible=True)
+    sweep_plot = gr.Plot(label="Batch sweep", visible=False, elem_id="plot-sweep")
     with gr.Accordion("The profiler's view (per variant)", open=False):
         profile_md = gr.Markdown()
     files = gr.File(label="Downloads (JSON, CSV, HTML charts)", file_count="multiple", interactive=False)
@@ -302,7 +302,8 @@ def build_benchmark_tab(lab: Lab) -> None:
                                       ["Model", "batch", "Inference Time", "Reduction", "Size", "Size Reduction",
                                        "reason"]) if results else ""
         return [message, reduction, figures["latency"], figures["size"], figures["reduction"], figures["scatter"],
-                figures.get("throughput"), profiler_markdown(results)]
+                gr.update(value=figures.get("throughput"), visible="throughput" in figures),
+                profiler_markdown(results)]
 
     def on_run(model_key, variant_keys, n_runs, n_warmup, n_threads, batch_text, progress=gr.Progress()):
         try:

@@ -1,0 +1,86 @@
+"""A real browser (Debian's Chromium, driven by Playwright) walks through every tab. Screenshots land in
+test-artifacts/screenshots/."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from deit_demo.ui import AppConfig, build_app, launch_kwargs  # noqa: E402
+from deit_demo.variants import example_images  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    demo = build_app(AppConfig(model="deit_tiny", store_root=str(tmp_path_factory.mktemp("browser_store"))))
+    demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs(demo.lab))
+    yield demo.local_url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url, tmp_path_factory):
+    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed: run scripts/test.sh, which installs it")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"])
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        outside = []
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
+            (app_url.rstrip("/"), "data:", "blob:")) else None)
+        page.goto(app_url)
+        page.get_by_role("tab", name="Classify").wait_for(timeout=30_000)
+        yield page
+        assert not [u for u in outside if u.startswith("http")], f"the page reached outside loopback: {outside}"
+        browser.close()
+
+
+def test_classify_an_example(page):
+    page.get_by_role("tab", name="Classify").click()
+    page.locator("#component-0, .gallery-item, button.gallery-item").first.wait_for(timeout=10_000)
+    page.locator(".gallery-item, [data-testid='examples'] button, table.gr-samples-table td").first.click()
+    page.get_by_role("button", name="Classify").click()
+    page.locator("#weights-banner").get_by_text("RANDOM weights").wait_for(timeout=60_000)
+    page.locator("#classify-timing").get_by_text("ms for the forward pass").wait_for(timeout=10_000)
+    assert page.locator("#label-main").inner_text().count("%") >= 5
+    page.screenshot(path=str(SHOTS / "classify.png"), full_page=True)
+
+
+def test_convert_tiny(page):
+    page.get_by_role("tab", name="Convert").click()
+    page.get_by_role("button", name="Convert", exact=True).click()
+    page.locator("#convert-status").get_by_text("variants converted and checked").wait_for(timeout=180_000)
+    table = page.locator("#convert-table").inner_text()
+    assert "scripted_int8" in table and "unavailable" in table
+    page.screenshot(path=str(SHOTS / "convert.png"), full_page=True)
+
+
+def test_benchmark_draws_plotly_charts(page):
+    page.get_by_role("tab", name="Benchmark").click()
+    page.get_by_label("Timed runs").first.fill("4")
+    page.get_by_role("button", name="Run benchmark").click()
+    page.locator("#bench-status").get_by_text("done").wait_for(timeout=180_000)
+    page.locator("#plot-latency .js-plotly-plot svg.main-svg").first.wait_for(timeout=30_000)
+    bars = page.locator("#plot-latency g.point").count()
+    assert bars == 3  # original, scripted, scripted_int8
+    assert "| original |" in page.locator("#bench-table").inner_text() or "original" in page.locator(
+        "#bench-table").inner_text()
+    page.screenshot(path=str(SHOTS / "benchmark.png"), full_page=True)
+
+
+def test_about(page):
+    page.get_by_role("tab", name="About").click()
+    page.locator("#about").get_by_text("distillation token", exact=False).first.wait_for(timeout=10_000)
+    assert "hard distillation" in page.locator("#about").inner_text().lower()
+    page.screenshot(path=str(SHOTS / "about.png"), full_page=True)
