@@ -127,8 +127,8 @@ def _slow_convert(root: str) -> None:
     variant = get_variant("scripted")
     original_export = variant.export
 
-    def slow_export(model, example, path):
-        original_export(model, example, path)
+    def slow_export(model, example, path, calibration):
+        original_export(model, example, path, calibration)
         open(os.path.join(root, "exported"), "w").close()
         time.sleep(60)  # killed here: file written, manifest not yet
         return {}

@@ -46,19 +46,22 @@ class Variant:
         """Whether this build/machine can run the variant, and why not in plain words."""
         return True, ""
 
-    def export(self, model: nn.Module, example: torch.Tensor, path: Path) -> dict:
-        """Write the deployable file to `path`; return notes for the manifest."""
+    def export(self, model: nn.Module, example: torch.Tensor, path: Path, calibration: list[torch.Tensor]) -> dict:
+        """Write the deployable file to `path`; return notes for the manifest.
+
+        `calibration` holds real preprocessed images (the bundled examples) for variants that quantize activations.
+        """
         raise NotImplementedError
 
     def load(self, artifact: Artifact) -> Runner:
         raise NotImplementedError
 
     def convert(self, model: nn.Module, example: torch.Tensor, out_dir: Path, *, model_key: str = "",
-                weights_id: str = "") -> Artifact:
+                weights_id: str = "", calibration: list[torch.Tensor] | None = None) -> Artifact:
         """Export into `out_dir` and time it; size and sha256 are filled when the store commits it."""
         path = Path(out_dir) / f"{model_key or 'model'}_{self.key}{self.suffix}"
         start = time.perf_counter()
-        notes = self.export(model, example, path) or {}
+        notes = self.export(model, example, path, calibration or [example]) or {}
         artifact = Artifact(path=path, variant=self.key, model=model_key, weights_id=weights_id,
                             convert_s=time.perf_counter() - start, notes=notes)
         artifact.size_bytes = path.stat().st_size
@@ -83,6 +86,16 @@ def get_variant(key: str) -> Variant:
         return VARIANTS[key]
     except KeyError:
         raise DeitDemoError(f"Unknown variant {key!r}. Choose from: {', '.join(VARIANTS)}.") from None
+
+
+def missing_packages(*modules: str) -> tuple[bool, str]:
+    """(True, "") if every module imports here, else (False, which to install)."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        return False, f"Python package(s) {', '.join(missing)} not installed: pip install -r requirements.txt."
+    return True, ""
 
 
 def list_variants(family: str | None = None) -> list[Variant]:
@@ -184,10 +197,11 @@ def convert_variant(variant: Variant, loaded: LoadedModel, store: ArtifactStore,
     if example is None:
         example = torch.randn(1, 3, loaded.spec.input_size, loaded.spec.input_size,
                               generator=torch.Generator().manual_seed(0))
+    calibration = list(check_inputs(loaded.spec, noise=0).values())
     workdir = store.new_workdir()
     try:
         artifact = variant.convert(loaded.model, example, workdir, model_key=loaded.spec.key,
-                                   weights_id=loaded.weights_id)
+                                   weights_id=loaded.weights_id, calibration=calibration)
         return store.commit(workdir, artifact), False
     finally:
         if workdir.exists():
@@ -246,4 +260,8 @@ def size_reference(rows: list[ConversionResult]) -> int:
     return next((r.size_bytes for r in rows if r.variant == "original" and r.size_bytes), 0)
 
 
-from deit_demo.variants import torchscript  # noqa: E402,F401  (registers the classic variants)
+# Registration order is the order of tables and charts: the tutorial's pipeline first, then its successors.
+from deit_demo.variants import torchscript  # noqa: E402,F401
+from deit_demo.variants import executorch  # noqa: E402,F401
+from deit_demo.variants import onnx  # noqa: E402,F401
+from deit_demo.variants import compiled  # noqa: E402,F401

@@ -84,7 +84,7 @@ class Original(Variant):
     description = "The timm model as trained: eager PyTorch, fp32 weights saved as safetensors. The baseline."
     suffix = ".safetensors"
 
-    def export(self, model, example, path):
+    def export(self, model, example, path, calibration):
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
@@ -107,7 +107,7 @@ class Scripted(Variant):
     description = "torch.jit.script: a Python-free graph that C++ and the old mobile runtime can load."
     deprecation = JIT_DEPRECATION
 
-    def export(self, model, example, path):
+    def export(self, model, example, path, calibration):
         script(model).save(str(path))
         return {}
 
@@ -131,7 +131,7 @@ class ScriptedInt8(Variant):
                            f"(it has {', '.join(torch.backends.quantized.supported_engines)}).")
         return True, ""
 
-    def export(self, model, example, path):
+    def export(self, model, example, path, calibration):
         script(quantize_dynamic_int8(model, self.engine)).save(str(path))
         return {"engine": self.engine}
 
@@ -161,7 +161,7 @@ class MobileOptimized(Variant):
             return False, mobile_unavailable_reason()
         return True, ""
 
-    def export(self, model, example, path):
+    def export(self, model, example, path, calibration):
         from torch.utils.mobile_optimizer import optimize_for_mobile
 
         with tutorial_apis():
@@ -182,7 +182,7 @@ class Lite(Variant):
     suffix = ".ptl"
     deprecation = MOBILE_DEPRECATION
 
-    def export(self, model, example, path):
+    def export(self, model, example, path, calibration):
         if xnnpack_enabled():
             from torch.utils.mobile_optimizer import optimize_for_mobile
 

@@ -1,0 +1,122 @@
+"""Server-CPU speed: bf16 + inductor freezing, and PT2E static int8, both packaged with AOTInductor as `.pt2`.
+
+AOTInductor compiles the exported graph ahead of time into a shared library inside the `.pt2`, so there is a real,
+downloadable file and no compile at serving time. Inductor's compile cache goes under the artifact store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deit_demo.variants import Runner, Variant, missing_packages, register
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16() -> tuple[bool, str]:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16), and which."""
+    flags = cpu_flags()
+    found = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return bool(found), ", ".join(found)
+
+
+@contextlib.contextmanager
+def inductor_cache(store_root: Path):
+    """Point inductor's cache into the artifact store for the duration of a compile (not the user's home)."""
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(store_root / ".compile-cache")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+
+
+class _Bf16Io(nn.Module):
+    """Takes and returns fp32 like every other variant; computes in bf16 inside."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to(torch.bfloat16)).float()
+
+
+def package_aoti(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    exported = torch.export.export(module, (example,))
+    with inductor_cache(path.parent.parent):
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(path),
+                                                 inductor_configs={"freezing": True})
+
+
+def aoti_runner(path: Path, notes: dict | None = None) -> Runner:
+    compiled = torch._inductor.aoti_load_package(str(path))
+    return Runner(compiled, {"runtime": "AOTInductor (.pt2)", **(notes or {})})
+
+
+class _Aoti(Variant):
+    family = "modern"
+    suffix = ".pt2"
+
+    def load(self, artifact):
+        return aoti_runner(artifact.path)
+
+
+@register
+class CompiledBf16(_Aoti):
+    key = "compiled_bf16"
+    title = "Compiled bf16 (inductor, AOTInductor .pt2)"
+    description = ("bf16 weights and activations, torch.compile's inductor with freezing (constant-folded, "
+                   "oneDNN-packed weights), compiled ahead of time into a .pt2. Needs native bf16 (AMX or AVX512-BF16).")
+
+    def available(self):
+        ok, which = native_bf16()
+        if not ok:
+            return False, ("This CPU has no native bf16 (neither AMX nor AVX512-BF16 in /proc/cpuinfo), so bf16 would "
+                           "be emulated and slower than fp32. Use onnx_int8 or pt2e_int8 here.")
+        return True, ""
+
+    def export(self, model, example, path, calibration):
+        package_aoti(_Bf16Io(copy.deepcopy(model).to(torch.bfloat16)).eval(), example, path)
+        return {"bf16_isa": native_bf16()[1]}
+
+
+@register
+class Pt2eInt8(_Aoti):
+    key = "pt2e_int8"
+    title = "PT2E int8 (X86 inductor quantizer, AOTInductor .pt2)"
+    description = ("PT2E static int8 with the X86 inductor quantizer (oneDNN int8 kernels, VNNI/AMX), calibrated on "
+                   "the example images, frozen and compiled ahead of time into a .pt2.")
+
+    def available(self):
+        return missing_packages("torchao")
+
+    def export(self, model, example, path, calibration):
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        graph = torch.export.export(copy.deepcopy(model), (example,)).module()
+        quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(graph, quantizer)
+        with torch.no_grad():
+            for batch in calibration:
+                prepared(batch)
+        package_aoti(convert_pt2e(prepared), example, path)
+        return {"calibration_images": len(calibration)}

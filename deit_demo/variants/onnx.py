@@ -1,0 +1,80 @@
+"""ONNX + ONNX Runtime: the portable server path. fp32 from the dynamo exporter, int8 from ORT's dynamic quantizer."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import torch
+
+from deit_demo.variants import Runner, Variant, missing_packages, register
+
+
+def export_onnx(model, example, path) -> None:
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates every step on stdout
+        torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False,
+                          input_names=["pixels"], output_names=["logits"])
+
+
+def ort_runner(path, threads: int | None = None) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
+
+    return Runner(run, {"runtime": f"onnxruntime {ort.__version__} ({options.intra_op_num_threads} threads)"},
+                  profiler_visible=False)
+
+
+class _Onnx(Variant):
+    family = "modern"
+    suffix = ".onnx"
+
+    def available(self):
+        return missing_packages("onnx", "onnxscript", "onnxruntime")
+
+    def load(self, artifact):
+        return ort_runner(artifact.path)
+
+
+@register
+class OnnxFp32(_Onnx):
+    key = "onnx_fp32"
+    title = "ONNX Runtime fp32"
+    description = "torch.onnx.export(dynamo=True) -> .onnx, run by ONNX Runtime: portable to any ONNX runtime."
+
+    def export(self, model, example, path, calibration):
+        export_onnx(model, example, path)
+        return {}
+
+
+@register
+class OnnxInt8(_Onnx):
+    key = "onnx_int8"
+    title = "ONNX Runtime int8 (dynamic)"
+    description = ("ONNX Runtime's quantize_dynamic: int8 weights, activations quantized on the fly (the ONNX "
+                   "counterpart of the tutorial's dynamic int8).")
+
+    def export(self, model, example, path, calibration):
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        import logging
+
+        fp32 = path.with_name(path.stem + "_fp32.onnx")
+        export_onnx(model, example, fp32)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # ORT logs a pre-processing hint on the root logger at every call
+        try:
+            quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            root.setLevel(level)
+        fp32.unlink()
+        return {}
