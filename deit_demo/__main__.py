@@ -174,6 +174,26 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from deit_demo.artifacts import ArtifactStore
+    from deit_demo.evaluate import evaluate
+    from deit_demo.models import load_model
+    from deit_demo.variants import parse_variant_keys
+
+    loaded = load_model(args.model, args.weights)
+    rows = evaluate(loaded, parse_variant_keys(args.variants), ArtifactStore(args.out), args.data,
+                    progress=lambda k, i, n: _progress_bar(k, i, n))
+    base = next((r.top1 for r in rows if r.variant == "original" and r.top1 is not None), None)
+    table = [{"variant": r.variant, "status": r.status,
+              "top-1": f"{r.top1:.2%}" if r.top1 is not None else "", "top-5": f"{r.top5:.2%}" if r.top5 is not None
+              else "", "vs original (points)": f"{100 * (r.top1 - base):+.2f}" if base is not None and r.top1 is not None
+              else "", "images": r.images, "reason": r.reason[:120]} for r in rows]
+    print(f"model: {loaded.spec.key}   weights: {loaded.weights}   data: {rows[0].data if rows else '-'}")
+    print(_table(table, list(table[0])))
+    _write_json(args.json, {"model": loaded.spec.key, "weights": loaded.weights, "rows": [r.to_row() for r in rows]})
+    return 0 if all(r.status != "failed" for r in rows) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deit_demo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("convert", cmd_convert, "convert a model into deployment variants and check their answers")
     add_model(p)
     p.add_argument("--variants", default="all", help="all or a comma list of variant keys")
+    p = add("evaluate", cmd_evaluate, "top-1/top-5 accuracy of each variant on labelled data")
+    add_model(p)
+    p.set_defaults(model="deit_digits")
+    p.add_argument("--variants", default="all")
+    p.add_argument("--data", default=None, help="image folder (sub-folders = synset ids or class indices); "
+                   "default: the digits test split (deit_digits)")
     p = add("bench", cmd_bench, "benchmark variants: warm-up, interleaved timing, profiler view, charts")
     add_model(p)
     p.add_argument("--variants", default="original,scripted,scripted_int8")

@@ -60,6 +60,8 @@ def imagenet_labels() -> tuple[str, ...]:
 
 
 def labels_for(loaded: LoadedModel) -> tuple[str, ...]:
+    if loaded.spec.labels:
+        return loaded.spec.labels
     labels = imagenet_labels()
     if loaded.spec.num_classes != len(labels):
         return tuple(f"class {i}" for i in range(loaded.spec.num_classes))

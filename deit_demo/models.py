@@ -10,7 +10,9 @@ Weights come from exactly one explicit source, reported back to the caller:
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
+from collections.abc import Callable
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,9 @@ class ModelSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     num_classes: int = 1000
+    labels: tuple[str, ...] = ()  # empty: ImageNet-1k
+    bundled: str = ""  # a checkpoint shipped in this repo: what "hub" means for this model
+    builder: Callable[[], nn.Module] | None = None  # for models timm has no name for
 
     @property
     def hub_name(self) -> str:
@@ -82,6 +87,22 @@ MODELS: dict[str, ModelSpec] = {
         _deit("deit3_base", "deit3_base_patch16_224", "DeiT III-B", 86_585_320, 83.8, family="DeiT III"),
     ]
 }
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def _digits_spec() -> ModelSpec:
+    from deit_demo import train_digits
+
+    report = ASSETS / "deit_digits.json"
+    top1 = json.loads(report.read_text())["student_average"] * 100 if report.is_file() else float("nan")
+    return ModelSpec(key="deit_digits", timm_name="deit_digits_patch8_32", tag="bundled",
+                     label="DeiT-digits ⚗ (offline demo)", params=148_948, input_size=train_digits.IMG,
+                     distilled=True, top1=top1, family="trained here", crop_pct=1.0, mean=train_digits.DIGIT_MEAN,
+                     std=train_digits.DIGIT_STD, num_classes=10, labels=tuple(str(d) for d in range(10)),
+                     bundled=str(train_digits.CHECKPOINT), builder=train_digits.build_student)
+
+
+MODELS[_digits_spec().key] = _digits_spec()
 DEFAULT_MODEL = "deit_base"
 
 
@@ -123,6 +144,8 @@ def fingerprint(model: nn.Module) -> str:
 
 def create_model(spec: ModelSpec, *, pretrained: bool = False) -> nn.Module:
     """Build the timm architecture for `spec`; ``pretrained=True`` goes through timm's hub loading."""
+    if spec.builder is not None:
+        return spec.builder()
     import timm
 
     name = spec.hub_name if pretrained else spec.timm_name
@@ -193,6 +216,8 @@ def _load_random(spec: ModelSpec) -> nn.Module:
 def load_model(key: str, weights: str | Path = "hub") -> LoadedModel:
     """Build `key` with weights from ``"hub"``, ``"random"`` or a checkpoint path; eval mode, grads off."""
     spec = get_spec(key)
+    if weights == "hub" and spec.bundled:
+        weights = spec.bundled
     if weights == "hub":
         model, source = _load_hub(spec), "hub"
     elif weights == "random":

@@ -11,8 +11,8 @@ from deit_demo.variants.torchscript import xnnpack_enabled  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    config = AppConfig(model="deit_tiny", weights="hub", store_root=str(tmp_path_factory.mktemp("app_store")))
+def app(store):
+    config = AppConfig(model="deit_tiny", weights="hub", store_root=str(store.root))
     demo = build_app(config)
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
                 **launch_kwargs(demo.lab))

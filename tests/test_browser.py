@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    demo = build_app(AppConfig(model="deit_tiny", store_root=str(tmp_path_factory.mktemp("browser_store"))))
+def app_url(store):
+    demo = build_app(AppConfig(model="deit_tiny", store_root=str(store.root)))
     demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs(demo.lab))
     yield demo.local_url
     demo.close()

@@ -56,17 +56,20 @@ def test_classify_bad_input_is_one_readable_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_convert_and_bench_cli(tmp_path):
+def test_convert_and_bench_cli(tmp_path, store):
+    # The session's shared store: conversions made here are reused by the variant tests (and vice versa).
     out = run_cli("convert", "--model", "deit_tiny", "--weights", "random", "--variants", "all",
-                  "--out", str(tmp_path / "store"), "--json", str(tmp_path / "c.json"))
+                  "--out", str(store.root), "--json", str(tmp_path / "c.json"), timeout=900)
     assert out.returncode == 0, out.stderr
     header = out.stdout.splitlines()[0]
     assert header.startswith("| variant | file | size MB | % of original | seconds | top-1 agreement")
     data = json.loads((tmp_path / "c.json").read_text())
     assert {r["variant"] for r in data["rows"]} == set(__import__("deit_demo.variants").variants.VARIANTS)
     assert "note: torch.jit is deprecated" in out.stdout
+    families = {__import__("deit_demo.variants").variants.VARIANTS[r["variant"]].family for r in data["rows"]}
+    assert families == {"classic", "modern"}
     out = run_cli("bench", "--model", "deit_tiny", "--weights", "random", "--variants", "original,scripted_int8",
-                  "--runs", "4", "--warmup", "1", "--threads", "1", "--batch", "1,2", "--out", str(tmp_path / "store"),
+                  "--runs", "4", "--warmup", "1", "--threads", "1", "--batch", "1,2", "--out", str(store.root),
                   "--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv"), "--html", str(tmp_path / "b.html"))
     assert out.returncode == 0, out.stderr
     assert "| Model | batch | Inference Time | Reduction | Size | Size Reduction |" in out.stdout

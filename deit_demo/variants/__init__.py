@@ -40,6 +40,7 @@ class Variant:
     family: str = ""
     description: str = ""
     suffix: str = ".pt"
+    precision: str = "fp32"  # fp32 | bf16 | int8: what answer drift to expect
     deprecation: str | None = None  # one line: deprecated since ..., successor: ...
 
     def available(self) -> tuple[bool, str]:
@@ -69,7 +70,8 @@ class Variant:
 
     def info(self) -> dict:
         ok, reason = self.available()
-        return {"key": self.key, "title": self.title, "family": self.family, "description": self.description,
+        return {"key": self.key, "title": self.title, "family": self.family, "precision": self.precision,
+                "description": self.description,
                 "available": ok, "reason": reason, "deprecation": self.deprecation}
 
 
@@ -129,16 +131,22 @@ def check_inputs(spec, *, noise: int = 3, seed: int = 0) -> dict[str, torch.Tens
     """The bundled example images plus a few fixed-seed noise tensors, preprocessed for `spec`."""
     from deit_demo.images import load_image, preprocess
 
-    inputs = {path.stem: preprocess(load_image(path), spec) for path in example_images()}
+    if spec.key == "deit_digits":
+        inputs = {path.stem: preprocess(load_image(path), spec) for path in sorted((ASSETS / "digits").glob("*.png"))}
+    else:
+        inputs = {path.stem: preprocess(load_image(path), spec) for path in example_images()}
     generator = torch.Generator().manual_seed(seed)
     for i in range(noise):
         inputs[f"noise{i}"] = torch.randn(1, 3, spec.input_size, spec.input_size, generator=generator)
     return inputs
 
 
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+
+
 def example_images() -> list[Path]:
-    folder = Path(__file__).resolve().parents[2] / "assets"
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    """The bundled photographs (the digits model's examples live in assets/digits/)."""
+    return sorted(p for p in ASSETS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
 def compare_answers(reference: dict[str, torch.Tensor], candidate: dict[str, torch.Tensor]) -> AnswerCheck:

@@ -82,6 +82,7 @@ class _Aoti(Variant):
 @register
 class CompiledBf16(_Aoti):
     key = "compiled_bf16"
+    precision = "bf16"
     title = "Compiled bf16 (inductor, AOTInductor .pt2)"
     description = ("bf16 weights and activations, torch.compile's inductor with freezing (constant-folded, "
                    "oneDNN-packed weights), compiled ahead of time into a .pt2. Needs native bf16 (AMX or AVX512-BF16).")
@@ -101,6 +102,7 @@ class CompiledBf16(_Aoti):
 @register
 class Pt2eInt8(_Aoti):
     key = "pt2e_int8"
+    precision = "int8"
     title = "PT2E int8 (X86 inductor quantizer, AOTInductor .pt2)"
     description = ("PT2E static int8 with the X86 inductor quantizer (oneDNN int8 kernels, VNNI/AMX), calibrated on "
                    "the example images, frozen and compiled ahead of time into a .pt2.")

@@ -68,6 +68,7 @@ class ExecuTorchFp32(_ExecuTorch):
 @register
 class ExecuTorchInt8(_ExecuTorch):
     key = "executorch_int8"
+    precision = "int8"
     title = "ExecuTorch int8 (.pte, XNNPACK, PT2E)"
     description = ("PT2E int8 with the XNNPACK quantizer: per-channel int8 weights, int8 activations quantized "
                    "per call (dynamic, like the tutorial's int8), lowered to XNNPACK: the modern quantized phone model.")

@@ -58,6 +58,7 @@ class OnnxFp32(_Onnx):
 @register
 class OnnxInt8(_Onnx):
     key = "onnx_int8"
+    precision = "int8"
     title = "ONNX Runtime int8 (dynamic)"
     description = ("ONNX Runtime's quantize_dynamic: int8 weights, activations quantized on the fly (the ONNX "
                    "counterpart of the tutorial's dynamic int8).")

@@ -118,6 +118,7 @@ class Scripted(Variant):
 @register
 class ScriptedInt8(Variant):
     key = "scripted_int8"
+    precision = "int8"
     title = "TorchScript + dynamic int8"
     family = "classic"
     description = ("quantize_dynamic of every nn.Linear to qint8 (about 4x smaller), then scripted. "
@@ -149,6 +150,7 @@ def mobile_unavailable_reason() -> str:
 @register
 class MobileOptimized(Variant):
     key = "mobile_optimized"
+    precision = "int8"
     title = "Mobile-optimized (optimize_for_mobile)"
     family = "classic"
     description = ("The scripted int8 model passed through optimize_for_mobile: conv/bn folding, prepacked XNNPACK "
@@ -175,6 +177,7 @@ class MobileOptimized(Variant):
 @register
 class Lite(Variant):
     key = "lite"
+    precision = "int8"
     title = "Lite interpreter (.ptl)"
     family = "classic"
     description = ("_save_for_lite_interpreter: the file PyTorch Mobile apps loaded, built from the mobile-optimized "
