@@ -17,6 +17,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="deit_base", help="default model (python -m deit_demo models)")
     parser.add_argument("--weights", default="hub", help="hub | random | PATH (.safetensors or DeiT .pth)")
     parser.add_argument("--offline", action="store_true", help="never reach the hub; random weights unless cached")
+    parser.add_argument("--eval-data", default=None, help="labelled image folder: Convert then reports accuracy")
     parser.add_argument("--store", default=None, help="artifact store folder (default $DEIT_DEMO_HOME/artifacts)")
     return parser.parse_args(argv)
 
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     from deit_demo.ui import AppConfig, build_app, launch_kwargs
 
     get_spec(args.model)
-    demo = build_app(AppConfig(model=args.model, weights=args.weights, offline=args.offline, store_root=args.store))
+    demo = build_app(AppConfig(model=args.model, weights=args.weights, offline=args.offline, store_root=args.store,
+                                 eval_data=args.eval_data))
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
                 **launch_kwargs(demo.lab))
     if args.share and not demo.share_url:

@@ -102,3 +102,12 @@ def test_bad_benchmark_settings_are_refused(client):
 
     with pytest.raises(AppError, match="Batch sizes"):
         client.predict("deit_tiny", ["original"], 3, 1, 1, "zero", api_name="/benchmark")
+
+
+def test_convert_digits_reports_accuracy_per_variant(client):
+    status, table, files = client.predict("deit_digits", ["original", "scripted", "scripted_int8"], api_name="/convert")
+    assert "Accuracy: top-1 on digits test split (360 labelled images)" in status
+    rows = {row[0]: row for row in table["data"]}
+    accuracy = {key: float(rows[key][8].rstrip("%")) for key in ("original", "scripted", "scripted_int8")}
+    assert accuracy["original"] >= 85 and accuracy["scripted"] == accuracy["original"]
+    assert abs(accuracy["scripted_int8"] - accuracy["original"]) <= 1.0

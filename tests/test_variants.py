@@ -31,6 +31,13 @@ def test_variant_converts_loads_and_agrees(key, rows, tiny, store):
     assert row.status == "ok", row.reason
     assert row.size_bytes > 1_000_000 and len(row.sha256) == 64 and row.convert_s >= 0
     assert os.path.isfile(row.path)
+    artifact, reused = convert_variant(variant, tiny, store)
+    assert reused
+    runner = load_verified(variant, artifact, store)
+    batch = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        diff = (runner(batch).float() - tiny.model(batch)).abs().max()  # one file serves any batch size
+    assert diff < {"fp32": 1e-4, "bf16": 0.1, "int8": 0.5}[variant.precision]
     if variant.precision == "fp32":
         assert row.top1_agreement == 1.0 and row.top5_overlap == 1.0
         assert row.max_abs_diff < 1e-4
@@ -39,9 +46,7 @@ def test_variant_converts_loads_and_agrees(key, rows, tiny, store):
     # whose margin is larger than the variant's own error.
     inputs = check_inputs(tiny.spec)
     reference = run_inputs(tiny.model, inputs)
-    artifact, reused = convert_variant(variant, tiny, store)
-    assert reused
-    got = run_inputs(load_verified(variant, artifact, store), inputs)
+    got = run_inputs(runner, inputs)
     for name, ref in reference.items():
         top2 = ref.topk(2).values[0]
         if float(top2[0] - top2[1]) > 2 * row.max_abs_diff:

@@ -114,6 +114,22 @@ def parse_variant_keys(text: str | Iterable[str]) -> list[str]:
     return ["original"] + [k for k in VARIANTS if k in keys and k != "original"]
 
 
+MAX_BATCH = 64
+
+
+def batch_dim() -> dict:
+    return {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}
+
+
+def export_dynamic_batch(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """`torch.export` with a symbolic batch (1..64), so one file serves every batch size of a benchmark sweep.
+
+    The example must have batch > 1: export specialises a size-1 dimension to a constant.
+    """
+    example2 = example[:1].repeat(2, 1, 1, 1)
+    return torch.export.export(model, (example2,), dynamic_shapes=(batch_dim(),))
+
+
 # ---------------------------------------------------------------------------------------------------- answer checks
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deit_demo.variants import Runner, Variant, missing_packages, register
+from deit_demo.variants import Runner, Variant, export_dynamic_batch, missing_packages, register
 
 
 def cpu_flags() -> set[str]:
@@ -60,7 +60,7 @@ class _Bf16Io(nn.Module):
 
 
 def package_aoti(module: nn.Module, example: torch.Tensor, path: Path) -> None:
-    exported = torch.export.export(module, (example,))
+    exported = export_dynamic_batch(module, example)
     with inductor_cache(path.parent.parent):
         torch._inductor.aoti_compile_and_package(exported, package_path=str(path),
                                                  inductor_configs={"freezing": True})
@@ -114,7 +114,7 @@ class Pt2eInt8(_Aoti):
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        graph = torch.export.export(copy.deepcopy(model), (example,)).module()
+        graph = export_dynamic_batch(copy.deepcopy(model), example).module()
         quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
         prepared = prepare_pt2e(graph, quantizer)
         with torch.no_grad():

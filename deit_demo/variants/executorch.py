@@ -10,7 +10,7 @@ import copy
 
 import torch
 
-from deit_demo.variants import Runner, Variant, missing_packages, register
+from deit_demo.variants import Runner, Variant, export_dynamic_batch, missing_packages, register
 
 
 def _lower_to_pte(exported: torch.export.ExportedProgram, path) -> None:
@@ -61,7 +61,7 @@ class ExecuTorchFp32(_ExecuTorch):
                    "optimize_for_mobile + the lite interpreter on phones.")
 
     def export(self, model, example, path, calibration):
-        _lower_to_pte(torch.export.export(model, (example,)), path)
+        _lower_to_pte(export_dynamic_batch(model, example), path)
         return {}
 
 
@@ -81,13 +81,13 @@ class ExecuTorchInt8(_ExecuTorch):
                                                                               get_symmetric_quantization_config)
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        graph = torch.export.export(copy.deepcopy(model), (example,)).module()
+        graph = export_dynamic_batch(copy.deepcopy(model), example).module()
         config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=not self.static_activations)
         prepared = prepare_pt2e(graph, XNNPACKQuantizer().set_global(config))
         with torch.no_grad():
             for batch in calibration:  # sets the observers of static activations; harmless for dynamic ones
                 prepared(batch)
         quantized = convert_pt2e(prepared)
-        _lower_to_pte(torch.export.export(quantized, (example,)), path)
+        _lower_to_pte(export_dynamic_batch(quantized, example), path)
         return {"activations": "static (calibrated)" if self.static_activations else "dynamic",
                 "calibration_images": len(calibration)}

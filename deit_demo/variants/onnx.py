@@ -7,13 +7,13 @@ import io
 
 import torch
 
-from deit_demo.variants import Runner, Variant, missing_packages, register
+from deit_demo.variants import Runner, Variant, batch_dim, missing_packages, register
 
 
 def export_onnx(model, example, path) -> None:
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates every step on stdout
-        torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False,
-                          input_names=["pixels"], output_names=["logits"])
+        torch.onnx.export(model, (example[:1].repeat(2, 1, 1, 1),), str(path), dynamo=True, external_data=False,
+                          input_names=["pixels"], output_names=["logits"], dynamic_shapes=(batch_dim(),))
 
 
 def ort_runner(path, threads: int | None = None) -> Runner:
