@@ -19,22 +19,8 @@ from pathlib import Path
 
 import torch
 
+from deit_demo.cpus import usable_cpus
 from deit_demo.errors import DeitDemoError
-
-
-def usable_cpus() -> int:
-    """CPUs this process may really use: affinity mask and cgroup v2/v1 CPU quota both honoured."""
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()),
-                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), Path(
-                            "/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()])):
-        try:
-            quota, period = parse(Path(path).read_text())
-            if quota not in ("max", "-1") and int(period) > 0:
-                count = min(count, max(1, int(int(quota) / int(period))))
-        except (OSError, ValueError, IndexError):
-            continue
-    return max(1, count)
 
 
 def machine_info() -> dict:

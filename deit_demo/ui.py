@@ -6,6 +6,7 @@ import html
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import gradio as gr
 from deit_demo import DeitDemoError, bench, charts
 from deit_demo.artifacts import ArtifactStore
 from deit_demo.classify import HEAD_TITLES, classify
+from deit_demo.cpus import CpuBudget
 from deit_demo.models import DEFAULT_MODEL, MODELS, LoadedModel, ModelCache
 from deit_demo.variants import (VARIANTS, convert_variant, get_variant, load_verified, parse_variant_keys,
                                 run_conversion, size_reference)
@@ -35,6 +37,8 @@ class AppConfig:
     max_models: int = 2
     classify_concurrency: int = 2
     queue_size: int = 16
+    reserved_cpus: int = 1  # kept free of convert/benchmark jobs so classification stays responsive
+    max_runners: int = 4
 
 
 @dataclass
@@ -46,10 +50,36 @@ class Lab:
     store: ArtifactStore = field(init=False)
     cancel: threading.Event = field(default_factory=threading.Event)
     fallbacks: dict[str, str] = field(default_factory=dict)
+    cpus: CpuBudget = field(default_factory=CpuBudget)
 
     def __post_init__(self) -> None:
         self.cache = ModelCache(self.config.max_models)
         self.store = ArtifactStore(self.config.store_root, cap_bytes=self.config.store_cap_bytes)
+        self._runners: OrderedDict[tuple, object] = OrderedDict()
+        self._runners_lock = threading.Lock()
+
+    def heavy_cpus(self, requested: int | None = None) -> int:
+        """CPUs a convert/benchmark job may take: all but those kept for classification."""
+        ceiling = max(1, self.cpus.total - self.config.reserved_cpus)
+        return min(requested or ceiling, ceiling)
+
+    def runner(self, loaded: LoadedModel, key: str):
+        """A loaded variant for classification, converted on first use and kept in a small LRU."""
+        variant = get_variant(key)
+        ok, reason = variant.available()
+        if not ok:
+            raise DeitDemoError(f"{variant.title} is unavailable here: {reason}")
+        cache_key = (loaded.spec.key, loaded.weights_id, key)
+        with self._runners_lock:
+            if cache_key in self._runners:
+                self._runners.move_to_end(cache_key)
+                return self._runners[cache_key]
+            artifact, _ = convert_variant(variant, loaded, self.store)
+            runner = load_verified(variant, artifact, self.store)
+            self._runners[cache_key] = runner
+            while len(self._runners) > self.config.max_runners:
+                self._runners.popitem(last=False)
+            return runner
 
     def model(self, key: str) -> LoadedModel:
         """The model with the best weights we can get; falls back to random (with a banner) when offline."""
@@ -134,19 +164,15 @@ def build_classify_tab(lab: Lab) -> None:
         if not source:
             raise gr.Error("Upload an image, pick an example, or paste an image URL.")
         try:
-            progress(0.1, desc=f"loading {model_key}")
-            loaded = lab.model(model_key)
-            runner = None
-            if variant_key != "original":
-                variant = get_variant(variant_key)
-                ok, reason = variant.available()
-                if not ok:
-                    raise DeitDemoError(f"{variant.title} is unavailable here: {reason}")
-                progress(0.4, desc=f"converting to {variant_key} (first time only)")
-                artifact, _ = convert_variant(variant, loaded, lab.store)
-                runner = load_verified(variant, artifact, lab.store)
-            progress(0.8, desc="classifying")
-            result = classify(loaded, source, runner=runner, variant=variant_key)
+            with lab.cpus.take(lab.cpus.total, timeout_s=60):
+                progress(0.1, desc=f"loading {model_key}")
+                loaded = lab.model(model_key)
+                runner = None
+                if variant_key != "original":
+                    progress(0.4, desc=f"preparing {variant_key} (converted on first use)")
+                    runner = lab.runner(loaded, variant_key)
+                progress(0.8, desc="classifying")
+                result = classify(loaded, source, runner=runner, variant=variant_key)
         except DeitDemoError as err:
             raise _error(err) from None
         heads = result.heads
@@ -234,7 +260,8 @@ def build_convert_tab(lab: Lab) -> None:
             progress((i, n), desc=f"{what} {key}".strip(), unit="variants")
 
         start = time.perf_counter()
-        results = run_conversion(loaded, chosen, lab.store, progress=report)
+        with lab.cpus.take(lab.heavy_cpus()):
+            results = run_conversion(loaded, chosen, lab.store, progress=report)
         ok = [r for r in results if r.status == "ok"]
         accuracy, accuracy_note = {}, ""
         if loaded.spec.key == "deit_digits" or lab.config.eval_data:
@@ -298,7 +325,9 @@ def build_benchmark_tab(lab: Lab) -> None:
     with gr.Row():
         runs = gr.Slider(2, 200, value=20, step=1, label="Timed runs")
         warmup = gr.Slider(0, 50, value=3, step=1, label="Warm-up runs")
-        threads = gr.Slider(1, max(1, bench.usable_cpus()), value=bench.usable_cpus(), step=1, label="Threads")
+        threads = gr.Slider(1, max(1, bench.usable_cpus()), value=lab.heavy_cpus(), step=1,
+                            label=f"Threads (up to {lab.heavy_cpus()} while serving: "
+                                  f"{lab.config.reserved_cpus} CPU kept for classification)")
         batches = gr.Textbox("1", label="Batch sizes (comma list for a sweep)")
     with gr.Row():
         run = gr.Button("Run benchmark", variant="primary")
@@ -335,18 +364,21 @@ def build_benchmark_tab(lab: Lab) -> None:
         except DeitDemoError as err:
             raise _error(err) from None
         settings = bench.BenchSettings(variants=list(variant_keys or ["original"]), runs=int(n_runs),
-                                       warmup=int(n_warmup), threads=int(n_threads), batch_sizes=batch_sizes)
+                                       warmup=int(n_warmup), threads=lab.heavy_cpus(int(n_threads)),
+                                       batch_sizes=batch_sizes)
         lab.cancel.clear()
         updates: queue.Queue = queue.Queue()
         outcome: dict = {}
 
         def work():
             try:
-                loaded = lab.model(model_key)
-                outcome["loaded"] = loaded
-                outcome["results"] = bench.run_benchmark(
-                    loaded, settings, lab.store, cancel=lab.cancel, on_update=lambda r: updates.put(list(r)),
-                    progress=lambda k, i, n: progress((i, n), desc=f"timing {k}", unit="runs"))
+                with lab.cpus.take(settings.threads) as granted:
+                    settings.threads = granted
+                    loaded = lab.model(model_key)
+                    outcome["loaded"] = loaded
+                    outcome["results"] = bench.run_benchmark(
+                        loaded, settings, lab.store, cancel=lab.cancel, on_update=lambda r: updates.put(list(r)),
+                        progress=lambda k, i, n: progress((i, n), desc=f"timing {k}", unit="runs"))
             except Exception as err:  # reported to the user below; the server keeps serving
                 outcome["error"] = err
             finally:

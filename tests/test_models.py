@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_catalog_entry_builds_runs_and_matches_published_params(key):
     spec = MODELS[key]
     assert spec.hub_name.startswith(spec.timm_name + ".")
+    assert spec.num_classes == 1000 or len(spec.labels) == spec.num_classes
     loaded = load_model(key, "random")
     params = sum(p.numel() for p in loaded.model.parameters())
     assert abs(params - spec.params) / spec.params < 0.01
@@ -25,10 +26,10 @@ def test_catalog_entry_builds_runs_and_matches_published_params(key):
     with torch.inference_mode():
         heads = forward_heads(loaded.model, x, distilled=spec.distilled)
         plain = loaded.model(x)
-    assert plain.shape == (1, 1000)
+    assert plain.shape == (1, spec.num_classes)
     if spec.distilled:
         assert set(heads) == {"class", "distillation", "average"}
-        assert all(h.shape == (1, 1000) for h in heads.values())
+        assert all(h.shape == (1, spec.num_classes) for h in heads.values())
         assert not torch.allclose(heads["class"], heads["distillation"])
         torch.testing.assert_close(heads["average"], plain)  # eval-mode timm averages the two heads
     else:

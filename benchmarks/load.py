@@ -1,0 +1,134 @@
+"""Load test of the app: N simulated users classify the examples while one DeiT-B benchmark runs.
+
+    python benchmarks/load.py [--users 8] [--requests 6] [--model deit_base] [--bench-model deit_base] [--port 0]
+
+Starts the app in this process on 127.0.0.1 (random weights, offline; traffic never leaves loopback), then:
+  1. baseline: every user (one gradio_client each) classifies the examples with no benchmark running;
+  2. under load: the same while one user runs a benchmark of the bench model (original, scripted_int8, onnx_int8).
+Reports success rate, p50/p95 classification latency in both phases, queue-full rejections, whether every user got
+the same top-1 for the same image, and the process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from deit_demo import bench  # noqa: E402
+from deit_demo.variants import example_images  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    return bench.LatencyStats(values).percentile(q) if values else float("nan")
+
+
+def user(url: str, model: str, requests: int, record: dict, lock: threading.Lock) -> None:
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False)
+    images = example_images()
+    for i in range(requests):
+        image = images[i % len(images)]
+        start = time.perf_counter()
+        try:
+            out = client.predict(handle_file(str(image)), "", model, "original", api_name="/classify")
+            main = out[2].get("value", out[2]) if isinstance(out[2], dict) else out[2]
+            with lock:
+                record["latency_ms"].append((time.perf_counter() - start) * 1000)
+                record["top1"].setdefault(image.name, set()).add(main["label"])
+                record["ok"] += 1
+        except Exception as err:  # counted and classified, never hidden
+            text = str(err).lower()
+            with lock:
+                record["queue_full" if "queue" in text and "full" in text else "errors"] += 1
+                record["messages"].append(f"{type(err).__name__}: {str(err)[:120]}")
+
+
+def phase(url: str, users: int, requests: int, model: str) -> dict:
+    record = {"latency_ms": [], "top1": {}, "ok": 0, "errors": 0, "queue_full": 0, "messages": []}
+    lock = threading.Lock()
+    threads = [threading.Thread(target=user, args=(url, model, requests, record, lock)) for _ in range(users)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    record["wall_s"] = time.perf_counter() - start
+    return record
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=6, help="classifications per user per phase")
+    parser.add_argument("--model", default="deit_base", help="model the users classify with")
+    parser.add_argument("--bench-model", default="deit_base")
+    parser.add_argument("--bench-runs", type=int, default=10)
+    args = parser.parse_args()
+
+    from gradio_client import Client
+
+    from deit_demo.ui import AppConfig, build_app, launch_kwargs
+
+    demo = build_app(AppConfig(model=args.model, offline=True))
+    demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs(demo.lab))
+    url = demo.local_url
+    rss = bench.RssSampler(interval_s=0.05)
+    with rss:
+        print(f"app on {url}; warming up {args.model} and converting the benchmark's variants...", file=sys.stderr)
+        phase(url, 1, 1, args.model)
+        bench_args = (args.bench_model, ["original", "scripted_int8", "onnx_int8"], 2, 1, bench.usable_cpus(), "1")
+        Client(url, verbose=False).predict(*bench_args, api_name="/benchmark")  # converts once, untimed
+
+        baseline = phase(url, args.users, args.requests, args.model)
+        bench_out: dict = {}
+
+        def run_benchmark() -> None:
+            start = time.perf_counter()
+            try:
+                Client(url, verbose=False).predict(args.bench_model, ["original", "scripted_int8", "onnx_int8"],
+                                                   args.bench_runs, 2, bench.usable_cpus(), "1", api_name="/benchmark")
+                bench_out["status"] = "ok"
+            except Exception as err:
+                bench_out["status"] = f"{type(err).__name__}: {err}"
+            bench_out["seconds"] = time.perf_counter() - start
+
+        bench_thread = threading.Thread(target=run_benchmark)
+        bench_thread.start()
+        time.sleep(2.0)  # let the benchmark get going
+        loaded = phase(url, args.users, args.requests, args.model)
+        bench_thread.join()
+    demo.close()
+
+    print(f"\n{args.users} users x {args.requests} classifications of {args.model} (random weights) per phase; "
+          f"benchmark of {args.bench_model}: {bench_out.get('status')} in {bench_out.get('seconds', 0):.0f} s; "
+          f"usable CPUs {bench.usable_cpus()}\n")
+    rows = []
+    for name, rec in (("no benchmark", baseline), ("benchmark running", loaded)):
+        total = rec["ok"] + rec["errors"] + rec["queue_full"]
+        consistent = all(len(labels) == 1 for labels in rec["top1"].values())
+        rows.append({"phase": name, "success": f"{rec['ok']}/{total}", "p50 ms": round(percentile(rec["latency_ms"], 50)),
+                     "p95 ms": round(percentile(rec["latency_ms"], 95)), "queue full": rec["queue_full"],
+                     "other errors": rec["errors"], "same top-1 for same image": "yes" if consistent else "NO",
+                     "wall s": round(rec["wall_s"], 1)})
+    print(bench.to_markdown(rows))
+    print(f"\npeak RSS of the server process: {rss.peak / 2**20:.0f} MiB")
+    for message in (baseline["messages"] + loaded["messages"])[:5]:
+        print(f"  error: {message}")
+    if baseline["latency_ms"]:
+        print(f"median slowdown under the benchmark: "
+              f"{percentile(loaded['latency_ms'], 50) / percentile(baseline['latency_ms'], 50):.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""How many CPUs this process may really use, and a budget so concurrent jobs never oversubscribe them.
+
+PyTorch's OpenMP thread count is per OS thread (``omp_set_num_threads`` sets the calling thread's ICV), so each job
+sets its own count inside its worker thread; the budget makes the counts add up to at most the usable CPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def usable_cpus(cgroup: Path = CGROUP) -> int:
+    """CPUs this process may use: the affinity mask and the cgroup (v2 or v1) CPU quota both honoured."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_quota(cgroup)
+    if quota is not None:
+        count = min(count, quota)
+    return max(1, count)
+
+
+def cgroup_quota(cgroup: Path = CGROUP) -> int | None:
+    """Whole CPUs allowed by the cgroup's quota (rounded down, at least 1), or None when unlimited."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return max(1, int(int(quota) / int(period)))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        return max(1, quota // period) if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+class CpuBudget:
+    """Hands out thread counts so that the jobs running at once use at most `total` CPUs."""
+
+    def __init__(self, total: int | None = None):
+        self.total = total or usable_cpus()
+        self._free = self.total
+        self._cond = threading.Condition()
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+    @contextlib.contextmanager
+    def take(self, want: int, *, timeout_s: float | None = None) -> Iterator[int]:
+        """Take up to `want` CPUs (at least 1, waiting for it) and set this thread's torch thread count to match."""
+        from deit_demo.errors import DeitDemoError
+
+        want = max(1, min(want, self.total))
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._free >= 1, timeout=timeout_s):
+                raise DeitDemoError("The server is busy: every CPU is taken. Please try again in a moment.")
+            granted = min(want, self._free)
+            self._free -= granted
+        previous = torch.get_num_threads()
+        torch.set_num_threads(granted)
+        try:
+            yield granted
+        finally:
+            torch.set_num_threads(previous)
+            with self._cond:
+                self._free += granted
+                self._cond.notify_all()
