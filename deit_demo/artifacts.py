@@ -42,6 +42,7 @@ class Artifact:
     size_bytes: int = 0
     sha256: str = ""
     convert_s: float = 0.0
+    recipe_version: int = 1  # the variant's conversion recipe; a new recipe never reuses an old file
     torch_version: str = field(default_factory=lambda: torch.__version__)
     notes: dict = field(default_factory=dict)
 
@@ -75,7 +76,7 @@ class ArtifactStore:
         """A temporary folder inside the store (same file system, so `commit` can rename it)."""
         return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
 
-    def lookup(self, model: str, weights_id: str, variant: str) -> Artifact | None:
+    def lookup(self, model: str, weights_id: str, variant: str, recipe_version: int = 1) -> Artifact | None:
         """The verified artifact for this key, or None (a mismatching one is deleted so it gets rebuilt)."""
         folder = self.folder(model, weights_id, variant)
         manifest = folder / MANIFEST
@@ -87,7 +88,7 @@ class ArtifactStore:
         except DeitDemoError:
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        if artifact.torch_version != torch.__version__:
+        if artifact.torch_version != torch.__version__ or artifact.recipe_version != recipe_version:
             return None
         os.utime(manifest)  # mark as recently used
         return artifact

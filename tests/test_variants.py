@@ -172,3 +172,13 @@ def test_store_cap_evicts_least_recently_used(tiny, tmp_path):
     assert store.total_bytes() <= store.cap_bytes
     third, _ = convert_variant(get_variant("scripted"), tiny, store)  # newest stays even if alone over the cap
     assert third.path.exists() and not first.path.exists()
+
+
+def test_new_recipe_version_is_rebuilt_not_reused(tiny, tmp_path, monkeypatch):
+    store = ArtifactStore(tmp_path)
+    variant = get_variant("original")
+    first, _ = convert_variant(variant, tiny, store)
+    assert convert_variant(variant, tiny, store)[1]  # same recipe: reused
+    monkeypatch.setattr(variant, "version", variant.version + 1)
+    second, reused = convert_variant(variant, tiny, store)
+    assert not reused and second.recipe_version == variant.version

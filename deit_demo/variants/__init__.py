@@ -41,6 +41,7 @@ class Variant:
     description: str = ""
     suffix: str = ".pt"
     precision: str = "fp32"  # fp32 | bf16 | int8: what answer drift to expect
+    version: int = 1  # bump when the conversion recipe changes, so stores rebuild instead of reusing
     deprecation: str | None = None  # one line: deprecated since ..., successor: ...
 
     def available(self) -> tuple[bool, str]:
@@ -64,7 +65,7 @@ class Variant:
         start = time.perf_counter()
         notes = self.export(model, example, path, calibration or [example]) or {}
         artifact = Artifact(path=path, variant=self.key, model=model_key, weights_id=weights_id,
-                            convert_s=time.perf_counter() - start, notes=notes)
+                            convert_s=time.perf_counter() - start, notes=notes, recipe_version=self.version)
         artifact.size_bytes = path.stat().st_size
         return artifact
 
@@ -215,7 +216,7 @@ class ConversionResult:
 def convert_variant(variant: Variant, loaded: LoadedModel, store: ArtifactStore,
                     example: torch.Tensor | None = None) -> tuple[Artifact, bool]:
     """The verified artifact for (model, weights, variant): reused from the store, or converted and committed."""
-    found = store.lookup(loaded.spec.key, loaded.weights_id, variant.key)
+    found = store.lookup(loaded.spec.key, loaded.weights_id, variant.key, variant.version)
     if found is not None:
         return found, True
     if example is None:

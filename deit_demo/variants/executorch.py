@@ -44,6 +44,7 @@ def pte_runner(path, notes: dict | None = None) -> Runner:
 
 class _ExecuTorch(Variant):
     family = "modern"
+    version = 2  # 2: symbolic batch dimension (1..64)
     suffix = ".pte"
 
     def available(self):

@@ -35,6 +35,7 @@ def ort_runner(path, threads: int | None = None) -> Runner:
 
 class _Onnx(Variant):
     family = "modern"
+    version = 2  # 2: symbolic batch dimension (1..64)
     suffix = ".onnx"
 
     def available(self):
