@@ -5,8 +5,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
-import sys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,17 +27,28 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported
+    from deit_demo import DeitDemoError
     from deit_demo.models import get_spec
     from deit_demo.ui import AppConfig, build_app, launch_kwargs
 
-    get_spec(args.model)
+    try:
+        get_spec(args.model)
+    except DeitDemoError as err:
+        raise SystemExit(f"error: {err}") from None
     demo = build_app(AppConfig(model=args.model, weights=args.weights, offline=args.offline, store_root=args.store,
                                  eval_data=args.eval_data))
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
-                **launch_kwargs(demo.lab))
-    if args.share and not demo.share_url:
-        print("Could not open a public share link (no route to the share server); still serving locally at "
-              f"{demo.local_url}", file=sys.stderr)
+    # Gradio explains a failed tunnel in a dozen lines; we say it in one and keep serving.
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter) if args.share else contextlib.nullcontext():
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
+                    quiet=True, **launch_kwargs(demo.lab))
+    print(f"* Running on local URL:  {demo.local_url}")
+    if args.share:
+        if demo.share_url:
+            print(f"* Public URL: {demo.share_url}")
+        else:
+            print("* Could not open a public share link (the share server is unreachable from here); still serving "
+                  f"locally at {demo.local_url}")
     demo.block_thread()
 
 

@@ -111,3 +111,40 @@ def test_convert_digits_reports_accuracy_per_variant(client):
     accuracy = {key: float(rows[key][8].rstrip("%")) for key in ("original", "scripted", "scripted_int8")}
     assert accuracy["original"] >= 85 and accuracy["scripted"] == accuracy["original"]
     assert abs(accuracy["scripted_int8"] - accuracy["original"]) <= 1.0
+
+
+@pytest.mark.slow
+def test_app_py_share_without_network_says_so_in_one_line_and_serves(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "DEIT_DEMO_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "app.py", "--share", "--offline", "--model", "deit_tiny", "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        lines = []
+        deadline = time.time() + 120
+        while time.time() < deadline and not any("share link" in line for line in lines):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        share_lines = [line for line in lines if "share" in line.lower()]
+        assert len(share_lines) == 1 and "still serving locally" in share_lines[0], lines
+        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with no_proxy.open(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        proc.kill()
+        proc.wait()
+    bad = subprocess.run([sys.executable, "app.py", "--model", "resnet"], capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=120)
+    assert bad.returncode != 0 and "Unknown model 'resnet'" in bad.stderr and "Traceback" not in bad.stderr
