@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import threading
 import time
@@ -116,7 +115,8 @@ def main() -> int:
     for name, rec in (("no benchmark", baseline), ("benchmark running", loaded)):
         total = rec["ok"] + rec["errors"] + rec["queue_full"]
         consistent = all(len(labels) == 1 for labels in rec["top1"].values())
-        rows.append({"phase": name, "success": f"{rec['ok']}/{total}", "p50 ms": round(percentile(rec["latency_ms"], 50)),
+        rows.append({"phase": name, "success": f"{rec['ok']}/{total}",
+                     "p50 ms": round(percentile(rec["latency_ms"], 50)),
                      "p95 ms": round(percentile(rec["latency_ms"], 95)), "queue full": rec["queue_full"],
                      "other errors": rec["errors"], "same top-1 for same image": "yes" if consistent else "NO",
                      "wall s": round(rec["wall_s"], 1)})

@@ -184,10 +184,12 @@ def cmd_evaluate(args) -> int:
     rows = evaluate(loaded, parse_variant_keys(args.variants), ArtifactStore(args.out), args.data,
                     progress=lambda k, i, n: _progress_bar(k, i, n))
     base = next((r.top1 for r in rows if r.variant == "original" and r.top1 is not None), None)
-    table = [{"variant": r.variant, "status": r.status,
-              "top-1": f"{r.top1:.2%}" if r.top1 is not None else "", "top-5": f"{r.top5:.2%}" if r.top5 is not None
-              else "", "vs original (points)": f"{100 * (r.top1 - base):+.2f}" if base is not None and r.top1 is not None
-              else "", "images": r.images, "reason": r.reason[:120]} for r in rows]
+    def pct(value):
+        return f"{value:.2%}" if value is not None else ""
+
+    table = [{"variant": r.variant, "status": r.status, "top-1": pct(r.top1), "top-5": pct(r.top5),
+              "vs original (points)": f"{100 * (r.top1 - base):+.2f}" if None not in (base, r.top1) else "",
+              "images": r.images, "reason": r.reason[:120]} for r in rows]
     print(f"model: {loaded.spec.key}   weights: {loaded.weights}   data: {rows[0].data if rows else '-'}")
     print(_table(table, list(table[0])))
     _write_json(args.json, {"model": loaded.spec.key, "weights": loaded.weights, "rows": [r.to_row() for r in rows]})

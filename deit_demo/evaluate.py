@@ -115,7 +115,8 @@ def evaluate(loaded: LoadedModel, keys: list[str], store, data: str | Path | Non
         try:
             artifact, _ = convert_variant(variant, loaded, store)
             runner = load_verified(variant, artifact, store)
-            row.top1, row.top5 = accuracy(runner, dataset, (lambda i, n, k=key: progress(k, i, n)) if progress else None)
+            report = (lambda i, n, k=key: progress(k, i, n)) if progress else None
+            row.top1, row.top5 = accuracy(runner, dataset, report)
             row.images = dataset.size
         except DeitDemoError:
             raise

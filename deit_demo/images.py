@@ -249,7 +249,8 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
     except UnidentifiedImageError:
         raise DeitDemoError(f"This is not an image in a supported format ({', '.join(ALLOWED_FORMATS)}).") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise DeitDemoError(f"The image file is damaged or truncated ({str(err)[:120] or type(err).__name__}).") from None
+        detail = str(err)[:120] or type(err).__name__
+        raise DeitDemoError(f"The image file is damaged or truncated ({detail}).") from None
     return to_rgb(image)
 
 

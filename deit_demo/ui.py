@@ -93,8 +93,8 @@ class Lab:
             try:
                 return self.cache.get(key, weights)
             except DeitDemoError:
-                self.fallbacks[key] = (f"No pretrained weights: the Hugging Face hub is unreachable and the local cache "
-                                       f"has no copy of {MODELS[key].hf_repo}" if weights == "hub" else
+                self.fallbacks[key] = (f"No pretrained weights: the Hugging Face hub is unreachable and the local "
+                                       f"cache has no copy of {MODELS[key].hf_repo}" if weights == "hub" else
                                        f"The checkpoint {Path(weights).name} could not be loaded")
         return self.cache.get(key, "random")
 
@@ -105,8 +105,8 @@ class Lab:
         if loaded.weights.startswith("checkpoint:"):
             return f"📦 **Weights from a local checkpoint**: `{html.escape(loaded.weights[11:])}`."
         why = self.fallbacks.get(spec.key, "random weights were requested")
-        return (f"⚠️ **RANDOM weights: labels meaningless.** {html.escape(why)}. The pipeline, sizes and timings are "
-                "real; for real labels start the app with network access or `--weights PATH`.")
+        return (f"⚠️ **RANDOM weights: labels meaningless.** {html.escape(why)}. The pipeline, sizes and timings "
+                "are real; for real labels start the app with network access or `--weights PATH`.")
 
 
 class SafeImage(gr.Image):
@@ -271,7 +271,8 @@ def build_convert_tab(lab: Lab) -> None:
                 rows = evaluate(loaded, [r.variant for r in ok], lab.store, lab.config.eval_data,
                                 progress=lambda k, i, n: progress((i, n), desc=f"accuracy of {k}", unit="images"))
                 accuracy = {r.variant: r.top1 for r in rows if r.top1 is not None}
-                accuracy_note = f" Accuracy: top-1 on {rows[0].data} ({rows[0].images} labelled images)." if rows else ""
+                if rows:
+                    accuracy_note = f" Accuracy: top-1 on {rows[0].data} ({rows[0].images} labelled images)."
             except DeitDemoError as err:
                 accuracy_note = f" Accuracy not measured: {html.escape(str(err))}"
         csv_path = lab.store.root / f"conversion_{loaded.spec.key}_{loaded.weights_id}.csv"
@@ -456,8 +457,8 @@ bias: DeiT-B⚗ reaches 83.4% top-1 vs 81.8% without distillation.
 
 | then (the tutorial) | now | successor |
 |---|---|---|
-| `torch.jit.script` / TorchScript | deprecated (FutureWarning) | `torch.export` → ExecuTorch (phones), `torch.compile` / AOTInductor (servers) |
-| `torch.ao.quantization.quantize_dynamic` | deprecated, removal announced | torchao / PT2E quantization, ONNX Runtime quantization |
+| `torch.jit.script` | deprecated (FutureWarning) | `torch.export` → ExecuTorch (phones), `torch.compile` (servers) |
+| `torch.ao.quantization` | deprecated, removal announced | torchao / PT2E quantization, ONNX Runtime quantization |
 | `optimize_for_mobile` | needs XNNPACK, absent from this build | ExecuTorch with the XNNPACK backend |
 | lite interpreter `.ptl` | deprecated; its loader fails in this build | ExecuTorch `.pte` |
 

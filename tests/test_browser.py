@@ -9,7 +9,6 @@ import pytest
 sync_api = pytest.importorskip("playwright.sync_api")
 
 from deit_demo.ui import AppConfig, build_app, launch_kwargs  # noqa: E402
-from deit_demo.variants import example_images  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
@@ -32,8 +31,9 @@ def page(app_url, tmp_path_factory):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"])
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage"])
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
         outside = []

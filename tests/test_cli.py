@@ -70,7 +70,8 @@ def test_convert_and_bench_cli(tmp_path, store):
     assert families == {"classic", "modern"}
     out = run_cli("bench", "--model", "deit_tiny", "--weights", "random", "--variants", "original,scripted_int8",
                   "--runs", "4", "--warmup", "1", "--threads", "1", "--batch", "1,2", "--out", str(store.root),
-                  "--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv"), "--html", str(tmp_path / "b.html"))
+                  "--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv"),
+                  "--html", str(tmp_path / "b.html"))
     assert out.returncode == 0, out.stderr
     assert "| Model | batch | Inference Time | Reduction | Size | Size Reduction |" in out.stdout
     assert "not wall time" in out.stdout

@@ -1,7 +1,6 @@
 import threading
 import time
 
-import pytest
 import torch
 
 from deit_demo import DeitDemoError

@@ -87,7 +87,8 @@ class CompiledBf16(_Aoti):
     precision = "bf16"
     title = "Compiled bf16 (inductor, AOTInductor .pt2)"
     description = ("bf16 weights and activations, torch.compile's inductor with freezing (constant-folded, "
-                   "oneDNN-packed weights), compiled ahead of time into a .pt2. Needs native bf16 (AMX or AVX512-BF16).")
+                   "oneDNN-packed weights), compiled ahead of time into a .pt2. Needs native bf16 "
+                   "(AMX or AVX512-BF16).")
 
     def available(self):
         ok, which = native_bf16()

@@ -72,7 +72,8 @@ class ExecuTorchInt8(_ExecuTorch):
     precision = "int8"
     title = "ExecuTorch int8 (.pte, XNNPACK, PT2E)"
     description = ("PT2E int8 with the XNNPACK quantizer: per-channel int8 weights, int8 activations quantized "
-                   "per call (dynamic, like the tutorial's int8), lowered to XNNPACK: the modern quantized phone model.")
+                   "per call (dynamic, like the tutorial's int8), lowered to XNNPACK: the modern quantized phone "
+                   "model.")
     # Static (calibrated) int8 activations wreck a ViT's softmax/GELU outputs: on deit_tiny they kept top-1 on a
     # fraction of the check inputs where dynamic kept all. `static_activations = True` restores them, calibrated.
     static_activations = False
