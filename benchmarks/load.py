@@ -72,13 +72,20 @@ def main() -> int:
     parser.add_argument("--model", default="deit_base", help="model the users classify with")
     parser.add_argument("--bench-model", default="deit_base")
     parser.add_argument("--bench-runs", type=int, default=10)
+    parser.add_argument("--classify-threads", type=int, default=None, help="override AppConfig.classify_threads")
+    parser.add_argument("--classify-concurrency", type=int, default=None, help="override AppConfig's limit")
     args = parser.parse_args()
 
     from gradio_client import Client
 
     from deit_demo.ui import AppConfig, build_app, launch_kwargs
 
-    demo = build_app(AppConfig(model=args.model, offline=True))
+    config = AppConfig(model=args.model, offline=True)
+    if args.classify_threads is not None:
+        config.classify_threads = args.classify_threads
+    if args.classify_concurrency is not None:
+        config.classify_concurrency = args.classify_concurrency
+    demo = build_app(config)
     demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs(demo.lab))
     url = demo.local_url
     rss = bench.RssSampler(interval_s=0.05)
@@ -110,7 +117,8 @@ def main() -> int:
 
     print(f"\n{args.users} users x {args.requests} classifications of {args.model} (random weights) per phase; "
           f"benchmark of {args.bench_model}: {bench_out.get('status')} in {bench_out.get('seconds', 0):.0f} s; "
-          f"usable CPUs {bench.usable_cpus()}\n")
+          f"usable CPUs {bench.usable_cpus()}; classification: concurrency {config.classify_concurrency}, threads "
+          f"{config.classify_threads or 'all free'}; queue size {config.queue_size}\n")
     rows = []
     for name, rec in (("no benchmark", baseline), ("benchmark running", loaded)):
         total = rec["ok"] + rec["errors"] + rec["queue_full"]

@@ -29,8 +29,8 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 
 def _progress_bar(label: str, done: int, total: int, width: int = 30) -> None:
-    if not sys.stderr.isatty() and done not in (0, total):
-        return
+    if not sys.stderr.isatty() and done < total:
+        return  # a log file gets one line per finished bar, not a stream of carriage returns
     filled = int(width * done / max(total, 1))
     end = "\n" if done >= total else ""
     print(f"\r{label[:22]:<22} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr,

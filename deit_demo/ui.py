@@ -36,6 +36,7 @@ class AppConfig:
     store_cap_bytes: int = 8 * 1024**3
     max_models: int = 2
     classify_concurrency: int = 2
+    classify_threads: int = 0  # per classification; 0 = every CPU free at that moment
     queue_size: int = 16
     reserved_cpus: int = 1  # kept free of convert/benchmark jobs so classification stays responsive
     max_runners: int = 4
@@ -84,7 +85,7 @@ class Lab:
     def model(self, key: str) -> LoadedModel:
         """The model with the best weights we can get; falls back to random (with a banner) when offline."""
         if key not in MODELS:
-            raise DeitDemoError(f"Unknown model {html.escape(str(key))!r}.")
+            raise DeitDemoError(f"Unknown model {str(key)!r}.")
         weights = self.config.weights if key == self.config.model else "hub"
         if self.config.offline and weights == "hub":
             weights = "random"
@@ -127,7 +128,7 @@ class SafeImage(gr.Image):
 
 
 def _error(err: Exception) -> gr.Error:
-    return gr.Error(html.escape(str(err)))
+    return gr.Error(html.escape(str(err), quote=False)  # quotes are harmless in text; <>& are not)
 
 
 def _label_value(preds) -> dict[str, float]:
@@ -164,7 +165,7 @@ def build_classify_tab(lab: Lab) -> None:
         if not source:
             raise gr.Error("Upload an image, pick an example, or paste an image URL.")
         try:
-            with lab.cpus.take(lab.cpus.total, timeout_s=60):
+            with lab.cpus.take(lab.config.classify_threads or lab.cpus.total, timeout_s=60):
                 progress(0.1, desc=f"loading {model_key}")
                 loaded = lab.model(model_key)
                 runner = None

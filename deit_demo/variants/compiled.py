@@ -69,7 +69,8 @@ def package_aoti(module: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 def aoti_runner(path: Path, notes: dict | None = None) -> Runner:
     compiled = torch._inductor.aoti_load_package(str(path))
-    return Runner(compiled, {"runtime": "AOTInductor (.pt2)", **(notes or {})})
+    # The package's C++ kernels run outside the profiler's operator hooks: it would show a few ms of glue.
+    return Runner(compiled, {"runtime": "AOTInductor (.pt2)", **(notes or {})}, profiler_visible=False)
 
 
 class _Aoti(Variant):
