@@ -128,7 +128,7 @@ class SafeImage(gr.Image):
 
 
 def _error(err: Exception) -> gr.Error:
-    return gr.Error(html.escape(str(err), quote=False)  # quotes are harmless in text; <>& are not)
+    return gr.Error(html.escape(str(err), quote=False))  # quotes are harmless in text; <, > and & are not
 
 
 def _label_value(preds) -> dict[str, float]:
