@@ -194,7 +194,7 @@ def build_classify_tab(lab: Lab) -> None:
 # ------------------------------------------------------------------------------------------------------ Convert
 
 CONVERT_HEADERS = ["variant", "status", "size MB", "% of original", "seconds", "top-1 agreement", "top-5 overlap",
-                   "max diff", "accuracy top-1", "notes"]
+                   "max diff", "accuracy", "notes"]
 
 
 def variant_choices() -> list[tuple[str, str]]:
@@ -244,7 +244,8 @@ def build_convert_tab(lab: Lab) -> None:
                                 label="Variants (ExecuTorch and the AOTInductor ones compile for minutes on DeiT-B)")
     run = gr.Button("Convert", variant="primary")
     status = gr.Markdown(elem_id="convert-status")
-    table = gr.Dataframe(headers=CONVERT_HEADERS, label="Results", interactive=False, wrap=True,
+    table = gr.Dataframe(headers=CONVERT_HEADERS, label="Results (accuracy: top-1 on labelled data, when there is "
+                         "some: deit_digits or --eval-data)", interactive=False, wrap=True, max_height=720,
                          elem_id="convert-table")
     files = gr.File(label="Downloads (artifacts and the results table)", file_count="multiple", interactive=False)
     with gr.Accordion("What each variant is, and why some are unavailable here", open=False):
@@ -505,8 +506,8 @@ distillation** (class head ← labels, distillation head ← the teacher's argma
 
 
 def build_about_tab() -> None:
-    rows = ["| variant | family | what it is for |", "|---|---|---|"]
-    rows += [f"| **{v.title}** (`{v.key}`) | {v.family} | {v.description} |" for v in VARIANTS.values()]
+    rows = ["| variant | what it is for |", "|---|---|"]
+    rows += [f"| **{v.title}**<br>`{v.key}` · {v.family} · {v.precision} | {v.description} |" for v in VARIANTS.values()]
     gr.Markdown(ABOUT.replace("{variants}", "\n".join(rows)) + digits_markdown(), elem_id="about")
 
 
