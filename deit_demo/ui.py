@@ -246,6 +246,7 @@ def build_convert_tab(lab: Lab) -> None:
     status = gr.Markdown(elem_id="convert-status")
     table = gr.Dataframe(headers=CONVERT_HEADERS, label="Results (accuracy: top-1 on labelled data, when there is "
                          "some: deit_digits or --eval-data)", interactive=False, wrap=True, max_height=720,
+                         column_widths=["12%", "8%", "6%", "7%", "7%", "7%", "7%", "7%", "8%", "31%"],
                          elem_id="convert-table")
     files = gr.File(label="Downloads (artifacts and the results table)", file_count="multiple", interactive=False)
     with gr.Accordion("What each variant is, and why some are unavailable here", open=False):
