@@ -22,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deit_demo import bench  # noqa: E402
 from deit_demo.artifacts import ArtifactStore  # noqa: E402
 from deit_demo.models import load_model  # noqa: E402
-from deit_demo.variants import (check_inputs, compare_answers, convert_variant, get_variant,  # noqa: E402
-                                load_verified, run_inputs)
+from deit_demo.variants import check_inputs, compare_answers, get_variant, prepare, run_inputs  # noqa: E402
 
 OURS = ["original", "scripted_int8", "executorch_fp32", "executorch_int8", "onnx_fp32", "compiled_bf16", "pt2e_int8"]
 
@@ -72,8 +71,7 @@ def main() -> int:
             print(f"skip {key}: {reason}", file=sys.stderr)
             continue
         start = time.perf_counter()
-        artifact, reused = convert_variant(variant, loaded, store)
-        runners[key] = load_verified(variant, artifact, store)
+        artifact, reused, runners[key] = prepare(variant, loaded, store)
         kinds[key] = "peer" if key == "onnx_int8" else "ours"
         notes[key] = f"{artifact.size_bytes / 1e6:.0f} MB, {'reused' if reused else 'converted'} " \
                      f"in {time.perf_counter() - start:.0f} s"

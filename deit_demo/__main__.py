@@ -83,15 +83,11 @@ def cmd_classify(args) -> int:
 
 def _runner_for(loaded, key: str, out: str | None):
     from deit_demo.artifacts import ArtifactStore
-    from deit_demo.variants import convert_variant, get_variant, load_verified
+    from deit_demo.variants import get_variant, prepare, require_available
 
     variant = get_variant(key)
-    ok, reason = variant.available()
-    if not ok:
-        raise DeitDemoError(f"Variant {key} is unavailable: {reason}")
-    store = ArtifactStore(out)
-    artifact, _ = convert_variant(variant, loaded, store)
-    return load_verified(variant, artifact, store)
+    require_available(variant)
+    return prepare(variant, loaded, ArtifactStore(out))[2]
 
 
 CONVERT_COLUMNS = ["variant", "file", "size MB", "% of original", "seconds", "top-1 agreement", "top-5 overlap",

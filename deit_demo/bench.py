@@ -351,7 +351,7 @@ def run_benchmark(loaded, settings: BenchSettings, store, *, progress: ProgressF
 
     `on_update` receives the results so far after every round, so a UI can redraw its charts while it runs.
     """
-    from deit_demo.variants import convert_variant, get_variant, load_verified, parse_variant_keys
+    from deit_demo.variants import get_variant, parse_variant_keys, prepare
 
     threads = settings.resolved_threads()
     set_threads(threads)
@@ -368,8 +368,7 @@ def run_benchmark(loaded, settings: BenchSettings, store, *, progress: ProgressF
             failed[key] = ("unavailable", reason)
             continue
         try:
-            artifact, _ = convert_variant(variant, loaded, store)
-            runners[key] = load_verified(variant, artifact, store)
+            artifact, _, runners[key] = prepare(variant, loaded, store)
             sizes[key] = artifact.size_bytes
         except Exception as err:  # one broken variant never stops the others
             failed[key] = ("failed", f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}")

@@ -99,7 +99,7 @@ def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], dataset: LabelledSet,
 def evaluate(loaded: LoadedModel, keys: list[str], store, data: str | Path | None = None, *,
              progress: Callable[[str, int, int], None] | None = None) -> list[AccuracyResult]:
     """Top-1/top-5 of every variant in `keys` on the same labelled set; one row each, whatever fails."""
-    from deit_demo.variants import convert_variant, get_variant, load_verified
+    from deit_demo.variants import get_variant, prepare
 
     dataset = labelled_set(loaded.spec, data)
     rows = []
@@ -113,8 +113,7 @@ def evaluate(loaded: LoadedModel, keys: list[str], store, data: str | Path | Non
             rows.append(row)
             continue
         try:
-            artifact, _ = convert_variant(variant, loaded, store)
-            runner = load_verified(variant, artifact, store)
+            _, _, runner = prepare(variant, loaded, store)
             report = (lambda i, n, k=key: progress(k, i, n)) if progress else None
             row.top1, row.top5 = accuracy(runner, dataset, report)
             row.images = dataset.size

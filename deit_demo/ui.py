@@ -17,7 +17,7 @@ from deit_demo.artifacts import ArtifactStore
 from deit_demo.classify import HEAD_TITLES, classify
 from deit_demo.cpus import CpuBudget
 from deit_demo.models import DEFAULT_MODEL, MODELS, LoadedModel, ModelCache
-from deit_demo.variants import (VARIANTS, convert_variant, get_variant, load_verified, parse_variant_keys,
+from deit_demo.variants import (VARIANTS, get_variant, parse_variant_keys, prepare, require_available,
                                 run_conversion, size_reference)
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -67,16 +67,13 @@ class Lab:
     def runner(self, loaded: LoadedModel, key: str):
         """A loaded variant for classification, converted on first use and kept in a small LRU."""
         variant = get_variant(key)
-        ok, reason = variant.available()
-        if not ok:
-            raise DeitDemoError(f"{variant.title} is unavailable here: {reason}")
+        require_available(variant)
         cache_key = (loaded.spec.key, loaded.weights_id, key)
         with self._runners_lock:
             if cache_key in self._runners:
                 self._runners.move_to_end(cache_key)
                 return self._runners[cache_key]
-            artifact, _ = convert_variant(variant, loaded, self.store)
-            runner = load_verified(variant, artifact, self.store)
+            _, _, runner = prepare(variant, loaded, self.store)
             self._runners[cache_key] = runner
             while len(self._runners) > self.config.max_runners:
                 self._runners.popitem(last=False)

@@ -240,6 +240,19 @@ def load_verified(variant: Variant, artifact: Artifact, store: ArtifactStore) ->
     return variant.load(artifact)
 
 
+def require_available(variant: Variant) -> None:
+    ok, reason = variant.available()
+    if not ok:
+        raise DeitDemoError(f"{variant.title} is unavailable here: {reason}")
+
+
+def prepare(variant: Variant, loaded: LoadedModel, store: ArtifactStore,
+            example: torch.Tensor | None = None) -> tuple[Artifact, bool, Runner]:
+    """Convert (or reuse) and load a variant: (artifact, reused, runner)."""
+    artifact, reused = convert_variant(variant, loaded, store, example)
+    return artifact, reused, load_verified(variant, artifact, store)
+
+
 ProgressFn = Callable[[str, int, int, str], None]
 
 
@@ -263,8 +276,7 @@ def run_conversion(loaded: LoadedModel, keys: Iterable[str], store: ArtifactStor
             rows.append(row)
             continue
         try:
-            artifact, row.reused = convert_variant(variant, loaded, store, example)
-            runner = load_verified(variant, artifact, store)
+            artifact, row.reused, runner = prepare(variant, loaded, store, example)
             row.path, row.size_bytes, row.sha256 = str(artifact.path), artifact.size_bytes, artifact.sha256
             row.convert_s, row.notes = artifact.convert_s, {**artifact.notes, **runner.notes}
             if check:
