@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from deit_demo.cpus import usable_cpus
-from deit_demo.errors import DeitDemoError
+from deit_demo.errors import DeitDemoError, describe
 
 
 def machine_info() -> dict:
@@ -371,7 +371,7 @@ def run_benchmark(loaded, settings: BenchSettings, store, *, progress: ProgressF
             artifact, _, runners[key] = prepare(variant, loaded, store)
             sizes[key] = artifact.size_bytes
         except Exception as err:  # one broken variant never stops the others
-            failed[key] = ("failed", f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}")
+            failed[key] = ("failed", describe(err))
     results: list[BenchResult] = []
     for batch_size in settings.batch_sizes:
         x = make_input(settings, loaded.spec, batch_size)
@@ -386,7 +386,7 @@ def run_benchmark(loaded, settings: BenchSettings, store, *, progress: ProgressF
                 batch_results[key].top1_agreement = float((got.argmax(-1) == reference.argmax(-1)).float().mean())
                 batch_results[key].max_abs_diff = float((got - reference).abs().max())
             except Exception as err:
-                batch_results[key].status, batch_results[key].reason = "failed", f"{type(err).__name__}: {err}"
+                batch_results[key].status, batch_results[key].reason = "failed", describe(err)
         live = {k: runners[k] for k in runners if batch_results[k].status == "ok"}
 
         def publish(samples: dict[str, list[float]]) -> None:

@@ -1,6 +1,12 @@
 """The one exception type for errors a user can cause or fix."""
 
 
+def describe(err: BaseException, limit: int = 300) -> str:
+    """One line for a result row: the exception type and the first line of its message (which may be empty)."""
+    first = str(err).strip().splitlines()[0][:limit] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
 class DeitDemoError(Exception):
     """An error with a message a person can act on (bad image, refused URL, missing weights, ...).
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from deit_demo.errors import DeitDemoError
+from deit_demo.errors import DeitDemoError, describe
 from deit_demo.models import LoadedModel, ModelSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -120,6 +120,6 @@ def evaluate(loaded: LoadedModel, keys: list[str], store, data: str | Path | Non
         except DeitDemoError:
             raise
         except Exception as err:  # one broken variant never stops the others
-            row.status, row.reason = "failed", f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+            row.status, row.reason = "failed", describe(err)
         rows.append(row)
     return rows

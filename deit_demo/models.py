@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deit_demo.errors import DeitDemoError
+from deit_demo.errors import DeitDemoError, describe
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -164,7 +164,7 @@ def _load_hub(spec: ModelSpec) -> nn.Module:
     try:
         return create_model(spec, pretrained=True)
     except Exception as err:  # huggingface_hub / requests / OSError: all mean "not reachable or not cached"
-        why = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'no detail'}"
+        why = describe(err, limit=200)
         raise DeitDemoError(HUB_HELP.format(name=spec.hub_name, why=why, repo=spec.hf_repo)) from err
 
 

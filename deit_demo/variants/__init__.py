@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from deit_demo.artifacts import Artifact, ArtifactStore
-from deit_demo.errors import DeitDemoError
+from deit_demo.errors import DeitDemoError, describe
 from deit_demo.models import LoadedModel
 
 
@@ -285,7 +285,7 @@ def run_conversion(loaded: LoadedModel, keys: Iterable[str], store: ArtifactStor
                 row.max_abs_diff, row.top1_unchanged = answers.max_abs_diff, answers.top1_unchanged
         except Exception as err:  # one broken variant must never stop the others
             row.status = "failed"
-            row.reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}".strip()
+            row.reason = describe(err)
             row.notes["traceback"] = traceback.format_exc(limit=4)
         rows.append(row)
     if progress:

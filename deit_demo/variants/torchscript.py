@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from deit_demo.artifacts import Artifact
+from deit_demo.errors import describe
 from deit_demo.models import create_model, get_spec
 from deit_demo.variants import Runner, Variant, register
 
@@ -212,7 +213,7 @@ class Lite(Variant):
                 size = get_spec(artifact.model).input_size
                 module(torch.zeros(1, 3, size, size))
         except Exception as err:
-            error = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+            error = describe(err)
             runner = jit_runner(artifact.path, engine, notes={
                 "loader": "torch.jit.load (fallback, as the original tutorial ran it)",
                 "lite_loader_error": error,
