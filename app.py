@@ -28,15 +28,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported
     from deit_demo import DeitDemoError
-    from deit_demo.models import get_spec
     from deit_demo.ui import AppConfig, build_app, launch_kwargs
 
     try:
-        get_spec(args.model)
+        config = AppConfig(model=args.model, weights=args.weights, offline=args.offline, store_root=args.store,
+                           eval_data=args.eval_data)
     except DeitDemoError as err:
         raise SystemExit(f"error: {err}") from None
-    demo = build_app(AppConfig(model=args.model, weights=args.weights, offline=args.offline, store_root=args.store,
-                                 eval_data=args.eval_data))
+    demo = build_app(config)
     # Gradio explains a failed tunnel in a dozen lines; we say it in one and keep serving.
     chatter = io.StringIO()
     with contextlib.redirect_stdout(chatter) if args.share else contextlib.nullcontext():

@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deit_demo import bench  # noqa: E402
-from deit_demo.artifacts import ArtifactStore  # noqa: E402
-from deit_demo.models import load_model  # noqa: E402
-from deit_demo.variants import check_inputs, compare_answers, get_variant, prepare, run_inputs  # noqa: E402
+from deit_demo import bench
+from deit_demo.artifacts import ArtifactStore
+from deit_demo.models import load_model
+from deit_demo.pipeline import check_inputs, compare_answers, prepare_variants, run_inputs
+from deit_demo.report import to_markdown
 
 OURS = ["original", "scripted_int8", "executorch_fp32", "executorch_int8", "onnx_fp32", "compiled_bf16", "pt2e_int8"]
 
@@ -60,22 +58,21 @@ def main() -> int:
     store = ArtifactStore(args.store)
     inputs = check_inputs(loaded.spec)
     reference = run_inputs(loaded.model, inputs)
-    x = next(iter(inputs.values()))
+    x = next(iter(inputs.values()))  # the first example image
     skip = set(filter(None, args.skip.split(",")))
 
     runners, kinds, notes = {}, {}, {}
-    for key in [k for k in OURS + ["onnx_int8"] if k not in skip]:
-        variant = get_variant(key)
-        ok, reason = variant.available()
-        if not ok:
-            print(f"skip {key}: {reason}", file=sys.stderr)
+    start = time.perf_counter()
+    for item in prepare_variants(loaded, [k for k in OURS + ["onnx_int8"] if k not in skip], store):
+        if item.runner is None:
+            print(f"skip {item.key}: {item.status}: {item.reason}", file=sys.stderr)
             continue
+        runners[item.key] = item.runner
+        kinds[item.key] = "peer" if item.key == "onnx_int8" else "ours"
+        notes[item.key] = (f"{item.artifact.size_bytes / 1e6:.0f} MB, {'reused' if item.reused else 'converted'} "
+                           f"in {time.perf_counter() - start:.0f} s")
+        print(f"ready {item.key}: {notes[item.key]}", file=sys.stderr)
         start = time.perf_counter()
-        artifact, reused, runners[key] = prepare(variant, loaded, store)
-        kinds[key] = "peer" if key == "onnx_int8" else "ours"
-        notes[key] = f"{artifact.size_bytes / 1e6:.0f} MB, {'reused' if reused else 'converted'} " \
-                     f"in {time.perf_counter() - start:.0f} s"
-        print(f"ready {key}: {notes[key]}", file=sys.stderr)
     if "openvino_bf16" not in skip:
         try:
             runners["openvino_bf16"], notes["openvino_bf16"] = openvino_bf16(loaded.model, x, args.threads)
@@ -98,7 +95,7 @@ def main() -> int:
                      "p90 ms": round(stats.p90_ms, 2), "top-1 agree": f"{check.top1_agreement:.0%}",
                      "max diff": f"{check.max_abs_diff:.3g}", "notes": notes.get(name, "")})
     rows.sort(key=lambda r: r["median ms"])
-    print(bench.to_markdown(rows))
+    print(to_markdown(rows))
     qualified = [r for r in rows if agreement[r["runner"]].top1_agreement >= 0.99]
     ours = [r for r in qualified if r["kind"] == "ours"]
     peers = [r for r in qualified if r["kind"] == "peer"]

@@ -16,14 +16,12 @@ import os
 import sys
 import threading
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deit_demo import bench  # noqa: E402
-from deit_demo.variants import example_images  # noqa: E402
+from deit_demo import bench  # noqa: E402  (after the environment above)
+from deit_demo.report import to_markdown  # noqa: E402
+from deit_demo.pipeline import example_images  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -128,7 +126,7 @@ def main() -> int:
                      "p95 ms": round(percentile(rec["latency_ms"], 95)), "queue full": rec["queue_full"],
                      "other errors": rec["errors"], "same top-1 for same image": "yes" if consistent else "NO",
                      "wall s": round(rec["wall_s"], 1)})
-    print(bench.to_markdown(rows))
+    print(to_markdown(rows))
     print(f"\npeak RSS of the server process: {rss.peak / 2**20:.0f} MiB")
     for message in (baseline["messages"] + loaded["messages"])[:5]:
         print(f"  error: {message}")

@@ -10,35 +10,30 @@ import csv
 import json
 import os
 import platform
-import statistics
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from deit_demo.cpus import usable_cpus
-from deit_demo.errors import DeitDemoError, describe
+from deit_demo.cpus import cpu_info, usable_cpus
+from deit_demo.errors import Cancelled, DeitDemoError, check_cancel, describe  # noqa: F401  (bench.Cancelled)
+from deit_demo.pipeline import ProgressFn, prepare_variants
+from deit_demo.variants import MAX_BATCH, parse_variant_keys
+
+RESULTS_SCHEMA = "deit-demo-results/1"  # written into every results file, checked when one is read back
 
 
 def machine_info() -> dict:
     """What the numbers were measured on, so results from different machines can be compared."""
-    flags: set[str] = set()
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model.strip():
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    model, flags = cpu_info()
     isa = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma", "avx_vnni"))
-    return {"cpu": model or platform.machine(), "isa": isa, "cores": os.cpu_count(), "usable_cpus": usable_cpus(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+    return {"cpu": model or platform.processor() or platform.machine(), "isa": isa, "cores": os.cpu_count(),
+            "usable_cpus": usable_cpus(), "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform()}
 
 
 @dataclass
@@ -48,17 +43,9 @@ class LatencyStats:
     samples_ms: list[float]
     batch_size: int = 1
 
-    def _sorted(self) -> list[float]:
-        return sorted(self.samples_ms)
-
     def percentile(self, q: float) -> float:
-        """Linear-interpolated percentile (numpy's default method), q in 0..100."""
-        data = self._sorted()
-        if not data:
-            return float("nan")
-        pos = (len(data) - 1) * q / 100
-        lo, hi = int(pos), min(int(pos) + 1, len(data) - 1)
-        return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+        """Linear-interpolated percentile (numpy's default), q in 0..100; NaN with no samples."""
+        return float(np.percentile(self.samples_ms, q)) if self.samples_ms else float("nan")
 
     @property
     def median_ms(self) -> float:
@@ -74,11 +61,11 @@ class LatencyStats:
 
     @property
     def mean_ms(self) -> float:
-        return statistics.fmean(self.samples_ms) if self.samples_ms else float("nan")
+        return float(np.mean(self.samples_ms)) if self.samples_ms else float("nan")
 
     @property
     def stdev_ms(self) -> float:
-        return statistics.stdev(self.samples_ms) if len(self.samples_ms) > 1 else 0.0
+        return float(np.std(self.samples_ms, ddof=1)) if len(self.samples_ms) > 1 else 0.0
 
     @property
     def iqr_ms(self) -> float:
@@ -94,9 +81,18 @@ class LatencyStats:
                 "stdev_ms": self.stdev_ms, "iqr_ms": self.iqr_ms, "throughput_ips": self.throughput_ips,
                 "samples_ms": list(self.samples_ms)}
 
-    def to_markdown(self) -> str:
-        return (f"median {self.median_ms:.2f} ms (p10 {self.p10_ms:.2f}, p90 {self.p90_ms:.2f}, "
-                f"IQR {self.iqr_ms:.2f}, n={len(self.samples_ms)})")
+
+def parse_batch_sizes(value: str | int | list) -> list[int]:
+    """``"1,8"``, ``8`` or ``[1, 8]`` -> [1, 8]; anything else is a one-line error naming the allowed range."""
+    message = f"Batch sizes must be whole numbers from 1 to {MAX_BATCH}, e.g. 1 or 1,8 (got {value!r})."
+    parts = str(value).replace(" ", "").split(",") if isinstance(value, (str, int)) else list(value)
+    try:
+        sizes = [int(p) for p in parts if str(p) != ""]
+    except (TypeError, ValueError):
+        raise DeitDemoError(message) from None
+    if not sizes or any(b < 1 or b > MAX_BATCH for b in sizes) or any(str(p).strip("0123456789") for p in parts):
+        raise DeitDemoError(message)
+    return list(dict.fromkeys(sizes))
 
 
 @dataclass
@@ -112,6 +108,20 @@ class BenchSettings:
     time_budget_s: float | None = None
     input: str = "noise"  # "noise" (fixed seed) or an image path
     profile: bool = True
+
+    def __post_init__(self) -> None:
+        """Every caller (CLI, app, scripts) gets the same one-line error for an impossible setting."""
+        self.variants = parse_variant_keys(self.variants)
+        self.batch_sizes = parse_batch_sizes(self.batch_sizes)
+        for name, low in (("runs", 1), ("warmup", 0), ("threads", 0), ("block", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise DeitDemoError(f"{name} must be a whole number of at least {low} (got {value!r}).")
+        if self.threads > usable_cpus():
+            raise DeitDemoError(f"threads must be at most {usable_cpus()}, the CPUs this process may use "
+                                f"(got {self.threads}); 0 means all of them.")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise DeitDemoError(f"The time budget must be a positive number of seconds (got {self.time_budget_s}).")
 
     def resolved_threads(self) -> int:
         return self.threads if self.threads > 0 else usable_cpus()
@@ -186,7 +196,6 @@ def profile_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, to
     return total_ms, [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1000.0, "calls": e.count} for e in ops]
 
 
-ProgressFn = Callable[[str, int, int], None]
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -207,7 +216,7 @@ def time_interleaved(runners: dict[str, Runner], x: torch.Tensor, settings: Benc
     with torch.inference_mode():
         for name in names:
             for _ in range(settings.warmup):
-                _check_cancel(cancel)
+                check_cancel(cancel)
                 runners[name](x)
         started = clock()
         done = 0
@@ -217,7 +226,7 @@ def time_interleaved(runners: dict[str, Runner], x: torch.Tensor, settings: Benc
             for name in names:
                 with RssSampler() as rss:
                     for call in range(kept_per_block + (1 if settings.block > 1 else 0)):
-                        _check_cancel(cancel)
+                        check_cancel(cancel)
                         start = clock()
                         runners[name](x)
                         elapsed_ms = (clock() - start) * 1000.0
@@ -227,20 +236,11 @@ def time_interleaved(runners: dict[str, Runner], x: torch.Tensor, settings: Benc
                             samples[name].append(elapsed_ms)
                 peaks[name] = max(peaks[name], rss.peak)
                 if progress:
-                    progress(name, len(samples[name]), total)
+                    progress(f"timing {name}", len(samples[name]), total)
             done = min(len(s) for s in samples.values())
             if on_round:
                 on_round(samples)
     return samples, peaks
-
-
-class Cancelled(DeitDemoError):
-    """The benchmark was stopped by the user."""
-
-
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("Benchmark stopped.")
 
 
 def make_input(settings: BenchSettings, spec, batch_size: int) -> torch.Tensor:
@@ -253,49 +253,9 @@ def make_input(settings: BenchSettings, spec, batch_size: int) -> torch.Tensor:
     return preprocess(load_image(settings.input), spec).repeat(batch_size, 1, 1, 1)
 
 
-def reduction_table(results: list[BenchResult]) -> list[dict]:
-    """The tutorial's table (Model, Inference Time, Reduction) plus size and size reduction vs the original."""
-    originals = {r.batch_size: r for r in results if r.variant == "original" and r.latency}
-    rows = []
-    for r in results:
-        if not r.latency:
-            rows.append({"Model": r.variant, "batch": r.batch_size, "Inference Time": r.status,
-                         "Reduction": "", "Size": "", "Size Reduction": "", "reason": r.reason})
-            continue
-        base = originals.get(r.batch_size)
-        time_red = _percent(1 - r.latency.median_ms / base.latency.median_ms) if base else ""
-        size_red = _percent(1 - r.size_bytes / base.size_bytes) if base and base.size_bytes and r.size_bytes else ""
-        rows.append({"Model": r.variant, "batch": r.batch_size, "Inference Time": f"{r.latency.median_ms:.2f}ms",
-                     "Reduction": time_red, "Size": f"{r.size_bytes / 1e6:.1f} MB" if r.size_bytes else "",
-                     "Size Reduction": size_red, "reason": ""})
-    return rows
-
-
-def _percent(fraction: float) -> str:
-    return f"{round(100 * fraction) + 0:d}%"  # + 0 turns -0 into 0
-
-
-def to_markdown(rows: list[dict], columns: list[str] | None = None) -> str:
-    """A GitHub-flavoured Markdown table from dict rows."""
-    if not rows:
-        return "_no results_"
-    columns = columns or list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
-    return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
 def save_json(path: Path | str, model: str, results: list[BenchResult], extra: dict | None = None) -> None:
-    payload = {"model": model, "machine": machine_info(), "rows": [r.to_row() for r in results], **(extra or {})}
+    payload = {"schema": RESULTS_SCHEMA, "model": model, "machine": machine_info(),
+               "rows": [r.to_row() for r in results], **(extra or {})}
     text = json.dumps(payload, indent=2, default=str)
     if str(path) == "-":
         print(text)
@@ -347,31 +307,19 @@ UpdateFn = Callable[[list[BenchResult]], None]
 
 def run_benchmark(loaded, settings: BenchSettings, store, *, progress: ProgressFn | None = None,
                   cancel: threading.Event | None = None, on_update: UpdateFn | None = None) -> list[BenchResult]:
-    """Convert (or reuse) each variant, then time all of them interleaved, batch size by batch size.
+    """Prepare each variant, then time all of them interleaved, batch size by batch size.
 
     `on_update` receives the results so far after every round, so a UI can redraw its charts while it runs.
     """
-    from deit_demo.variants import get_variant, parse_variant_keys, prepare
-
     threads = settings.resolved_threads()
     set_threads(threads)
-    keys = parse_variant_keys(settings.variants)
     common = {"model": loaded.spec.key, "threads": threads, "weights": loaded.weights}
     runners, sizes, failed = {}, {}, {}
-    for i, key in enumerate(keys):
-        _check_cancel(cancel)
-        if progress:
-            progress(key, 0, settings.runs)
-        variant = get_variant(key)
-        ok, reason = variant.available()
-        if not ok:
-            failed[key] = ("unavailable", reason)
-            continue
-        try:
-            artifact, _, runners[key] = prepare(variant, loaded, store)
-            sizes[key] = artifact.size_bytes
-        except Exception as err:  # one broken variant never stops the others
-            failed[key] = ("failed", describe(err))
+    for item in prepare_variants(loaded, settings.variants, store, progress=progress, cancel=cancel):
+        if item.runner is None:
+            failed[item.key] = (item.status, item.reason)
+        else:
+            runners[item.key], sizes[item.key] = item.runner, item.artifact.size_bytes
     results: list[BenchResult] = []
     for batch_size in settings.batch_sizes:
         x = make_input(settings, loaded.spec, batch_size)

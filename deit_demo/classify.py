@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -32,7 +32,6 @@ class ClassifyResult:
     variant: str
     heads: dict[str, list[Prediction]]
     elapsed_ms: float
-    extra: dict = field(default_factory=dict)
 
     @property
     def top1(self) -> Prediction:
@@ -40,14 +39,6 @@ class ClassifyResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    def to_markdown(self) -> str:
-        lines = [f"**{self.model}** ({self.variant}, weights: {self.weights}) in {self.elapsed_ms:.1f} ms", ""]
-        for head, preds in self.heads.items():
-            lines += [f"{HEAD_TITLES.get(head, head)}:", "", "| # | label | probability |", "|---|---|---|"]
-            lines += [f"| {i + 1} | {p.label} | {p.prob:.2%} |" for i, p in enumerate(preds)]
-            lines.append("")
-        return "\n".join(lines)
 
 
 @functools.lru_cache(maxsize=1)

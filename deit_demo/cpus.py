@@ -7,6 +7,7 @@ sets its own count inside its worker thread; the budget makes the counts add up 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,33 @@ import torch
 
 
 CGROUP = Path("/sys/fs/cgroup")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """(model name, ISA flags) of this CPU from /proc/cpuinfo; ("", {}) where there is none."""
+    model, flags = "", frozenset()
+    try:
+        for line in CPUINFO.read_text().splitlines():
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = frozenset(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return model, flags
+
+
+def cpu_flags() -> frozenset[str]:
+    return cpu_info()[1]
+
+
+def native_bf16() -> tuple[bool, str]:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16), and which."""
+    found = [f for f in ("amx_bf16", "avx512_bf16") if f in cpu_flags()]
+    return bool(found), ", ".join(found)
 
 
 def usable_cpus(cgroup: Path = CGROUP) -> int:

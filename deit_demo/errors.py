@@ -12,3 +12,13 @@ class DeitDemoError(Exception):
 
     The CLI prints it without a traceback; the UI turns it into `gr.Error`.
     """
+
+
+class Cancelled(DeitDemoError):
+    """A job was stopped by the person who started it."""
+
+
+def check_cancel(cancel) -> None:
+    """Raise `Cancelled` if the `threading.Event` (or None) is set."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("Stopped.")

@@ -12,7 +12,26 @@ from pathlib import Path
 import torch
 
 from deit_demo.errors import DeitDemoError, describe
-from deit_demo.models import LoadedModel, ModelSpec
+from deit_demo.models import MODELS, LoadedModel, ModelSpec
+from deit_demo.pipeline import ProgressFn, prepare_variants
+
+BOOTSTRAP_SAMPLES = 2000
+
+
+def accuracy_interval(correct, level: float = 0.95, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
+    """A percentile-bootstrap interval for the mean of per-image 0/1 outcomes (seeded: the same data, the same
+    interval)."""
+    import numpy as np
+
+    correct = np.asarray(correct, dtype=np.float64)
+    if correct.size == 0:
+        return float("nan"), float("nan")
+    draws = np.random.default_rng(seed).integers(0, correct.size, (samples, correct.size))
+    means = correct[draws].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -24,14 +43,15 @@ class LabelledSet:
     items: Callable[[], Iterator[tuple[torch.Tensor, int]]]  # (1, 3, S, S) input, class index
 
 
-def digits_test_set(spec: ModelSpec) -> LabelledSet:
-    from deit_demo.train_digits import digits_split
-
-    if spec.key != "deit_digits":
-        raise DeitDemoError("The built-in digits test split only fits --model deit_digits; pass --data FOLDER.")
-    _, _, x_test, y_test = digits_split()
-    return LabelledSet("digits test split", len(y_test),
-                       lambda: ((x_test[i:i + 1], int(y_test[i])) for i in range(len(y_test))))
+def builtin_set(spec: ModelSpec) -> LabelledSet:
+    """The labelled data a model trained here ships with (`spec.eval_set`)."""
+    if spec.eval_set is None:
+        with_data = ", ".join(key for key, s in MODELS.items() if s.eval_set is not None)
+        raise DeitDemoError(f"{spec.key} has no built-in labelled data (models that do: {with_data}); pass "
+                            "--data FOLDER with one sub-folder per class.")
+    x, y = spec.eval_set()
+    return LabelledSet(spec.eval_name or f"{spec.key} test set", len(y),
+                       lambda: ((x[i:i + 1], int(y[i])) for i in range(len(y))))
 
 
 def folder_set(spec: ModelSpec, root: Path | str) -> LabelledSet:
@@ -62,18 +82,22 @@ def folder_set(spec: ModelSpec, root: Path | str) -> LabelledSet:
 
 
 def labelled_set(spec: ModelSpec, data: str | Path | None) -> LabelledSet:
-    return folder_set(spec, data) if data else digits_test_set(spec)
+    return folder_set(spec, data) if data else builtin_set(spec)
 
 
 @dataclass
 class AccuracyResult:
+    """One variant's accuracy on one labelled set; intervals are 95% percentile-bootstrap intervals."""
+
     model: str
     variant: str
     status: str
     reason: str = ""
     top1: float | None = None
     top5: float | None = None
-    images: int = 0
+    top1_ci95: tuple[float, float] | None = None
+    top5_ci95: tuple[float, float] | None = None
+    n_images: int = 0
     data: str = ""
     weights: str = ""
 
@@ -82,44 +106,37 @@ class AccuracyResult:
 
 
 def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], dataset: LabelledSet,
-             progress: Callable[[int, int], None] | None = None) -> tuple[float, float]:
-    top1 = top5 = seen = 0
+             progress: Callable[[int, int], None] | None = None) -> tuple[list[bool], list[bool]]:
+    """Per-image top-1 and top-5 outcomes of `fn` on `dataset`."""
+    top1, top5 = [], []
     with torch.inference_mode():
         for x, label in dataset.items():
             logits = fn(x).float().reshape(-1)
             top = logits.topk(min(5, logits.numel())).indices.tolist()
-            top1 += int(top[0] == label)
-            top5 += int(label in top)
-            seen += 1
-            if progress and (seen % 20 == 0 or seen == dataset.size):
-                progress(seen, dataset.size)
-    return top1 / seen, top5 / seen
+            top1.append(top[0] == label)
+            top5.append(label in top)
+            if progress and (len(top1) % 20 == 0 or len(top1) == dataset.size):
+                progress(len(top1), dataset.size)
+    return top1, top5
 
 
 def evaluate(loaded: LoadedModel, keys: list[str], store, data: str | Path | None = None, *,
-             progress: Callable[[str, int, int], None] | None = None) -> list[AccuracyResult]:
+             progress: ProgressFn | None = None) -> list[AccuracyResult]:
     """Top-1/top-5 of every variant in `keys` on the same labelled set; one row each, whatever fails."""
-    from deit_demo.variants import get_variant, prepare
-
     dataset = labelled_set(loaded.spec, data)
     rows = []
-    for key in keys:
-        variant = get_variant(key)
-        row = AccuracyResult(model=loaded.spec.key, variant=key, status="ok", data=dataset.name,
-                             weights=loaded.weights)
-        ok, reason = variant.available()
-        if not ok:
-            row.status, row.reason = "unavailable", reason
-            rows.append(row)
-            continue
-        try:
-            _, _, runner = prepare(variant, loaded, store)
-            report = (lambda i, n, k=key: progress(k, i, n)) if progress else None
-            row.top1, row.top5 = accuracy(runner, dataset, report)
-            row.images = dataset.size
-        except DeitDemoError:
-            raise
-        except Exception as err:  # one broken variant never stops the others
-            row.status, row.reason = "failed", describe(err)
+    for item in prepare_variants(loaded, keys, store, progress=progress):
+        row = AccuracyResult(model=loaded.spec.key, variant=item.key, status=item.status, reason=item.reason,
+                             data=dataset.name, weights=loaded.weights)
+        if item.runner is not None:
+            report = (lambda i, n, k=item.key: progress(f"accuracy of {k}", i, n)) if progress else None
+            try:
+                top1, top5 = accuracy(item.runner, dataset, report)
+            except Exception as err:  # loaded, but its runtime fails on the data: that row says so
+                row.status, row.reason = "failed", describe(err)
+            else:
+                row.top1, row.top5 = sum(top1) / len(top1), sum(top5) / len(top5)
+                row.top1_ci95, row.top5_ci95 = accuracy_interval(top1), accuracy_interval(top5)
+                row.n_images = len(top1)
         rows.append(row)
     return rows

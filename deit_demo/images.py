@@ -290,8 +290,13 @@ def load_image(source: ImageSource, *, fetch: FetchSettings = FetchSettings()) -
 # ---------------------------------------------------------------------------------------------------- preprocessing
 
 
+RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+              "nearest": Image.Resampling.NEAREST}
+
+
 def preprocess(image: Image.Image, spec: ModelSpec) -> torch.Tensor:
-    """A (1, 3, S, S) tensor as the DeiT authors evaluate: bicubic resize of the short side, centre crop, normalise.
+    """A (1, 3, S, S) tensor as the DeiT authors evaluate: resize the short side with the model's interpolation
+    (bicubic for DeiT), centre crop, normalise.
 
     Written with PIL and NumPy (no torchvision at serving time); tests prove it equals the tutorial's torchvision
     pipeline tensor for tensor.
@@ -301,7 +306,7 @@ def preprocess(image: Image.Image, spec: ModelSpec) -> torch.Tensor:
     new_short = spec.resize_size
     new_long = int(new_short * long / short)
     size = (new_short, new_long) if width <= height else (new_long, new_short)
-    resized = image.resize(size, Image.Resampling.BICUBIC) if size != image.size else image
+    resized = image.resize(size, RESAMPLING[spec.interpolation]) if size != image.size else image
     crop = spec.input_size
     top = int(round((resized.height - crop) / 2.0))
     left = int(round((resized.width - crop) / 2.0))

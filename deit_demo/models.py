@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Callable
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from deit_demo.cache import BoundedCache
 from deit_demo.errors import DeitDemoError, describe
+from deit_demo.paths import ASSETS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_SEED = 0
+# Converting these takes seconds on any catalog model; the ahead-of-time compilers take minutes on DeiT-B.
+QUICK_VARIANTS = ("original", "scripted", "scripted_int8", "mobile_optimized", "lite", "onnx_fp32", "onnx_int8")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,15 @@ class ModelSpec:
     labels: tuple[str, ...] = ()  # empty: ImageNet-1k
     bundled: str = ""  # a checkpoint shipped in this repo: what "hub" means for this model
     builder: Callable[[], nn.Module] | None = None  # for models timm has no name for
+    examples: str = "*.jpg"  # glob under assets/: example, calibration and answer-check images
+    eval_set: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None  # built-in labelled data (x, y), if any
+    eval_name: str = ""  # what `eval_set` is, in words
+    report: str = ""  # the training report of a model trained here (assets/*.json)
+    quick_variants: tuple[str, ...] = QUICK_VARIANTS  # what the Convert tab ticks by default
+    tome_r: int = 13  # tokens merged per block by default (ToMe's DeiT-S setting: 79.4% vs 79.8% top-1)
+
+    def example_paths(self) -> list[Path]:
+        return sorted(ASSETS.glob(self.examples))
 
     @property
     def hub_name(self) -> str:
@@ -66,7 +77,8 @@ class ModelSpec:
 def _deit(key: str, timm_name: str, label: str, params: int, top1: float, *, size: int = 224,
           distilled: bool = False, family: str = "DeiT") -> ModelSpec:
     return ModelSpec(key=key, timm_name=timm_name, tag="fb_in1k", label=label, params=params, input_size=size,
-                     distilled=distilled, top1=top1, family=family, crop_pct=0.875 if size == 224 else 1.0)
+                     distilled=distilled, top1=top1, family=family, crop_pct=0.875 if size == 224 else 1.0,
+                     tome_r=13 if size == 224 else 24)  # 384: 577 tokens, 24 per block keeps half of them
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -87,7 +99,6 @@ MODELS: dict[str, ModelSpec] = {
         _deit("deit3_base", "deit3_base_patch16_224", "DeiT III-B", 86_585_320, 83.8, family="DeiT III"),
     ]
 }
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
 def _digits_spec() -> ModelSpec:
@@ -99,10 +110,28 @@ def _digits_spec() -> ModelSpec:
                      label="DeiT-digits ⚗ (offline demo)", params=148_948, input_size=train_digits.IMG,
                      distilled=True, top1=top1, family="trained here", crop_pct=1.0, mean=train_digits.DIGIT_MEAN,
                      std=train_digits.DIGIT_STD, num_classes=10, labels=tuple(str(d) for d in range(10)),
-                     bundled=str(train_digits.CHECKPOINT), builder=train_digits.build_student)
+                     bundled=str(train_digits.CHECKPOINT), builder=train_digits.build_student,
+                     examples="digits/*.png", eval_set=train_digits.test_set, eval_name="digits test split",
+                     report=str(report), quick_variants=tuple(QUICK_VARIANTS))
 
 
-MODELS[_digits_spec().key] = _digits_spec()
+def _synth_spec() -> ModelSpec:
+    from deit_demo import synth
+
+    report = ASSETS / "deit_synth.json"
+    data = json.loads(report.read_text()) if report.is_file() else None
+    top1 = (data["students"][data["shipped"]]["average"]["top1"] * 100 if data
+            else float("nan"))
+    return ModelSpec(key="deit_synth", timm_name="deit_synth_patch8_64", tag="bundled",
+                     label="DeiT-synth ⚗ (textures, trained here)", params=218_964, input_size=synth.IMG,
+                     distilled=True, top1=top1, family="trained here", crop_pct=1.0, mean=synth.MEAN, std=synth.STD,
+                     num_classes=len(synth.CLASSES), labels=synth.CLASSES, builder=synth.build_student,
+                     bundled=str(ASSETS / "deit_synth.safetensors"), examples="synth/*.png", eval_set=synth.test_set,
+                     eval_name="synthetic textures test split", report=str(report))
+
+
+for _spec in (_digits_spec(), _synth_spec()):
+    MODELS[_spec.key] = _spec
 DEFAULT_MODEL = "deit_base"
 
 
@@ -230,24 +259,13 @@ def load_model(key: str, weights: str | Path = "hub") -> LoadedModel:
 
 
 class ModelCache:
-    """A small bounded LRU of loaded models, safe to share between server threads."""
+    """The loaded models a process keeps: a bounded LRU keyed by (model, weights), safe across server threads."""
 
     def __init__(self, max_models: int = 2):
-        self.max_models = max_models
-        self._items: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache: BoundedCache[LoadedModel] = BoundedCache(max_models)
 
     def get(self, key: str, weights: str | Path = "hub") -> LoadedModel:
-        cache_key = (key, str(weights))
-        with self._lock:
-            if cache_key in self._items:
-                self._items.move_to_end(cache_key)
-                return self._items[cache_key]
-            loaded = load_model(key, weights)
-            self._items[cache_key] = loaded
-            while len(self._items) > self.max_models:
-                self._items.popitem(last=False)
-            return loaded
+        return self._cache.get((key, str(weights)), lambda: load_model(key, weights))
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._cache)

@@ -21,12 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deit_demo.paths import ASSETS
+
 IMG = 32  # 8x8 digits upsampled 4x: 4x4 = 16 patches of 8x8 pixels (2x2 original pixels each)
 SEED = 0
 DIGIT_MEAN = (0.5, 0.5, 0.5)
 DIGIT_STD = (0.5, 0.5, 0.5)
 ARCH = dict(img_size=IMG, patch_size=8, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0, num_classes=10)
-CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "deit_digits.safetensors"
+CHECKPOINT = ASSETS / "deit_digits.safetensors"
 REPORT = CHECKPOINT.with_suffix(".json")
 
 
@@ -39,6 +41,12 @@ def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
     x_tr, x_te, y_tr, y_te = train_test_split(digits.images, digits.target, test_size=0.2, random_state=SEED,
                                               stratify=digits.target)
     return to_tensor(x_tr), torch.as_tensor(y_tr), to_tensor(x_te), torch.as_tensor(y_te)
+
+
+def test_set() -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out split (360 images) as (x, y): the built-in evaluation set of `deit_digits`."""
+    _, _, x_test, y_test = digits_split()
+    return x_test, y_test
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -85,7 +93,8 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, loss_fn, lr: float = 2e-3,
-          batch: int = 64) -> None:
+          batch: int = 64, augment=augment) -> None:
+    """AdamW with a one-cycle schedule; `loss_fn(model, xb, yb, idx)`; seeded, so a rerun gives the same weights."""
     generator = torch.Generator().manual_seed(SEED)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps = epochs * ((len(x) + batch - 1) // batch)

@@ -5,8 +5,9 @@ import pytest
 gr = pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
 
+from deit_demo.pipeline import example_images  # noqa: E402
+from deit_demo.report import CONVERT_COLUMNS  # noqa: E402
 from deit_demo.ui import AppConfig, build_app, launch_kwargs  # noqa: E402
-from deit_demo.variants import example_images  # noqa: E402
 from deit_demo.variants.torchscript import xnnpack_enabled  # noqa: E402
 
 
@@ -81,10 +82,12 @@ def test_bad_input_gives_readable_error_and_next_call_works(client, tmp_path):
 def test_convert_tiny(client):
     status, table, files = client.predict("deit_tiny", ["original", "scripted", "scripted_int8", "mobile_optimized"],
                                           api_name="/convert")
-    rows = {row[0]: row for row in table["data"]}
-    assert rows["original"][1].startswith("ok") and rows["scripted"][1].startswith("ok")
-    assert float(rows["scripted"][7]) < 1e-4 and rows["scripted"][5] == "100%"
-    assert rows["mobile_optimized"][1] in ("unavailable", "ok")
+    assert table["headers"] == CONVERT_COLUMNS
+    rows = {row[0]: dict(zip(CONVERT_COLUMNS, row)) for row in table["data"]}
+    assert rows["original"]["status"].startswith("ok") and rows["scripted"]["status"].startswith("ok")
+    assert float(rows["scripted"]["max diff"]) < 1e-4 and rows["scripted"]["top-1 agreement"] == "100%"
+    expected = "unavailable" if not xnnpack_enabled() else "ok"
+    assert rows["mobile_optimized"]["status"].startswith(expected)
     assert any(str(f).endswith(".csv") for f in files) and any(str(f).endswith(".pt") for f in files)
 
 
@@ -92,8 +95,12 @@ def test_short_benchmark(client):
     out = client.predict("deit_tiny", ["original", "scripted_int8"], 3, 1, 1, "1", api_name="/benchmark")
     status, table = out[0], out[1]
     assert "done" in status and "| original |" in table and "| scripted_int8 |" in table
-    latency = out[2]
-    assert latency is not None
+    figure = out[2]["plot"] if isinstance(out[2], dict) and "plot" in out[2] else out[2]
+    import json
+
+    bars = json.loads(figure) if isinstance(figure, str) else figure
+    assert [trace["x"] for trace in bars["data"]][0] == ["original", "scripted_int8"]
+    assert all(y > 0 for y in bars["data"][0]["y"])
     assert any(str(f).endswith(".html") for f in out[-1])
 
 
@@ -107,8 +114,8 @@ def test_bad_benchmark_settings_are_refused(client):
 def test_convert_digits_reports_accuracy_per_variant(client):
     status, table, files = client.predict("deit_digits", ["original", "scripted", "scripted_int8"], api_name="/convert")
     assert "Accuracy: top-1 on digits test split (360 labelled images)" in status
-    rows = {row[0]: row for row in table["data"]}
-    accuracy = {key: float(rows[key][8].rstrip("%")) for key in ("original", "scripted", "scripted_int8")}
+    rows = {row[0]: dict(zip(CONVERT_COLUMNS, row)) for row in table["data"]}
+    accuracy = {key: float(rows[key]["accuracy"].rstrip("%")) for key in ("original", "scripted", "scripted_int8")}
     assert accuracy["original"] >= 85 and accuracy["scripted"] == accuracy["original"]
     assert abs(accuracy["scripted_int8"] - accuracy["original"]) <= 1.0
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from deit_demo import bench, charts
+from deit_demo import bench, charts, report
 from deit_demo.bench import BenchResult, BenchSettings, LatencyStats
 
 
@@ -65,11 +65,11 @@ def _results() -> list[BenchResult]:
 
 
 def test_reduction_table_like_the_tutorial():
-    rows = bench.reduction_table(_results())
+    rows = report.reduction_table(_results())
     assert rows[0]["Inference Time"] == "21.00ms" and rows[0]["Reduction"] == "0%"
     assert rows[1]["Reduction"] == "48%" and rows[1]["Size Reduction"] == "73%"
     assert rows[2]["Inference Time"] == "unavailable" and rows[2]["reason"] == "no XNNPACK"
-    markdown = bench.to_markdown(rows)
+    markdown = report.to_markdown(rows)
     assert markdown.splitlines()[0].startswith("| Model | batch | Inference Time | Reduction")
 
 

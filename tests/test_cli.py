@@ -59,17 +59,17 @@ def test_classify_bad_input_is_one_readable_line(tmp_path):
 def test_convert_and_bench_cli(tmp_path, store):
     # The session's shared store: conversions made here are reused by the variant tests (and vice versa).
     out = run_cli("convert", "--model", "deit_tiny", "--weights", "random", "--variants", "all",
-                  "--out", str(store.root), "--json", str(tmp_path / "c.json"), timeout=900)
+                  "--store", str(store.root), "--json", str(tmp_path / "c.json"), timeout=900)
     assert out.returncode == 0, out.stderr
     header = out.stdout.splitlines()[0]
-    assert header.startswith("| variant | file | size MB | % of original | seconds | top-1 agreement")
+    assert header.startswith("| variant | status | file | size MB | % of original | seconds | top-1 agreement")
     data = json.loads((tmp_path / "c.json").read_text())
     assert {r["variant"] for r in data["rows"]} == set(__import__("deit_demo.variants").variants.VARIANTS)
     assert "note: torch.jit is deprecated" in out.stdout
     families = {__import__("deit_demo.variants").variants.VARIANTS[r["variant"]].family for r in data["rows"]}
     assert families == {"classic", "modern"}
     out = run_cli("bench", "--model", "deit_tiny", "--weights", "random", "--variants", "original,scripted_int8",
-                  "--runs", "4", "--warmup", "1", "--threads", "1", "--batch", "1,2", "--out", str(store.root),
+                  "--runs", "4", "--warmup", "1", "--threads", "1", "--batch", "1,2", "--store", str(store.root),
                   "--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv"),
                   "--html", str(tmp_path / "b.html"))
     assert out.returncode == 0, out.stderr
@@ -78,3 +78,35 @@ def test_convert_and_bench_cli(tmp_path, store):
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert len(rows) == 4 and all(len(r["samples_ms"]) == 4 for r in rows)
     assert (tmp_path / "b.html").stat().st_size > 100_000 and (tmp_path / "b.csv").exists()
+
+
+def test_json_to_stdout_is_only_json():
+    out = run_cli("classify", "assets/chelsea_cat.jpg", "--model", "deit_tiny", "--weights", "random", "--json", "-")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)  # nothing but the JSON document on stdout
+    assert data["model"] == "deit_tiny" and "| # | label |" in out.stderr
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--batch", "x"], "Batch sizes must be whole numbers from 1 to 64"),
+    (["--runs", "0"], "runs must be a whole number of at least 1"),
+    (["--threads", "-3"], "threads must be a whole number of at least 0"),
+    (["--variants", "nope"], "Unknown variant 'nope'"),
+])
+def test_bad_bench_settings_are_one_line_errors(flags, message):
+    out = run_cli("bench", "--model", "deit_tiny", "--weights", "random", *flags)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [f"error: {out.stderr.strip()[7:]}"] and message in out.stderr
+
+
+def test_console_script_and_benchmarks_use_the_installed_package():
+    import shutil
+
+    script = shutil.which("deit-demo")
+    assert script, "pip install -e . installs the deit-demo console script"
+    out = subprocess.run([script, "variants"], capture_output=True, text=True, cwd="/", timeout=120)
+    assert out.returncode == 0 and "| key | family | title | available | reason |" in out.stdout
+    for name in ("fastest.py", "load.py"):  # run as scripts: only the installed package puts deit_demo on the path
+        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), "--help"], capture_output=True,
+                             text=True, cwd="/", timeout=120)
+        assert out.returncode == 0, out.stderr

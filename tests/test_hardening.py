@@ -10,8 +10,9 @@ from gradio_client.exceptions import AppError
 
 from deit_demo.artifacts import ArtifactStore
 from deit_demo.models import ModelCache
+from deit_demo.pipeline import convert_variant, example_images
 from deit_demo.ui import AppConfig, build_app, launch_kwargs
-from deit_demo.variants import convert_variant, example_images, get_variant
+from deit_demo.variants import get_variant
 from tests.image_corpus import corpus
 
 CASES = corpus()

@@ -9,8 +9,9 @@ import torch
 
 from deit_demo import DeitDemoError
 from deit_demo.artifacts import MANIFEST, ArtifactStore
-from deit_demo.variants import (VARIANTS, check_inputs, compare_answers, convert_variant, get_variant, load_verified,
+from deit_demo.pipeline import (check_inputs, compare_answers, convert_variant, load_verified, prepare_variants,
                                 run_conversion, run_inputs)
+from deit_demo.variants import VARIANTS, get_variant
 
 
 
@@ -27,7 +28,7 @@ def test_variant_converts_loads_and_agrees(key, rows, tiny, store):
     ok, reason = variant.available()
     if not ok:
         assert row.status == "unavailable" and len(reason) > 40 and row.reason == reason
-        return
+        pytest.skip(f"{key} is unavailable in this build: {reason}")
     assert row.status == "ok", row.reason
     assert row.size_bytes > 1_000_000 and len(row.sha256) == 64 and row.convert_s >= 0
     assert os.path.isfile(row.path)
@@ -41,7 +42,11 @@ def test_variant_converts_loads_and_agrees(key, rows, tiny, store):
     if variant.precision == "fp32":
         assert row.top1_agreement == 1.0 and row.top5_overlap == 1.0
         assert row.max_abs_diff < 1e-4
-        return
+    else:
+        _reduced_precision_keeps_clear_decisions(variant, row, runner, tiny, rows)
+
+
+def _reduced_precision_keeps_clear_decisions(variant, row, runner, tiny, rows):
     # Random weights give near-flat logits, so reduced precision may flip near-ties; it must never flip a decision
     # whose margin is larger than the variant's own error.
     inputs = check_inputs(tiny.spec)
@@ -59,13 +64,26 @@ def test_variant_converts_loads_and_agrees(key, rows, tiny, store):
         assert row.size_bytes < 0.5 * rows["original"].size_bytes  # int8 weights: several times smaller
 
 
-def test_mobile_optimized_follows_this_build():
-    from deit_demo.variants.torchscript import xnnpack_enabled
-
+@pytest.mark.parametrize("enabled", [False, True])
+def test_mobile_optimized_follows_the_xnnpack_probe(enabled, monkeypatch):
+    monkeypatch.setattr(torch._C, "_is_xnnpack_enabled", lambda: enabled, raising=False)
     ok, reason = VARIANTS["mobile_optimized"].available()
-    assert ok == xnnpack_enabled()
-    if not ok:
-        assert "XNNPACK" in reason and "executorch" in reason.lower()
+    assert ok is enabled
+    if not enabled:
+        assert "XNNPACK" in reason and "executorch" in reason.lower() and torch.__version__ in reason
+    else:
+        assert reason == ""
+
+
+def test_one_loop_reports_every_outcome_and_goes_on(tiny, store, monkeypatch):
+    monkeypatch.setattr(torch._C, "_is_xnnpack_enabled", lambda: False, raising=False)
+    monkeypatch.setattr(VARIANTS["scripted"], "load", lambda *a: (_ for _ in ()).throw(RuntimeError("no runtime")))
+    seen = {p.key: p for p in prepare_variants(tiny, ["original", "mobile_optimized", "scripted", "scripted_int8"],
+                                                store)}
+    assert [seen[k].status for k in seen] == ["ok", "unavailable", "failed", "ok"]
+    assert seen["scripted"].reason == "RuntimeError: no runtime" and seen["scripted"].runner is None
+    assert "XNNPACK" in seen["mobile_optimized"].reason
+    assert seen["scripted_int8"].runner is not None and seen["original"].artifact.size_bytes > 0
 
 
 def test_lite_says_what_it_was_built_from_and_how_it_ran(rows):
@@ -134,8 +152,8 @@ def _slow_convert(root: str) -> None:
     variant = get_variant("scripted")
     original_export = variant.export
 
-    def slow_export(model, example, path, calibration):
-        original_export(model, example, path, calibration)
+    def slow_export(model, path, ctx):
+        original_export(model, path, ctx)
         open(os.path.join(root, "exported"), "w").close()
         time.sleep(60)  # killed here: file written, manifest not yet
         return {}

@@ -10,7 +10,8 @@ import copy
 
 import torch
 
-from deit_demo.variants import Runner, Variant, export_dynamic_batch, missing_packages, register
+from deit_demo.variants.base import Runner, Variant, export_dynamic_batch, missing_packages
+from deit_demo.variants.registry import register
 
 
 def _lower_to_pte(exported: torch.export.ExportedProgram, path) -> None:
@@ -44,13 +45,13 @@ def pte_runner(path, notes: dict | None = None) -> Runner:
 
 class _ExecuTorch(Variant):
     family = "modern"
-    version = 2  # 2: symbolic batch dimension (1..64)
+    version = 3  # 2: symbolic batch dimension (1..64); 3: exported from distinct example rows
     suffix = ".pte"
 
     def available(self):
         return missing_packages("executorch", "torchao")
 
-    def load(self, artifact):
+    def load(self, artifact, ctx):
         return pte_runner(artifact.path)
 
 
@@ -61,8 +62,8 @@ class ExecuTorchFp32(_ExecuTorch):
     description = ("torch.export -> to_edge_transform_and_lower with the XNNPACK partitioner -> .pte: what replaces "
                    "optimize_for_mobile + the lite interpreter on phones.")
 
-    def export(self, model, example, path, calibration):
-        _lower_to_pte(export_dynamic_batch(model, example), path)
+    def export(self, model, path, ctx):
+        _lower_to_pte(export_dynamic_batch(model, ctx), path)
         return {}
 
 
@@ -78,18 +79,18 @@ class ExecuTorchInt8(_ExecuTorch):
     # fraction of the check inputs where dynamic kept all. `static_activations = True` restores them, calibrated.
     static_activations = False
 
-    def export(self, model, example, path, calibration):
+    def export(self, model, path, ctx):
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                               get_symmetric_quantization_config)
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        graph = export_dynamic_batch(copy.deepcopy(model), example).module()
+        graph = export_dynamic_batch(copy.deepcopy(model), ctx).module()
         config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=not self.static_activations)
         prepared = prepare_pt2e(graph, XNNPACKQuantizer().set_global(config))
         with torch.no_grad():
-            for batch in calibration:  # sets the observers of static activations; harmless for dynamic ones
+            for batch in ctx.calibration:  # sets the observers of static activations; harmless for dynamic ones
                 prepared(batch)
         quantized = convert_pt2e(prepared)
-        _lower_to_pte(export_dynamic_batch(quantized, example), path)
+        _lower_to_pte(export_dynamic_batch(quantized, ctx), path)
         return {"activations": "static (calibrated)" if self.static_activations else "dynamic",
-                "calibration_images": len(calibration)}
+                "calibration_images": len(ctx.calibration)}

@@ -7,12 +7,13 @@ import io
 
 import torch
 
-from deit_demo.variants import Runner, Variant, batch_dim, missing_packages, register
+from deit_demo.variants.base import Runner, Variant, batch_dim, missing_packages
+from deit_demo.variants.registry import register
 
 
-def export_onnx(model, example, path) -> None:
+def export_onnx(model, path, ctx) -> None:
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates every step on stdout
-        torch.onnx.export(model, (example[:1].repeat(2, 1, 1, 1),), str(path), dynamo=True, external_data=False,
+        torch.onnx.export(model, (ctx.example(2),), str(path), dynamo=True, external_data=False,
                           input_names=["pixels"], output_names=["logits"], dynamic_shapes=(batch_dim(),))
 
 
@@ -35,13 +36,13 @@ def ort_runner(path, threads: int | None = None) -> Runner:
 
 class _Onnx(Variant):
     family = "modern"
-    version = 2  # 2: symbolic batch dimension (1..64)
+    version = 3  # 2: symbolic batch dimension (1..64); 3: exported from distinct example rows
     suffix = ".onnx"
 
     def available(self):
         return missing_packages("onnx", "onnxscript", "onnxruntime")
 
-    def load(self, artifact):
+    def load(self, artifact, ctx):
         return ort_runner(artifact.path)
 
 
@@ -51,8 +52,8 @@ class OnnxFp32(_Onnx):
     title = "ONNX Runtime fp32"
     description = "torch.onnx.export(dynamo=True) -> .onnx, run by ONNX Runtime: portable to any ONNX runtime."
 
-    def export(self, model, example, path, calibration):
-        export_onnx(model, example, path)
+    def export(self, model, path, ctx):
+        export_onnx(model, path, ctx)
         return {}
 
 
@@ -64,13 +65,13 @@ class OnnxInt8(_Onnx):
     description = ("ONNX Runtime's quantize_dynamic: int8 weights, activations quantized on the fly (the ONNX "
                    "counterpart of the tutorial's dynamic int8).")
 
-    def export(self, model, example, path, calibration):
+    def export(self, model, path, ctx):
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         import logging
 
         fp32 = path.with_name(path.stem + "_fp32.onnx")
-        export_onnx(model, example, fp32)
+        export_onnx(model, fp32, ctx)
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # ORT logs a pre-processing hint on the root logger at every call

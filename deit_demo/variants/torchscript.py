@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deit_demo.artifacts import Artifact
 from deit_demo.errors import describe
-from deit_demo.models import create_model, get_spec
-from deit_demo.variants import Runner, Variant, register
+from deit_demo.models import create_model
+from deit_demo.variants.base import Runner, Variant
+from deit_demo.variants.registry import register
 
 JIT_DEPRECATION = ("torch.jit is deprecated since PyTorch 2.9 (FutureWarning here); successor: torch.export -> "
                    "ExecuTorch (executorch_*) for phones, torch.compile / AOTInductor (compiled_bf16) for servers.")
@@ -85,16 +85,16 @@ class Original(Variant):
     description = "The timm model as trained: eager PyTorch, fp32 weights saved as safetensors. The baseline."
     suffix = ".safetensors"
 
-    def export(self, model, example, path, calibration):
+    def export(self, model, path, ctx):
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
         return {}
 
-    def load(self, artifact: Artifact) -> Runner:
+    def load(self, artifact, ctx):
         from safetensors.torch import load_file
 
-        model = create_model(get_spec(artifact.model))
+        model = create_model(ctx.spec)
         model.load_state_dict(load_file(str(artifact.path)))
         model.eval().requires_grad_(False)
         return Runner(model)
@@ -108,11 +108,11 @@ class Scripted(Variant):
     description = "torch.jit.script: a Python-free graph that C++ and the old mobile runtime can load."
     deprecation = JIT_DEPRECATION
 
-    def export(self, model, example, path, calibration):
+    def export(self, model, path, ctx):
         script(model).save(str(path))
         return {}
 
-    def load(self, artifact):
+    def load(self, artifact, ctx):
         return jit_runner(artifact.path)
 
 
@@ -133,11 +133,11 @@ class ScriptedInt8(Variant):
                            f"(it has {', '.join(torch.backends.quantized.supported_engines)}).")
         return True, ""
 
-    def export(self, model, example, path, calibration):
+    def export(self, model, path, ctx):
         script(quantize_dynamic_int8(model, self.engine)).save(str(path))
         return {"engine": self.engine}
 
-    def load(self, artifact):
+    def load(self, artifact, ctx):
         return jit_runner(artifact.path, artifact.notes.get("engine", self.engine))
 
 
@@ -164,14 +164,14 @@ class MobileOptimized(Variant):
             return False, mobile_unavailable_reason()
         return True, ""
 
-    def export(self, model, example, path, calibration):
+    def export(self, model, path, ctx):
         from torch.utils.mobile_optimizer import optimize_for_mobile
 
         with tutorial_apis():
             optimize_for_mobile(script(quantize_dynamic_int8(model, self.engine))).save(str(path))
         return {"engine": self.engine}
 
-    def load(self, artifact):
+    def load(self, artifact, ctx):
         return jit_runner(artifact.path, artifact.notes.get("engine", self.engine))
 
 
@@ -186,7 +186,7 @@ class Lite(Variant):
     suffix = ".ptl"
     deprecation = MOBILE_DEPRECATION
 
-    def export(self, model, example, path, calibration):
+    def export(self, model, path, ctx):
         if xnnpack_enabled():
             from torch.utils.mobile_optimizer import optimize_for_mobile
 
@@ -201,7 +201,7 @@ class Lite(Variant):
         why = "" if source == "mobile_optimized" else " (mobile_optimized is unavailable: no XNNPACK in this build)"
         return {"engine": engine, "source": source, "built_from": f"built from {source}{why}"}
 
-    def load(self, artifact):
+    def load(self, artifact, ctx):
         engine = artifact.notes.get("engine", "qnnpack")
         try:
             from torch.jit.mobile import _load_for_lite_interpreter
@@ -210,8 +210,7 @@ class Lite(Variant):
                 module = _load_for_lite_interpreter(str(artifact.path))
             # The loader can succeed and the first call fail; try one call before trusting it.
             with quantized_engine(engine), torch.inference_mode():
-                size = get_spec(artifact.model).input_size
-                module(torch.zeros(1, 3, size, size))
+                module(ctx.example())
         except Exception as err:
             error = describe(err)
             runner = jit_runner(artifact.path, engine, notes={

@@ -1,0 +1,129 @@
+"""Gradio event handlers: top-level functions that take the `Lab` first, turn inputs into one service call, and its
+results into component values. `ui.py` binds them to components; tests call them directly, without a server."""
+
+from __future__ import annotations
+
+import html
+import queue
+import threading
+import time
+
+import gradio as gr
+
+from deit_demo import bench, charts
+from deit_demo.errors import Cancelled, DeitDemoError
+from deit_demo.report import (CONVERT_COLUMNS, REDUCTION_COLUMNS, conversion_rows, machine_line, profiler_markdown,
+                              reduction_table, to_markdown, write_conversion_csv)
+from deit_demo.service import Lab
+
+
+def user_error(err: Exception) -> gr.Error:
+    return gr.Error(html.escape(str(err), quote=False))  # quotes are harmless in text; <, > and & are not
+
+
+def gradio_progress(progress: gr.Progress):
+    """The library's progress callback (what, done, total) drawn on a gr.Progress bar."""
+    return lambda what, done, total: progress((done, max(total, 1)), desc=what)
+
+
+def _label_value(preds) -> dict[str, float]:
+    return {f"{p.label} ({p.index})": p.prob for p in preds}
+
+
+def classify(lab: Lab, image_path, url_text, model_key, variant_key, progress=gr.Progress()) -> list:
+    """Banner, timing line and the three label outputs (the second and third only for distilled models)."""
+    source = (url_text or "").strip() or image_path
+    if not source:
+        raise gr.Error("Upload an image, pick an example, or paste an image URL.")
+    try:
+        loaded, result = lab.classify(source, model_key, variant_key or "original",
+                                      progress=gradio_progress(progress))
+    except DeitDemoError as err:
+        raise user_error(err) from None
+    heads = result.heads
+    if "average" in heads:
+        labels = [_label_value(heads["class"]), gr.update(value=_label_value(heads["distillation"]), visible=True),
+                  gr.update(value=_label_value(heads["average"]), visible=True)]
+    else:
+        labels = [_label_value(heads["logits"]), gr.update(value=None, visible=False),
+                  gr.update(value=None, visible=False)]
+    timing = (f"**{result.elapsed_ms:.1f} ms** for the forward pass ({result.variant}, {loaded.spec.label}); "
+              f"top-1: **{html.escape(result.top1.label)}**")
+    return [lab.banner(loaded), timing, *labels]
+
+
+def convert(lab: Lab, model_key, variant_keys, progress=gr.Progress()) -> tuple:
+    """Status text, the conversion table (CONVERT_COLUMNS) and the files to download."""
+    try:
+        outcome = lab.convert(model_key, variant_keys or [], progress=gradio_progress(progress))
+    except DeitDemoError as err:
+        raise user_error(err) from None
+    loaded, results = outcome.loaded, outcome.results
+    ok = [r for r in results if r.status == "ok"]
+    csv_path = write_conversion_csv(lab.store.root / f"conversion_{loaded.spec.key}_{loaded.weights_id}.csv",
+                                    results, outcome.top1)
+    summary = (f"{lab.banner(loaded)}\n\n**{len(ok)} of {len(results)} variants converted and checked** in "
+               f"{outcome.seconds:.1f} s. Agreement is measured against the original on the bundled example images "
+               f"and fixed-seed noise. {html.escape(outcome.accuracy_note)}")
+    table = [[row[c] for c in CONVERT_COLUMNS] for row in conversion_rows(results, outcome.top1)]
+    return summary, table, [r.path for r in ok] + [str(csv_path)]
+
+
+def render_benchmark(results, message: str) -> list:
+    """Status, reduction table, the four charts, the batch-sweep chart and the profiler's view."""
+    figures = charts.all_charts(results)
+    reduction = to_markdown(reduction_table(results), REDUCTION_COLUMNS) if results else ""
+    return [message, reduction, figures["latency"], figures["size"], figures["reduction"], figures["scatter"],
+            gr.update(value=figures.get("throughput"), visible="throughput" in figures), profiler_markdown(results)]
+
+
+def benchmark(lab: Lab, model_key, variant_keys, n_runs, n_warmup, n_threads, batch_text, progress=gr.Progress()):
+    """Runs the benchmark in a worker thread and yields redrawn charts as rounds complete (at most twice a second)."""
+    try:
+        settings = bench.BenchSettings(variants=list(variant_keys or []), runs=int(n_runs), warmup=int(n_warmup),
+                                       threads=lab.heavy_cpus(int(n_threads)), batch_sizes=str(batch_text))
+    except (TypeError, ValueError) as err:
+        raise gr.Error(f"Runs, warm-up and threads must be whole numbers ({html.escape(str(err))}).") from None
+    except DeitDemoError as err:
+        raise user_error(err) from None
+    lab.cancel.clear()
+    updates: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["loaded"], outcome["results"] = lab.benchmark(
+                model_key, settings, progress=gradio_progress(progress), on_update=lambda r: updates.put(list(r)))
+        except Exception as err:  # reported to the user below; the server keeps serving
+            outcome["error"] = err
+        finally:
+            updates.put(None)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    latest: list = []
+    last_draw = 0.0
+    while (item := updates.get()) is not None:
+        latest = item
+        if time.monotonic() - last_draw > 0.5:
+            last_draw = time.monotonic()
+            yield render_benchmark(latest, "⏱️ running… charts fill in as rounds complete") + [None]
+    worker.join()
+    error = outcome.get("error")
+    if isinstance(error, Cancelled):
+        yield render_benchmark(latest, "⏹️ stopped; partial results shown") + [None]
+        return
+    if error is not None:
+        raise user_error(error) if isinstance(error, DeitDemoError) else gr.Error(
+            f"Benchmark failed: {html.escape(type(error).__name__)}")
+    loaded, results = outcome["loaded"], outcome["results"]
+    files = lab.save_benchmark(loaded, results, lab.store.root / "benchmarks")
+    message = (f"✅ done: {loaded.spec.label}, {settings.runs} runs after {settings.warmup} warm-up, "
+               f"{results[0].threads if results else '?'} threads, interleaved in blocks; "
+               f"{machine_line(bench.machine_info())}.\n\n{lab.banner(loaded)}")
+    yield render_benchmark(results, message) + [[str(f) for f in files]]
+
+
+def stop_benchmark(lab: Lab) -> str:
+    lab.cancel.set()
+    return "⏹️ stopping…"

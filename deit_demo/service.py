@@ -1,0 +1,177 @@
+"""The lab as a service: what the app's handlers and the CLI's commands share (no Gradio here).
+
+`Lab` owns the model cache, the artifact store, the cache of loaded variants and the CPU budget; its methods turn a
+request (model key, variant keys, settings) into library calls and result objects. The app and the CLI only format.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deit_demo import bench, charts
+from deit_demo.artifacts import DEFAULT_CAP_BYTES, ArtifactStore
+from deit_demo.cache import BoundedCache
+from deit_demo.classify import ClassifyResult, classify
+from deit_demo.cpus import CpuBudget
+from deit_demo.errors import DeitDemoError
+from deit_demo.evaluate import AccuracyResult, evaluate
+from deit_demo.images import ImageSource
+from deit_demo.models import DEFAULT_MODEL, MODELS, LoadedModel, ModelCache, get_spec
+from deit_demo.pipeline import ConversionResult, ProgressFn, prepare, run_conversion
+from deit_demo.report import weights_banner
+from deit_demo.variants import Runner, get_variant, parse_variant_keys
+
+
+@dataclass
+class AppConfig:
+    """How a lab serves: the app's flags, or the CLI's. Validated here, so every caller gets the same error."""
+
+    model: str = DEFAULT_MODEL
+    weights: str = "hub"  # hub | random | checkpoint path (applies to `model`; other models use hub, then random)
+    offline: bool = False
+    store_root: str | None = None
+    eval_data: str | None = None  # a labelled image folder: conversion then reports accuracy per variant
+    store_cap_bytes: int = DEFAULT_CAP_BYTES
+    max_models: int = 2
+    classify_concurrency: int = 2
+    classify_threads: int = 0  # per classification; 0 = every CPU free at that moment
+    queue_size: int = 16
+    reserved_cpus: int = 1  # kept free of convert/benchmark jobs so classification stays responsive
+    max_runners: int = 4
+    fallback_to_random: bool = True  # the app serves random weights with a banner; the CLI reports the error
+
+    def __post_init__(self) -> None:
+        get_spec(self.model)
+        for name in ("max_models", "classify_concurrency", "queue_size", "max_runners", "store_cap_bytes"):
+            if getattr(self, name) < 1:
+                raise DeitDemoError(f"{name} must be at least 1 (got {getattr(self, name)}).")
+        for name in ("classify_threads", "reserved_cpus"):
+            if getattr(self, name) < 0:
+                raise DeitDemoError(f"{name} must be 0 or more (got {getattr(self, name)}).")
+
+
+@dataclass
+class ConvertOutcome:
+    loaded: LoadedModel
+    results: list[ConversionResult]
+    accuracy: list[AccuracyResult] = field(default_factory=list)
+    accuracy_note: str = ""
+    seconds: float = 0.0
+
+    @property
+    def top1(self) -> dict[str, float]:
+        return {r.variant: r.top1 for r in self.accuracy if r.top1 is not None}
+
+
+class Lab:
+    """What every request shares: models, converted variants, the store, and the CPUs."""
+
+    def __init__(self, config: AppConfig | None = None):
+        self.config = config or AppConfig()
+        self.cache = ModelCache(self.config.max_models)
+        self.store = ArtifactStore(self.config.store_root, cap_bytes=self.config.store_cap_bytes)
+        self.cpus = CpuBudget()
+        self.cancel = threading.Event()
+        self.fallbacks: dict[str, str] = {}
+        self._runners: BoundedCache[Runner] = BoundedCache(self.config.max_runners)
+
+    # ---------------------------------------------------------------------------------------------- models
+
+    def model(self, key: str) -> LoadedModel:
+        """The model with the best weights we can get; with `fallback_to_random`, random weights (and a banner)
+        when the hub or a checkpoint cannot be had."""
+        spec = get_spec(key)
+        weights = self.config.weights if key == self.config.model else "hub"
+        if self.config.offline and weights == "hub" and not spec.bundled:
+            weights = "random"
+            self.fallbacks[key] = "the server was started with --offline"
+        if weights == "random" or not self.config.fallback_to_random:
+            return self.cache.get(key, weights)
+        try:
+            return self.cache.get(key, weights)
+        except DeitDemoError:
+            self.fallbacks[key] = (f"No pretrained weights: the Hugging Face hub is unreachable and the local cache "
+                                   f"has no copy of {spec.hf_repo}" if weights == "hub" else
+                                   f"The checkpoint {Path(weights).name} could not be loaded")
+            return self.cache.get(key, "random")
+
+    def banner(self, loaded: LoadedModel, *, markdown: bool = True) -> str:
+        return weights_banner(loaded, self.fallbacks.get(loaded.spec.key, ""), markdown=markdown)
+
+    def runner(self, loaded: LoadedModel, key: str) -> Runner:
+        """A loaded variant for classification, converted on first use and kept in a small LRU."""
+        variant = get_variant(key)
+        return self._runners.get((loaded.spec.key, loaded.weights_id, key),
+                                 lambda: prepare(variant, loaded, self.store)[2])
+
+    def heavy_cpus(self, requested: int | None = None) -> int:
+        """CPUs a convert/benchmark job may take: all but those kept for classification."""
+        ceiling = max(1, self.cpus.total - self.config.reserved_cpus)
+        return min(requested or ceiling, ceiling)
+
+    # ---------------------------------------------------------------------------------------------- jobs
+
+    def classify(self, source: ImageSource, model_key: str, variant_key: str = "original", *, k: int = 5,
+                 progress: ProgressFn | None = None) -> tuple[LoadedModel, ClassifyResult]:
+        """Top-k of one image with the chosen variant (``original`` runs the eager model with all its heads)."""
+        if not isinstance(k, int) or not 1 <= k <= 1000:
+            raise DeitDemoError(f"top-k must be a whole number from 1 to 1000 (got {k!r}).")
+        with self.cpus.take(self.config.classify_threads or self.cpus.total, timeout_s=60):
+            if progress:
+                progress(f"loading {model_key}", 0, 3)
+            loaded = self.model(model_key)
+            runner = None
+            if variant_key != "original":
+                if progress:
+                    progress(f"preparing {variant_key} (converted on first use)", 1, 3)
+                runner = self.runner(loaded, variant_key)
+            if progress:
+                progress("classifying", 2, 3)
+            return loaded, classify(loaded, source, k=min(k, loaded.spec.num_classes), runner=runner,
+                                    variant=variant_key)
+
+    def convert(self, model_key: str, keys, *, progress: ProgressFn | None = None) -> ConvertOutcome:
+        """Convert and check `keys`; with labelled data for this model (built in or --eval-data), accuracy too."""
+        loaded = self.model(model_key)
+        chosen = parse_variant_keys(keys)
+        start = time.perf_counter()
+        with self.cpus.take(self.heavy_cpus()):
+            outcome = ConvertOutcome(loaded, run_conversion(loaded, chosen, self.store, progress=progress))
+            if loaded.spec.eval_set is not None or self.config.eval_data:
+                ok = [r.variant for r in outcome.results if r.status == "ok"]
+                try:
+                    outcome.accuracy = evaluate(loaded, ok, self.store, self.config.eval_data, progress=progress)
+                    measured = [r for r in outcome.accuracy if r.n_images]
+                    if measured:
+                        outcome.accuracy_note = (f"Accuracy: top-1 on {measured[0].data} ({measured[0].n_images} "
+                                                 "labelled images).")
+                except DeitDemoError as err:
+                    outcome.accuracy_note = f"Accuracy not measured: {err}"
+        outcome.seconds = time.perf_counter() - start
+        return outcome
+
+    def benchmark(self, model_key: str, settings: bench.BenchSettings, *, progress: ProgressFn | None = None,
+                  cancel: threading.Event | None = None, on_update=None) -> tuple[LoadedModel, list[bench.BenchResult]]:
+        """Time the variants in `settings` on this lab's CPUs (a job takes at most `heavy_cpus`)."""
+        with self.cpus.take(self.heavy_cpus(settings.resolved_threads())) as granted:
+            settings.threads = granted
+            loaded = self.model(model_key)
+            results = bench.run_benchmark(loaded, settings, self.store, progress=progress,
+                                          cancel=cancel if cancel is not None else self.cancel, on_update=on_update)
+        return loaded, results
+
+    def save_benchmark(self, loaded: LoadedModel, results: list[bench.BenchResult], folder: Path) -> list[Path]:
+        """JSON, CSV and standalone HTML charts of a benchmark, written into `folder`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = folder / f"bench_{loaded.spec.key}_{time.strftime('%Y%m%d-%H%M%S')}_{time.time_ns() % 10**6:06d}"
+        bench.save_json(f"{stem}.json", loaded.spec.key, results)
+        bench.save_csv(f"{stem}.csv", results)
+        charts.write_html(results, f"{stem}.html", title=f"DeiT benchmark: {loaded.spec.key}")
+        return [Path(f"{stem}.json"), Path(f"{stem}.csv"), Path(f"{stem}.html")]
+
+
+def model_choices() -> list[tuple[str, str]]:
+    return [(f"{s.label}  ({s.key})", s.key) for s in MODELS.values()]

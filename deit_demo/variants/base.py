@@ -1,0 +1,122 @@
+"""What every deployment variant is: the `Variant` base class, the `Runner` it loads, and the context it is given.
+
+Family modules subclass `Variant` and register it (`registry.register`); they import this module and the registry,
+never the package `__init__`, so the package has no import cycle.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deit_demo.artifacts import Artifact
+from deit_demo.models import ModelSpec
+
+MAX_BATCH = 64  # exported variants take any batch from 1 to this
+
+
+@dataclass
+class VariantContext:
+    """What a variant needs to export or load, handed to it rather than looked up: the model's catalog entry, a cache
+    folder for compilers (inside the artifact store, never the user's home), and calibration images."""
+
+    spec: ModelSpec
+    cache_dir: Path
+    calibration: list[torch.Tensor] = field(default_factory=list)
+    tome_r: int | None = None  # tokens merged per block by the token-merging variants; None: the model's default
+
+    @property
+    def r(self) -> int:
+        return self.spec.tome_r if self.tome_r is None else self.tome_r
+
+    def example(self, batch: int = 1) -> torch.Tensor:
+        """A fixed input of the model's shape: `batch` different calibration images (seeded noise where there are
+        too few), so an export or a trial call sees real, varied data."""
+        size = self.spec.input_size
+        rows = [image[:1] for image in self.calibration[:batch]]
+        generator = torch.Generator().manual_seed(len(rows))
+        rows += [torch.randn(1, 3, size, size, generator=generator) for _ in range(batch - len(rows))]
+        return torch.cat(rows)
+
+
+class Runner:
+    """A loaded variant: call it with a batch, get logits. `notes` says how it ran (e.g. a loader fallback)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], notes: dict | None = None,
+                 profiler_visible: bool = True):
+        self.fn = fn
+        self.notes = notes or {}
+        self.profiler_visible = profiler_visible  # False for runtimes torch.profiler cannot see into
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+class Variant:
+    """Base class. Subclasses set the metadata and implement `export` and `load`."""
+
+    key: str = ""
+    title: str = ""
+    family: str = ""
+    description: str = ""
+    suffix: str = ".pt"
+    precision: str = "fp32"  # fp32 | bf16 | int8: what answer drift to expect
+    version: int = 1  # bump when the conversion recipe changes, so stores rebuild instead of reusing
+    deprecation: str | None = None  # one line: deprecated since ..., successor: ...
+    lossy: bool = False  # True when the variant computes less on purpose (token merging): answers may change
+
+    def store_key(self, ctx: VariantContext) -> str:
+        """The artifact store's name for this variant made with `ctx` (a parametrized variant adds its setting)."""
+        return self.key
+
+    def available(self) -> tuple[bool, str]:
+        """Whether this build/machine can run the variant, and why not in plain words."""
+        return True, ""
+
+    def export(self, model: nn.Module, path: Path, ctx: VariantContext) -> dict:
+        """Write the deployable file to `path`; return notes for the manifest."""
+        raise NotImplementedError
+
+    def load(self, artifact: Artifact, ctx: VariantContext) -> Runner:
+        raise NotImplementedError
+
+    def convert(self, model: nn.Module, out_dir: Path, ctx: VariantContext, weights_id: str = "") -> Artifact:
+        """Export into `out_dir` and time it; sha256 is filled when the store commits it."""
+        path = Path(out_dir) / f"{ctx.spec.key}_{self.key}{self.suffix}"
+        start = time.perf_counter()
+        notes = self.export(model, path, ctx) or {}
+        return Artifact(path=path, variant=self.store_key(ctx), model=ctx.spec.key, weights_id=weights_id,
+                        convert_s=time.perf_counter() - start, notes=notes, recipe_version=self.version,
+                        size_bytes=path.stat().st_size)
+
+    def info(self) -> dict:
+        ok, reason = self.available()
+        return {"key": self.key, "title": self.title, "family": self.family, "precision": self.precision,
+                "lossy": self.lossy, "description": self.description, "available": ok, "reason": reason,
+                "deprecation": self.deprecation}
+
+
+def missing_packages(*modules: str) -> tuple[bool, str]:
+    """(True, "") if every module imports here, else (False, which to install)."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        return False, f"Python package(s) {', '.join(missing)} not installed: pip install -r requirements.txt."
+    return True, ""
+
+
+def batch_dim() -> dict:
+    return {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}
+
+
+def export_dynamic_batch(model: nn.Module, ctx: VariantContext) -> torch.export.ExportedProgram:
+    """`torch.export` with a symbolic batch (1..64), so one file serves every batch size of a benchmark sweep.
+
+    The example has batch 2: export specialises a size-1 dimension to a constant.
+    """
+    return torch.export.export(model, (ctx.example(2),), dynamic_shapes=(batch_dim(),))

@@ -1,0 +1,113 @@
+"""The app's handlers called directly with a Lab: no server, no browser. What a visitor would see, as data."""
+
+import pytest
+
+gr = pytest.importorskip("gradio")
+
+from deit_demo import handlers  # noqa: E402
+from deit_demo.bench import BenchSettings, parse_batch_sizes  # noqa: E402
+from deit_demo.errors import DeitDemoError  # noqa: E402
+from deit_demo.pipeline import example_images  # noqa: E402
+from deit_demo.report import CONVERT_COLUMNS  # noqa: E402
+from deit_demo.service import AppConfig, Lab  # noqa: E402
+
+
+class Recorder:
+    """Stands in for gr.Progress: records (fraction or (done, total), desc) calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, value, desc=None, **kwargs):
+        self.calls.append((value, desc))
+
+
+@pytest.fixture(scope="module")
+def lab(store):
+    return Lab(AppConfig(model="deit_tiny", store_root=str(store.root)))
+
+
+def test_classify_handler_returns_banner_timing_and_heads(lab):
+    progress = Recorder()
+    banner, timing, main, second, third = handlers.classify(lab, str(example_images()[0]), "", "deit_tiny",
+                                                            "original", progress=progress)
+    assert "RANDOM weights" in banner and "ms** for the forward pass (original, DeiT-Ti)" in timing
+    probs = list(main.values())
+    assert len(main) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
+    assert second["visible"] is False and third["visible"] is False
+    assert [desc for _, desc in progress.calls] == ["loading deit_tiny", "classifying"]
+
+
+def test_classify_handler_distilled_shows_three_heads(lab):
+    _, _, main, second, third = handlers.classify(lab, str(example_images()[0]), "", "deit_tiny_distilled",
+                                                  "original", progress=Recorder())
+    assert second["visible"] and third["visible"] and main != second["value"]
+
+
+def test_classify_handler_errors_are_gradio_errors(lab):
+    with pytest.raises(gr.Error, match="Upload an image"):
+        handlers.classify(lab, None, "  ", "deit_tiny", "original", progress=Recorder())
+    with pytest.raises(gr.Error, match="Unknown model"):
+        handlers.classify(lab, str(example_images()[0]), "", "resnet", "original", progress=Recorder())
+    with pytest.raises(gr.Error, match="Only http"):
+        handlers.classify(lab, None, "file:///etc/passwd", "deit_tiny", "original", progress=Recorder())
+
+
+def test_convert_handler_table_matches_the_cli_columns_and_measures_accuracy(lab):
+    summary, table, files = handlers.convert(lab, "deit_digits", ["original", "scripted"], progress=Recorder())
+    rows = {row[0]: dict(zip(CONVERT_COLUMNS, row)) for row in table}
+    assert set(rows) == {"original", "scripted"} and all(len(row) == len(CONVERT_COLUMNS) for row in table)
+    assert rows["scripted"]["top-1 agreement"] == "100%" and rows["scripted"]["accuracy"] == rows["original"]["accuracy"]
+    assert "2 of 2 variants converted and checked" in summary and "labelled images" in summary
+    assert any(f.endswith(".csv") for f in files) and any(f.endswith(".pt") for f in files)
+
+
+def test_convert_handler_with_no_variant_is_a_clear_error(lab):
+    with pytest.raises(gr.Error, match="at least one variant"):
+        handlers.convert(lab, "deit_tiny", [], progress=Recorder())
+
+
+def test_benchmark_handler_streams_then_saves(lab):
+    updates = list(handlers.benchmark(lab, "deit_tiny", ["original"], 3, 1, 1, "1", progress=Recorder()))
+    final = updates[-1]
+    assert final[0].startswith("✅ done") and "| original |" in final[1]
+    assert [trace.x for trace in final[2].data][0] == ("original",)
+    assert sorted(f.rsplit(".", 1)[1] for f in final[-1]) == ["csv", "html", "json"]
+
+
+@pytest.mark.parametrize("batch", ["zero", "0", "65", "1,,x", ""])
+def test_benchmark_handler_refuses_bad_batches(lab, batch):
+    with pytest.raises(gr.Error, match="Batch sizes must be whole numbers from 1 to 64"):
+        next(handlers.benchmark(lab, "deit_tiny", ["original"], 3, 1, 1, batch, progress=Recorder()))
+
+
+def test_stop_sets_the_cancel_switch(lab):
+    lab.cancel.clear()
+    assert "stopping" in handlers.stop_benchmark(lab) and lab.cancel.is_set()
+    lab.cancel.clear()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"runs": 0}, "runs must be a whole number of at least 1"),
+    ({"warmup": -1}, "warmup must be a whole number of at least 0"),
+    ({"threads": -3}, "threads must be a whole number of at least 0"),
+    ({"threads": 10_000}, "threads must be at most"),
+    ({"block": 0}, "block must be"),
+    ({"batch_sizes": "x"}, "Batch sizes"),
+    ({"variants": ["nope"]}, "Unknown variant"),
+    ({"time_budget_s": 0}, "time budget"),
+])
+def test_settings_validate_themselves(kwargs, message):
+    with pytest.raises(DeitDemoError, match=message):
+        BenchSettings(**kwargs)
+
+
+def test_batch_sizes_parse_every_spelling():
+    assert parse_batch_sizes("1, 8") == [1, 8] and parse_batch_sizes(4) == [4] and parse_batch_sizes([2, 2]) == [2]
+
+
+def test_app_config_validates_itself():
+    with pytest.raises(DeitDemoError, match="Unknown model"):
+        AppConfig(model="resnet")
+    with pytest.raises(DeitDemoError, match="max_runners"):
+        AppConfig(max_runners=0)
