@@ -1,44 +1,33 @@
-"""The fastest DeiT-B on this CPU: our variants against the peers a user might pick instead, in ONE process.
+"""The fastest DeiT-B on this CPU: our PyTorch-native variants against the runtimes a CPU user would pick, in ONE process.
 
-    python benchmarks/fastest.py [--model deit_base] [--weights random] [--threads 2] [--runs 30] [--skip KEY,...]
+    python benchmarks/fastest.py [--model deit_base] [--weights random] [--threads 2] [--runs 30] [--tome-r 13]
+                                 [--skip KEY,...] [--only KEY,...] [--pin] [--store DIR]
 
 Everything is timed on the same input, interleaved in blocks (each round every runner makes `block` consecutive calls
-and the first is dropped), so drift hits all alike. Peers: ONNX Runtime int8 (dynamic, per-channel, the usual
-recipe) and OpenVINO with bf16 inference precision (requirements-dev). Prints medians, p90s, top-1 agreement with
-eager fp32 on the example images and fixed noise, and the ratio of our best to the best peer.
+and the first is dropped), so drift hits all alike. Runners are variant keys. Peers: OpenVINO int8 (NNCF, transformer
+preset), ONNX Runtime int8 dynamic and static (QDQ, per-channel), OpenVINO bf16. Ours: the PyTorch-native paths, dense
+(pt2e_int8, compiled_bf16, ExecuTorch, TorchScript int8, eager) and token-merged (tome_int8, tome_fp32: they compute
+less, so their agreement with eager fp32 is lower by design). Prints medians, p90s, top-1 agreement with eager fp32
+on the example images and fixed noise, then the ratio of our best dense runner (agreement >= 99%) to the best peer.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
-
-import torch
 
 from deit_demo import bench
 from deit_demo.artifacts import ArtifactStore
 from deit_demo.models import load_model
 from deit_demo.pipeline import check_inputs, compare_answers, prepare_variants, run_inputs
-from deit_demo.report import to_markdown
+from deit_demo.report import machine_line, to_markdown
+from deit_demo.variants import VARIANTS
 
-OURS = ["original", "scripted_int8", "executorch_fp32", "executorch_int8", "onnx_fp32", "compiled_bf16", "pt2e_int8"]
-
-
-def openvino_bf16(model: torch.nn.Module, example: torch.Tensor, threads: int):
-    import openvino as ov
-
-    core = ov.Core()
-    ov_model = ov.convert_model(model, example_input=example)
-    compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY",
-                                                    "INFERENCE_NUM_THREADS": threads})
-    request = compiled.create_infer_request()
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(request.infer([x.numpy()])[0].copy())
-
-    precision = compiled.get_property("INFERENCE_PRECISION_HINT")
-    return run, f"openvino {ov.__version__}, precision {precision}"
+OURS = ["original", "scripted_int8", "executorch_fp32", "executorch_int8", "compiled_bf16", "pt2e_int8", "tome_fp32",
+        "tome_int8"]
+PEERS = ["openvino_int8", "onnx_int8", "onnx_int8_static", "openvino_bf16"]
 
 
 def main() -> int:
@@ -49,59 +38,64 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--block", type=int, default=4)
+    parser.add_argument("--tome-r", type=int, default=None, help="tokens merged per block (default: the model's)")
     parser.add_argument("--skip", default="", help="comma list of runners to leave out")
+    parser.add_argument("--only", default="", help="comma list: time only these runners")
+    parser.add_argument("--pin", action="store_true", help="pin this process to the first --threads CPUs")
     parser.add_argument("--store", default=None)
     args = parser.parse_args()
 
+    if args.pin:
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.threads]))
     bench.set_threads(args.threads)
     loaded = load_model(args.model, args.weights)
     store = ArtifactStore(args.store)
     inputs = check_inputs(loaded.spec)
     reference = run_inputs(loaded.model, inputs)
-    x = next(iter(inputs.values()))  # the first example image
-    skip = set(filter(None, args.skip.split(",")))
+    x = next(iter(inputs.values()))  # the first example image, batch 1
+    skip, only = set(filter(None, args.skip.split(","))), set(filter(None, args.only.split(",")))
+    wanted = [k for k in OURS + PEERS if k not in skip and (not only or k in only)]
 
-    runners, kinds, notes = {}, {}, {}
+    runners, notes = {}, {}
     start = time.perf_counter()
-    for item in prepare_variants(loaded, [k for k in OURS + ["onnx_int8"] if k not in skip], store):
+    for item in prepare_variants(loaded, wanted, store, tome_r=args.tome_r):
         if item.runner is None:
             print(f"skip {item.key}: {item.status}: {item.reason}", file=sys.stderr)
             continue
         runners[item.key] = item.runner
-        kinds[item.key] = "peer" if item.key == "onnx_int8" else "ours"
-        notes[item.key] = (f"{item.artifact.size_bytes / 1e6:.0f} MB, {'reused' if item.reused else 'converted'} "
+        r = f", r={item.runner.notes['r']}" if "r" in item.runner.notes else ""
+        notes[item.key] = (f"{item.artifact.size_bytes / 1e6:.0f} MB{r}, {'reused' if item.reused else 'converted'} "
                            f"in {time.perf_counter() - start:.0f} s")
         print(f"ready {item.key}: {notes[item.key]}", file=sys.stderr)
         start = time.perf_counter()
-    if "openvino_bf16" not in skip:
-        try:
-            runners["openvino_bf16"], notes["openvino_bf16"] = openvino_bf16(loaded.model, x, args.threads)
-            kinds["openvino_bf16"] = "peer"
-        except Exception as err:  # report, never hide: the table says why the peer is missing
-            print(f"skip openvino_bf16: {type(err).__name__}: {err}", file=sys.stderr)
 
     agreement = {name: compare_answers(reference, run_inputs(fn, inputs)) for name, fn in runners.items()}
-    settings = bench.BenchSettings(runs=args.runs, warmup=args.warmup, block=args.block)
+    settings = bench.BenchSettings(runs=args.runs, warmup=args.warmup, block=args.block, threads=args.threads)
     samples, _ = bench.time_interleaved(runners, x, settings)
-    machine = bench.machine_info()
-    print(f"\n{loaded.spec.label} ({loaded.weights} weights), batch 1, {args.threads} threads, {args.runs} runs after "
-          f"{args.warmup} warm-up, blocks of {args.block}; CPU {machine['cpu']}; ISA {' '.join(machine['isa'])}; "
-          f"torch {machine['torch']}\n")
+    print(f"\n{loaded.spec.label} ({loaded.weights} weights), batch 1, {args.threads} threads"
+          f"{' (pinned)' if args.pin else ''}, {args.runs} runs after {args.warmup} warm-up, blocks of {args.block}; "
+          f"{machine_line(bench.machine_info())}\n")
     rows = []
     for name, values in samples.items():
         stats = bench.LatencyStats(values)
-        check = agreement[name]
-        rows.append({"runner": name, "kind": kinds[name], "median ms": round(stats.median_ms, 2),
-                     "p90 ms": round(stats.p90_ms, 2), "top-1 agree": f"{check.top1_agreement:.0%}",
-                     "max diff": f"{check.max_abs_diff:.3g}", "notes": notes.get(name, "")})
+        kind = "peer" if name in PEERS else ("ours, less work" if VARIANTS[name].lossy else "ours")
+        rows.append({"runner": name, "kind": kind, "median ms": round(stats.median_ms, 2),
+                     "p90 ms": round(stats.p90_ms, 2), "top-1 agree": f"{agreement[name].top1_agreement:.0%}",
+                     "max diff": f"{agreement[name].max_abs_diff:.3g}", "notes": notes.get(name, "")})
     rows.sort(key=lambda r: r["median ms"])
     print(to_markdown(rows))
     qualified = [r for r in rows if agreement[r["runner"]].top1_agreement >= 0.99]
     ours = [r for r in qualified if r["kind"] == "ours"]
     peers = [r for r in qualified if r["kind"] == "peer"]
+    merged = [r for r in rows if r["runner"] == "tome_int8"]
+    if merged and peers:
+        print(f"\ntoken merging: tome_int8 ({merged[0]['notes'].split(', ')[1]}) {merged[0]['median ms']} ms = "
+              f"{merged[0]['median ms'] / peers[0]['median ms']:.2f} x the best dense peer ({peers[0]['runner']}); "
+              f"top-1 agreement with eager fp32 {merged[0]['top-1 agree']} (lossy by design: its accuracy cost is "
+              "measured on deit_synth by `python -m deit_demo tome-sweep`)")
     if ours and peers:
         best, peer = ours[0], peers[0]
-        print(f"\nbest of ours (top-1 agreement >= 99%): {best['runner']} {best['median ms']} ms; best peer: "
+        print(f"\nbest of ours (dense, top-1 agreement >= 99%): {best['runner']} {best['median ms']} ms; best peer: "
               f"{peer['runner']} {peer['median ms']} ms; ratio ours/peer = {best['median ms'] / peer['median ms']:.2f}")
     return 0
 

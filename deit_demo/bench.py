@@ -108,6 +108,7 @@ class BenchSettings:
     time_budget_s: float | None = None
     input: str = "noise"  # "noise" (fixed seed) or an image path
     profile: bool = True
+    tome_r: int | None = None  # tokens merged per block by the token-merging variants; None: the model's default
 
     def __post_init__(self) -> None:
         """Every caller (CLI, app, scripts) gets the same one-line error for an impossible setting."""
@@ -120,6 +121,9 @@ class BenchSettings:
         if self.threads > usable_cpus():
             raise DeitDemoError(f"threads must be at most {usable_cpus()}, the CPUs this process may use "
                                 f"(got {self.threads}); 0 means all of them.")
+        if self.tome_r is not None and (isinstance(self.tome_r, bool) or not isinstance(self.tome_r, int)
+                                        or self.tome_r < 0):
+            raise DeitDemoError(f"The token-merging r must be a whole number of at least 0 (got {self.tome_r!r}).")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise DeitDemoError(f"The time budget must be a positive number of seconds (got {self.time_budget_s}).")
 
@@ -315,7 +319,8 @@ def run_benchmark(loaded, settings: BenchSettings, store, *, progress: ProgressF
     set_threads(threads)
     common = {"model": loaded.spec.key, "threads": threads, "weights": loaded.weights}
     runners, sizes, failed = {}, {}, {}
-    for item in prepare_variants(loaded, settings.variants, store, progress=progress, cancel=cancel):
+    for item in prepare_variants(loaded, settings.variants, store, progress=progress, cancel=cancel,
+                                 tome_r=settings.tome_r):
         if item.runner is None:
             failed[item.key] = (item.status, item.reason)
         else:
@@ -361,3 +366,69 @@ def run_benchmark(loaded, settings: BenchSettings, store, *, progress: ProgressF
     if on_update:
         on_update(results)
     return results
+
+
+@dataclass
+class TomeSweepRow:
+    """One r of a token-merging sweep: speed (eager and, when asked, int8) and fidelity."""
+
+    model: str
+    r: int
+    tokens_last_block: int
+    latency: LatencyStats | None = None
+    int8_latency: LatencyStats | None = None
+    top1: float | None = None  # on the model's labelled data, when it has some
+    top1_ci95: tuple[float, float] | None = None
+    n_images: int = 0
+    top1_agreement: float | None = None  # with the unmerged model, on the example images
+    weights: str = ""
+
+    def to_row(self) -> dict:
+        row = {k: v for k, v in asdict(self).items() if k not in ("latency", "int8_latency")}
+        row["median_ms"] = self.latency.median_ms if self.latency else None
+        row["int8_median_ms"] = self.int8_latency.median_ms if self.int8_latency else None
+        return row
+
+
+def tome_sweep(loaded, rs: list[int], settings: BenchSettings, store=None, *, int8: bool = False,
+               progress: ProgressFn | None = None, cancel=None) -> list[TomeSweepRow]:
+    """For each r: eager ToMe latency (interleaved with every other r, the project's method), accuracy on the model's
+    built-in labelled data, and top-1 agreement with the unmerged model on its example images. With `int8`, the
+    tome_int8 variant of each r is prepared in `store` and timed too."""
+    from deit_demo.evaluate import accuracy, accuracy_interval, builtin_set
+    from deit_demo.pipeline import check_inputs, compare_answers, run_inputs
+    from deit_demo.tome import ToMe
+
+    if not rs or any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in rs):
+        raise DeitDemoError(f"r values must be whole numbers of at least 0, e.g. 0,4,8 (got {rs!r}).")
+    set_threads(settings.resolved_threads())
+    tokens = loaded.model.patch_embed.num_patches + loaded.model.num_prefix_tokens
+    inputs = check_inputs(loaded.spec, noise=0)
+    reference = run_inputs(loaded.model, inputs)
+    dataset = builtin_set(loaded.spec) if loaded.spec.eval_set is not None else None
+    rows, runners = [], {}
+    for i, r in enumerate(dict.fromkeys(rs)):
+        check_cancel(cancel)
+        if progress:
+            progress(f"measuring r={r}", i, len(rs))
+        merged = ToMe(loaded.model, r).eval()
+        row = TomeSweepRow(model=loaded.spec.key, r=r, tokens_last_block=merged.tokens_per_block(tokens)[-1],
+                           weights=loaded.weights)
+        row.top1_agreement = compare_answers(reference, run_inputs(merged, inputs)).top1_agreement
+        if dataset is not None:
+            top1, _ = accuracy(merged, dataset)
+            row.top1, row.top1_ci95, row.n_images = sum(top1) / len(top1), accuracy_interval(top1), len(top1)
+        runners[f"r={r}"] = merged
+        if int8:
+            item = next(prepare_variants(loaded, ["tome_int8"], store, tome_r=r))
+            if item.runner is None:
+                raise DeitDemoError(f"tome_int8 at r={r} could not be prepared: {item.reason}")
+            runners[f"int8 r={r}"] = item.runner
+        rows.append(row)
+    x = make_input(settings, loaded.spec, settings.batch_sizes[0])
+    samples, _ = time_interleaved(runners, x, settings, progress=progress, cancel=cancel)
+    for row in rows:
+        row.latency = LatencyStats(samples[f"r={row.r}"], batch_size=settings.batch_sizes[0])
+        if int8:
+            row.int8_latency = LatencyStats(samples[f"int8 r={row.r}"], batch_size=settings.batch_sizes[0])
+    return rows

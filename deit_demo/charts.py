@@ -123,10 +123,78 @@ def all_charts(results: list[BenchResult]) -> dict[str, go.Figure]:
 
 def write_html(results: list[BenchResult], path: Path | str, title: str = "DeiT benchmark") -> Path:
     """All charts in one standalone HTML file (plotly.js inlined, so it opens offline)."""
+    return write_figures_html(list(all_charts(results).values()), path, title)
+
+
+def write_figures_html(figures: list[go.Figure], path: Path | str, title: str) -> Path:
+    """Figures in one standalone HTML file (plotly.js inlined once, so it opens offline)."""
     parts = [f"<html><head><meta charset='utf-8'><title>{title}</title>"
              "<meta name='viewport' content='width=device-width, initial-scale=1'></head><body>"]
-    for i, fig in enumerate(all_charts(results).values()):
+    for i, fig in enumerate(figures):
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
     parts.append("</body></html>")
     Path(path).write_text("\n".join(parts))
     return Path(path)
+
+
+def tome_chart(rows) -> go.Figure:
+    """Token merging: r against median latency (left axis) and top-1 (right axis: accuracy on labelled data, or
+    agreement with the unmerged model)."""
+    fig = go.Figure()
+    rs = [row.r for row in rows]
+    fig.add_scatter(x=rs, y=[row.latency.median_ms for row in rows], name="latency, eager fp32 (ms)",
+                    mode="lines+markers", line=dict(color=variant_color("tome_fp32")))
+    if any(row.int8_latency for row in rows):
+        fig.add_scatter(x=rs, y=[row.int8_latency.median_ms if row.int8_latency else None for row in rows],
+                        name="latency, int8 (ms)", mode="lines+markers", line=dict(color=variant_color("tome_int8")))
+    if any(row.top1 is not None for row in rows):
+        fig.add_scatter(x=rs, y=[100 * row.top1 for row in rows], name="top-1 on labelled data (%)", yaxis="y2",
+                        mode="lines+markers", line=dict(dash="dot", color="black"),
+                        error_y=dict(type="data", symmetric=False,
+                                     array=[100 * (row.top1_ci95[1] - row.top1) for row in rows],
+                                     arrayminus=[100 * (row.top1 - row.top1_ci95[0]) for row in rows]))
+    fig.add_scatter(x=rs, y=[100 * row.top1_agreement for row in rows], name="top-1 agreement with r=0 (%)",
+                    yaxis="y2", mode="lines+markers", line=dict(dash="dash", color="gray"))
+    title = f"Token merging on {rows[0].model if rows else ''}: r vs latency and accuracy"
+    _layout(fig, title, "r (tokens merged per block)", "median latency (ms)")
+    fig.update_layout(showlegend=True, xaxis_tickangle=0, legend=dict(orientation="h", y=-0.3),
+                      yaxis2=dict(title="top-1 (%)", overlaying="y", side="right", rangemode="normal"))
+    return fig
+
+
+def pareto_chart(rows, front, *, budget_ms: float | None = None, machine: str = "") -> go.Figure:
+    """Published (or measured) top-1 against measured latency; marker area ~ file size; the frontier drawn."""
+    fig = go.Figure()
+    timed = [r for r in rows if r.get("median_ms") is not None and r.get("published_top1") is not None]
+    for variant in dict.fromkeys(r["variant"] for r in timed):
+        mine = [r for r in timed if r["variant"] == variant]
+        fig.add_scatter(x=[r["median_ms"] for r in mine], y=[r["published_top1"] for r in mine], mode="markers+text",
+                        name=variant, text=[r["model"] for r in mine], textposition="top center",
+                        marker=dict(size=[max(8, min(40, 4 * (r.get("size_bytes", 0) / 1e6) ** 0.5)) for r in mine],
+                                    color=variant_color(variant), opacity=0.45 if mine[0].get("lossy") else 0.85,
+                                    line=dict(width=1, color="black")),
+                        customdata=[[r.get("size_bytes", 0) / 1e6, r.get("threads"), r.get("batch_size")]
+                                    for r in mine],
+                        hovertemplate="%{text} " + variant + ": %{x:.1f} ms, %{y:.1f}% top-1, %{customdata[0]:.0f} MB, "
+                                      "%{customdata[1]} threads, batch %{customdata[2]}<extra></extra>")
+    if front:
+        fig.add_scatter(x=[r["median_ms"] for r in front], y=[r["published_top1"] for r in front], mode="lines",
+                        name="Pareto frontier", line=dict(color="black", dash="dash", shape="hv"))
+    if budget_ms:
+        fig.add_vline(x=budget_ms, line=dict(color="red", dash="dot"), annotation_text=f"budget {budget_ms:g} ms")
+    _layout(fig, f"Accuracy vs latency{' on ' + machine if machine else ''} (marker area ~ size; faded = lossy, "
+                 "accuracy not published)", "median latency per call (ms, log)", "top-1 (%)")
+    fig.update_layout(showlegend=True, xaxis_type="log", xaxis_tickangle=0, height=480)
+    return fig
+
+
+def compare_chart(latency_rows: list[dict], labels: list[str]) -> go.Figure:
+    """Median latency per (model, variant), one bar per results file (machine), side by side."""
+    fig = go.Figure()
+    names = [f"{r['model']}/{r['variant']}" + (f" b{r['batch']}" if r["batch"] != 1 else "") for r in latency_rows]
+    for label in labels:
+        fig.add_bar(name=label, x=names, y=[float(r[f"{label} ms"]) if r.get(f"{label} ms") else None
+                                            for r in latency_rows])
+    _layout(fig, "Median latency per variant, per results file", "model/variant", "median latency (ms)")
+    fig.update_layout(barmode="group", showlegend=True, legend=dict(orientation="h", y=-0.45))
+    return fig

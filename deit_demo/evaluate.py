@@ -121,11 +121,11 @@ def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], dataset: LabelledSet,
 
 
 def evaluate(loaded: LoadedModel, keys: list[str], store, data: str | Path | None = None, *,
-             progress: ProgressFn | None = None) -> list[AccuracyResult]:
+             progress: ProgressFn | None = None, tome_r: int | None = None) -> list[AccuracyResult]:
     """Top-1/top-5 of every variant in `keys` on the same labelled set; one row each, whatever fails."""
     dataset = labelled_set(loaded.spec, data)
     rows = []
-    for item in prepare_variants(loaded, keys, store, progress=progress):
+    for item in prepare_variants(loaded, keys, store, progress=progress, tome_r=tome_r):
         row = AccuracyResult(model=loaded.spec.key, variant=item.key, status=item.status, reason=item.reason,
                              data=dataset.name, weights=loaded.weights)
         if item.runner is not None:

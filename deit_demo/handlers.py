@@ -10,10 +10,12 @@ import time
 
 import gradio as gr
 
-from deit_demo import bench, charts
+from pathlib import Path
+
+from deit_demo import bench, charts, decide
 from deit_demo.errors import Cancelled, DeitDemoError
 from deit_demo.report import (CONVERT_COLUMNS, REDUCTION_COLUMNS, conversion_rows, machine_line, profiler_markdown,
-                              reduction_table, to_markdown, write_conversion_csv)
+                              reduction_table, sweep_rows, to_markdown, tome_rows, write_conversion_csv)
 from deit_demo.service import Lab
 
 
@@ -77,11 +79,22 @@ def render_benchmark(results, message: str) -> list:
             gr.update(value=figures.get("throughput"), visible="throughput" in figures), profiler_markdown(results)]
 
 
-def benchmark(lab: Lab, model_key, variant_keys, n_runs, n_warmup, n_threads, batch_text, progress=gr.Progress()):
+def _tome_r(value) -> int | None:
+    """The app's r box: empty means the model's default."""
+    if value in (None, ""):
+        return None
+    if float(value) != int(float(value)):
+        raise DeitDemoError(f"The token-merging r must be a whole number (got {value}).")
+    return int(float(value))
+
+
+def benchmark(lab: Lab, model_key, variant_keys, n_runs, n_warmup, n_threads, batch_text, tome_r=None,
+              progress=gr.Progress()):
     """Runs the benchmark in a worker thread and yields redrawn charts as rounds complete (at most twice a second)."""
     try:
         settings = bench.BenchSettings(variants=list(variant_keys or []), runs=int(n_runs), warmup=int(n_warmup),
-                                       threads=lab.heavy_cpus(int(n_threads)), batch_sizes=str(batch_text))
+                                       threads=lab.heavy_cpus(int(n_threads)), batch_sizes=str(batch_text),
+                                       tome_r=_tome_r(tome_r))
     except (TypeError, ValueError) as err:
         raise gr.Error(f"Runs, warm-up and threads must be whole numbers ({html.escape(str(err))}).") from None
     except DeitDemoError as err:
@@ -122,6 +135,98 @@ def benchmark(lab: Lab, model_key, variant_keys, n_runs, n_warmup, n_threads, ba
                f"{results[0].threads if results else '?'} threads, interleaved in blocks; "
                f"{machine_line(bench.machine_info())}.\n\n{lab.banner(loaded)}")
     yield render_benchmark(results, message) + [[str(f) for f in files]]
+
+
+def tome_sweep(lab: Lab, model_key, r_text, int8, n_runs, n_warmup, n_threads, progress=gr.Progress()) -> tuple:
+    """The r chart and table for one model."""
+    try:
+        rs = [int(r) for r in str(r_text).replace(" ", "").split(",") if r]
+        settings = bench.BenchSettings(runs=int(n_runs), warmup=int(n_warmup), threads=lab.heavy_cpus(int(n_threads)))
+        loaded, rows = lab.tome_sweep(model_key, rs, settings, int8=bool(int8), progress=gradio_progress(progress))
+    except ValueError:
+        raise gr.Error("r values must be whole numbers separated by commas, e.g. 0,4,8.") from None
+    except DeitDemoError as err:
+        raise user_error(err) from None
+    note = (f"{loaded.spec.label}, {settings.threads} threads, batch 1, {settings.runs} runs per r, interleaved; "
+            f"{machine_line(bench.machine_info())}. Accuracy: " + (
+                f"top-1 on {rows[0].n_images} labelled images with 95% intervals." if rows[0].n_images else
+                "no labelled data for this model: agreement with r = 0 on the example images only."))
+    return charts.tome_chart(rows), note + "\n\n" + to_markdown(tome_rows(rows))
+
+
+def _number(value) -> float | None:
+    return None if value in (None, "", 0) else float(value)
+
+
+def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup, budget_ms, budget_mb, min_top1,
+          progress=gr.Progress()):
+    """Models x variants timed together; yields the Pareto chart as rounds complete, then the recommendation."""
+    try:
+        settings = decide.SweepSettings(models=list(models or []), variants=list(variants or []),
+                                        threads=str(threads_text), batch_sizes=str(batch_text), runs=int(n_runs),
+                                        warmup=int(n_warmup), budget_ms=_number(budget_ms),
+                                        budget_mb=_number(budget_mb), min_top1=_number(min_top1))
+    except DeitDemoError as err:
+        raise user_error(err) from None
+    machine = bench.machine_info()
+    lab.cancel.clear()
+    updates: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def work():
+        try:
+            with lab.cpus.take(lab.heavy_cpus()):
+                outcome["rows"] = decide.run_sweep(settings, lab.model, lab.store, progress=gradio_progress(progress),
+                                                   cancel=lab.cancel, on_update=lambda r: updates.put(list(r)))
+        except Exception as err:  # reported below; the server keeps serving
+            outcome["error"] = err
+        finally:
+            updates.put(None)
+
+    def view(rows, message):
+        dicts = [r.to_row() for r in rows]
+        chart = charts.pareto_chart(dicts, decide.pareto_front(dicts), budget_ms=settings.budget_ms,
+                                    machine=machine["cpu"])
+        return [message, chart, to_markdown(sweep_rows(rows))]
+
+    threading.Thread(target=work, daemon=True).start()
+    latest, last_draw = [], 0.0
+    while (item := updates.get()) is not None:
+        latest = item
+        if time.monotonic() - last_draw > 0.5:
+            last_draw = time.monotonic()
+            yield view(latest, "⏱️ sweeping… the chart fills in as rounds complete") + [None]
+    error = outcome.get("error")
+    if isinstance(error, Cancelled):
+        yield view(latest, "⏹️ stopped; partial results shown (no recommendation from a partial sweep)") + [None]
+        return
+    if error is not None:
+        raise user_error(error) if isinstance(error, DeitDemoError) else gr.Error(
+            f"Sweep failed: {html.escape(type(error).__name__)}")
+    rows = outcome["rows"]
+    choice = decide.recommend(rows, budget_ms=settings.budget_ms, budget_mb=settings.budget_mb,
+                              min_top1=settings.min_top1, machine=machine)
+    folder = lab.store.root / "sweeps"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"sweep_{time.strftime('%Y%m%d-%H%M%S')}_{time.time_ns() % 10**6:06d}.json"
+    decide.save_sweep(path, rows, settings, choice)
+    lost = "\n".join(f"- {html.escape(r['pair'])}: {html.escape(r['why'])}" for r in choice.rejected)
+    message = (f"**{html.escape(choice.sentence)}**\n\nMeasured on {html.escape(machine_line(machine))}."
+               + (f"\n\nWhy the others lost:\n{lost}" if lost else ""))
+    yield view(rows, message) + [[str(path)]]
+
+
+def compare_files(lab: Lab, files) -> tuple:
+    """Saved results files overlaid: the chart, the machines, and latency side by side with speed-ups."""
+    if not files:
+        raise gr.Error("Upload one or more results files (the JSON from Benchmark, Decide or the CLI's --json).")
+    try:
+        payloads = [decide.load_results(f, label=f"{i + 1}:{Path(str(f)).name[:40]}") for i, f in enumerate(files)]
+    except DeitDemoError as err:
+        raise user_error(err) from None
+    latency, machines = decide.compare(payloads)
+    return (charts.compare_chart(latency, [p["label"] for p in payloads]), to_markdown(machines),
+            to_markdown(latency))
 
 
 def stop_benchmark(lab: Lab) -> str:

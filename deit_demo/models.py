@@ -29,9 +29,15 @@ RANDOM_SEED = 0
 QUICK_VARIANTS = ("original", "scripted", "scripted_int8", "mobile_optimized", "lite", "onnx_fp32", "onnx_int8")
 
 
+DEIT_PAPER = "DeiT paper (Touvron et al., ICML 2021), ImageNet-1k val"
+DEIT3_PAPER = "DeiT III paper (Touvron et al., ECCV 2022), ImageNet-1k val, trained on ImageNet-1k"
+TIMM_RESULTS = "timm results/results-imagenet.csv (the fb_in1k weights)"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """One catalog entry. `params` and `top1` are the published figures (timm model cards, DeiT papers)."""
+    """One catalog entry. `params`, `top1` and `top5` are published figures (papers, timm's results files) for the
+    pretrained models and measured ones for the models trained here; `accuracy_source` says which."""
 
     key: str
     timm_name: str
@@ -41,6 +47,8 @@ class ModelSpec:
     input_size: int
     distilled: bool
     top1: float
+    top5: float | None = None
+    accuracy_source: str = ""
     family: str = "DeiT"
     crop_pct: float = 0.875  # DeiT evaluates 224 models at resize 256 -> crop 224
     interpolation: str = "bicubic"
@@ -74,29 +82,33 @@ class ModelSpec:
         return int(self.input_size / self.crop_pct)
 
 
-def _deit(key: str, timm_name: str, label: str, params: int, top1: float, *, size: int = 224,
+def _deit(key: str, timm_name: str, label: str, params: int, top1: float, top5: float, *, size: int = 224,
           distilled: bool = False, family: str = "DeiT") -> ModelSpec:
+    paper = DEIT3_PAPER if family == "DeiT III" else DEIT_PAPER
     return ModelSpec(key=key, timm_name=timm_name, tag="fb_in1k", label=label, params=params, input_size=size,
-                     distilled=distilled, top1=top1, family=family, crop_pct=0.875 if size == 224 else 1.0,
+                     distilled=distilled, top1=top1, top5=top5, family=family,
+                     accuracy_source=f"top-1: {paper}; top-5: {TIMM_RESULTS}", crop_pct=0.875 if size == 224 else 1.0,
                      tome_r=13 if size == 224 else 24)  # 384: 577 tokens, 24 per block keeps half of them
 
 
 MODELS: dict[str, ModelSpec] = {
     spec.key: spec
     for spec in [
-        _deit("deit_tiny", "deit_tiny_patch16_224", "DeiT-Ti", 5_717_416, 72.2),
-        _deit("deit_small", "deit_small_patch16_224", "DeiT-S", 22_050_664, 79.9),
-        _deit("deit_base", "deit_base_patch16_224", "DeiT-B", 86_567_656, 81.8),
-        _deit("deit_base_384", "deit_base_patch16_384", "DeiT-B 384", 86_859_496, 83.1, size=384),
-        _deit("deit_tiny_distilled", "deit_tiny_distilled_patch16_224", "DeiT-Ti ⚗", 5_910_800, 74.5, distilled=True),
-        _deit("deit_small_distilled", "deit_small_distilled_patch16_224", "DeiT-S ⚗", 22_436_432, 81.2,
+        _deit("deit_tiny", "deit_tiny_patch16_224", "DeiT-Ti", 5_717_416, 72.2, 91.100),
+        _deit("deit_small", "deit_small_patch16_224", "DeiT-S", 22_050_664, 79.8, 95.056),
+        _deit("deit_base", "deit_base_patch16_224", "DeiT-B", 86_567_656, 81.8, 95.740),
+        _deit("deit_base_384", "deit_base_patch16_384", "DeiT-B 384", 86_859_496, 83.1, 96.376, size=384),
+        _deit("deit_tiny_distilled", "deit_tiny_distilled_patch16_224", "DeiT-Ti ⚗", 5_910_800, 74.5, 91.898,
               distilled=True),
-        _deit("deit_base_distilled", "deit_base_distilled_patch16_224", "DeiT-B ⚗", 87_338_192, 83.4, distilled=True),
-        _deit("deit_base_distilled_384", "deit_base_distilled_patch16_384", "DeiT-B ⚗ 384", 87_630_032, 85.2,
+        _deit("deit_small_distilled", "deit_small_distilled_patch16_224", "DeiT-S ⚗", 22_436_432, 81.2, 95.378,
+              distilled=True),
+        _deit("deit_base_distilled", "deit_base_distilled_patch16_224", "DeiT-B ⚗", 87_338_192, 83.4, 96.492,
+              distilled=True),
+        _deit("deit_base_distilled_384", "deit_base_distilled_patch16_384", "DeiT-B ⚗ 384", 87_630_032, 85.2, 97.332,
               size=384, distilled=True),
-        _deit("deit3_small", "deit3_small_patch16_224", "DeiT III-S", 22_059_496, 81.4, family="DeiT III"),
-        _deit("deit3_medium", "deit3_medium_patch16_224", "DeiT III-M", 38_849_512, 83.0, family="DeiT III"),
-        _deit("deit3_base", "deit3_base_patch16_224", "DeiT III-B", 86_585_320, 83.8, family="DeiT III"),
+        _deit("deit3_small", "deit3_small_patch16_224", "DeiT III-S", 22_059_496, 81.4, 95.454, family="DeiT III"),
+        _deit("deit3_medium", "deit3_medium_patch16_224", "DeiT III-M", 38_849_512, 83.0, 96.284, family="DeiT III"),
+        _deit("deit3_base", "deit3_base_patch16_224", "DeiT III-B", 86_585_320, 83.8, 96.584, family="DeiT III"),
     ]
 }
 
@@ -109,10 +121,11 @@ def _digits_spec() -> ModelSpec:
     return ModelSpec(key="deit_digits", timm_name="deit_digits_patch8_32", tag="bundled",
                      label="DeiT-digits ⚗ (offline demo)", params=148_948, input_size=train_digits.IMG,
                      distilled=True, top1=top1, family="trained here", crop_pct=1.0, mean=train_digits.DIGIT_MEAN,
+                     accuracy_source="measured here: digits test split, 360 images (assets/deit_digits.json)",
                      std=train_digits.DIGIT_STD, num_classes=10, labels=tuple(str(d) for d in range(10)),
                      bundled=str(train_digits.CHECKPOINT), builder=train_digits.build_student,
                      examples="digits/*.png", eval_set=train_digits.test_set, eval_name="digits test split",
-                     report=str(report), quick_variants=tuple(QUICK_VARIANTS))
+                     report=str(report), quick_variants=tuple(QUICK_VARIANTS), tome_r=2)
 
 
 def _synth_spec() -> ModelSpec:
@@ -125,9 +138,12 @@ def _synth_spec() -> ModelSpec:
     return ModelSpec(key="deit_synth", timm_name="deit_synth_patch8_64", tag="bundled",
                      label="DeiT-synth ⚗ (textures, trained here)", params=218_964, input_size=synth.IMG,
                      distilled=True, top1=top1, family="trained here", crop_pct=1.0, mean=synth.MEAN, std=synth.STD,
+                     accuracy_source=f"measured here: textures test split, {synth.TEST_IMAGES} images "
+                                     "(assets/deit_synth.json)",
                      num_classes=len(synth.CLASSES), labels=synth.CLASSES, builder=synth.build_student,
                      bundled=str(ASSETS / "deit_synth.safetensors"), examples="synth/*.png", eval_set=synth.test_set,
-                     eval_name="synthetic textures test split", report=str(report))
+                     eval_name="synthetic textures test split", report=str(report),
+                     tome_r=4)  # the largest r that cost <= 1 point on its 1200 test images (tome-sweep)
 
 
 for _spec in (_digits_spec(), _synth_spec()):

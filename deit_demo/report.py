@@ -68,7 +68,8 @@ def weights_banner(loaded: LoadedModel, why_random: str = "", *, markdown: bool 
 
 def catalog_rows(specs: list[ModelSpec]) -> list[dict]:
     return [{"key": s.key, "timm": s.hub_name, "family": s.family, "params": f"{s.params / 1e6:.1f}M",
-             "input": s.input_size, "distilled": "yes" if s.distilled else "", "top-1": f"{s.top1:.1f}"}
+             "input": s.input_size, "distilled": "yes" if s.distilled else "", "top-1": f"{s.top1:.1f}",
+             "tome r": s.tome_r}
             for s in specs]
 
 
@@ -181,3 +182,29 @@ def accuracy_rows(rows) -> list[dict]:
              "top-5": percent(r.top5, 2), "top-5 95% CI": _interval(r.top5_ci95),
              "vs original (points)": f"{100 * (r.top1 - base):+.2f}" if None not in (base, r.top1) else "",
              "n_images": r.n_images, "reason": r.reason[:120]} for r in rows]
+
+
+def tome_rows(rows) -> list[dict]:
+    """A token-merging sweep as a table: r, tokens left, latency (eager, int8), accuracy with its interval."""
+    return [{"r": row.r, "tokens after last block": row.tokens_last_block,
+             "eager median ms": f"{row.latency.median_ms:.2f}" if row.latency else "",
+             "int8 median ms": f"{row.int8_latency.median_ms:.2f}" if row.int8_latency else "",
+             "top-1": percent(row.top1, 2), "top-1 95% CI": _interval(row.top1_ci95), "n_images": row.n_images,
+             "top-1 agreement with r=0": percent(row.top1_agreement)} for row in rows]
+
+
+def sweep_rows(rows) -> list[dict]:
+    """A models x variants sweep as a table: latency spread, throughput, size, memory, accuracy, agreement."""
+    table = []
+    for r in rows:
+        stats = r.latency
+        table.append({"model": r.model, "variant": r.variant, "threads": r.threads, "batch": r.batch_size,
+                      "status": r.status, "median ms": f"{stats.median_ms:.2f}" if stats else "",
+                      "p10-p90 ms": f"{stats.p10_ms:.1f}-{stats.p90_ms:.1f}" if stats else "",
+                      "img/s": f"{stats.throughput_ips:.1f}" if stats else "",
+                      "size MB": f"{r.size_bytes / 1e6:.1f}" if r.size_bytes else "",
+                      "peak RSS MB": f"{r.peak_rss_bytes / 1e6:.0f}" if r.peak_rss_bytes else "",
+                      "top-1 %": f"{r.published_top1:.1f}" if r.published_top1 is not None else "",
+                      "top-5 %": f"{r.published_top5:.1f}" if r.published_top5 is not None else "",
+                      "agreement": percent(r.top1_agreement), "reason": r.reason[:80]})
+    return table

@@ -20,7 +20,7 @@ from deit_demo.errors import DeitDemoError
 from deit_demo.evaluate import AccuracyResult, evaluate
 from deit_demo.images import ImageSource
 from deit_demo.models import DEFAULT_MODEL, MODELS, LoadedModel, ModelCache, get_spec
-from deit_demo.pipeline import ConversionResult, ProgressFn, prepare, run_conversion
+from deit_demo.pipeline import ConversionResult, ProgressFn, prepare, run_conversion, variant_context
 from deit_demo.report import weights_banner
 from deit_demo.variants import Runner, get_variant, parse_variant_keys
 
@@ -101,11 +101,12 @@ class Lab:
     def banner(self, loaded: LoadedModel, *, markdown: bool = True) -> str:
         return weights_banner(loaded, self.fallbacks.get(loaded.spec.key, ""), markdown=markdown)
 
-    def runner(self, loaded: LoadedModel, key: str) -> Runner:
+    def runner(self, loaded: LoadedModel, key: str, tome_r: int | None = None) -> Runner:
         """A loaded variant for classification, converted on first use and kept in a small LRU."""
         variant = get_variant(key)
-        return self._runners.get((loaded.spec.key, loaded.weights_id, key),
-                                 lambda: prepare(variant, loaded, self.store)[2])
+        ctx = variant_context(loaded.spec, self.store, tome_r)
+        return self._runners.get((loaded.spec.key, loaded.weights_id, variant.store_key(ctx)),
+                                 lambda: prepare(variant, loaded, self.store, ctx)[2])
 
     def heavy_cpus(self, requested: int | None = None) -> int:
         """CPUs a convert/benchmark job may take: all but those kept for classification."""
@@ -115,7 +116,7 @@ class Lab:
     # ---------------------------------------------------------------------------------------------- jobs
 
     def classify(self, source: ImageSource, model_key: str, variant_key: str = "original", *, k: int = 5,
-                 progress: ProgressFn | None = None) -> tuple[LoadedModel, ClassifyResult]:
+                 tome_r: int | None = None, progress: ProgressFn | None = None) -> tuple[LoadedModel, ClassifyResult]:
         """Top-k of one image with the chosen variant (``original`` runs the eager model with all its heads)."""
         if not isinstance(k, int) or not 1 <= k <= 1000:
             raise DeitDemoError(f"top-k must be a whole number from 1 to 1000 (got {k!r}).")
@@ -127,23 +128,26 @@ class Lab:
             if variant_key != "original":
                 if progress:
                     progress(f"preparing {variant_key} (converted on first use)", 1, 3)
-                runner = self.runner(loaded, variant_key)
+                runner = self.runner(loaded, variant_key, tome_r)
             if progress:
                 progress("classifying", 2, 3)
             return loaded, classify(loaded, source, k=min(k, loaded.spec.num_classes), runner=runner,
                                     variant=variant_key)
 
-    def convert(self, model_key: str, keys, *, progress: ProgressFn | None = None) -> ConvertOutcome:
+    def convert(self, model_key: str, keys, *, tome_r: int | None = None,
+                progress: ProgressFn | None = None) -> ConvertOutcome:
         """Convert and check `keys`; with labelled data for this model (built in or --eval-data), accuracy too."""
         loaded = self.model(model_key)
         chosen = parse_variant_keys(keys)
         start = time.perf_counter()
         with self.cpus.take(self.heavy_cpus()):
-            outcome = ConvertOutcome(loaded, run_conversion(loaded, chosen, self.store, progress=progress))
+            outcome = ConvertOutcome(loaded, run_conversion(loaded, chosen, self.store, progress=progress,
+                                                            tome_r=tome_r))
             if loaded.spec.eval_set is not None or self.config.eval_data:
                 ok = [r.variant for r in outcome.results if r.status == "ok"]
                 try:
-                    outcome.accuracy = evaluate(loaded, ok, self.store, self.config.eval_data, progress=progress)
+                    outcome.accuracy = evaluate(loaded, ok, self.store, self.config.eval_data, progress=progress,
+                                                tome_r=tome_r)
                     measured = [r for r in outcome.accuracy if r.n_images]
                     if measured:
                         outcome.accuracy_note = (f"Accuracy: top-1 on {measured[0].data} ({measured[0].n_images} "
@@ -162,6 +166,15 @@ class Lab:
             results = bench.run_benchmark(loaded, settings, self.store, progress=progress,
                                           cancel=cancel if cancel is not None else self.cancel, on_update=on_update)
         return loaded, results
+
+    def tome_sweep(self, model_key: str, rs: list[int], settings: bench.BenchSettings, *, int8: bool = False,
+                   progress: ProgressFn | None = None, cancel: threading.Event | None = None):
+        """Token merging at each r: latency, accuracy on built-in data, agreement with r = 0."""
+        with self.cpus.take(self.heavy_cpus(settings.resolved_threads())) as granted:
+            settings.threads = granted
+            loaded = self.model(model_key)
+            return loaded, bench.tome_sweep(loaded, rs, settings, self.store, int8=int8, progress=progress,
+                                            cancel=cancel if cancel is not None else self.cancel)
 
     def save_benchmark(self, loaded: LoadedModel, results: list[bench.BenchResult], folder: Path) -> list[Path]:
         """JSON, CSV and standalone HTML charts of a benchmark, written into `folder`."""

@@ -114,6 +114,8 @@ def build_benchmark_tab(lab: Lab) -> None:
                             label=f"Threads (up to {lab.heavy_cpus()} while serving: "
                                   f"{lab.config.reserved_cpus} CPU kept for classification)")
         batches = gr.Textbox("1", label="Batch sizes (comma list for a sweep)")
+        tome_r = gr.Number(None, precision=0, minimum=0, maximum=64, label="ToMe r (tokens merged per block; empty: "
+                           "the model's default)")
     with gr.Row():
         run = gr.Button("Run benchmark", variant="primary")
         stop = gr.Button("Stop", variant="stop")
@@ -129,10 +131,57 @@ def build_benchmark_tab(lab: Lab) -> None:
     with gr.Accordion("The profiler's view (per variant)", open=False):
         profile_md = gr.Markdown()
     files = gr.File(label="Downloads (JSON, CSV, HTML charts)", file_count="multiple", interactive=False)
+    with gr.Accordion("Token merging: r against latency and accuracy", open=False):
+        with gr.Row():
+            r_values = gr.Textbox("0,2,4,6,8", label="r values")
+            r_int8 = gr.Checkbox(False, label="also convert and time tome_int8 at each r (minutes on DeiT-B)")
+            r_run = gr.Button("Run r sweep")
+        r_plot = gr.Plot(label="r sweep", elem_id="plot-tome")
+        r_table = gr.Markdown(elem_id="tome-table")
     outputs = [status, table, latency_plot, size_plot, reduction_plot, scatter_plot, sweep_plot, profile_md, files]
-    run.click(partial(handlers.benchmark, lab), [model, keys, runs, warmup, threads, batches], outputs,
+    run.click(partial(handlers.benchmark, lab), [model, keys, runs, warmup, threads, batches, tome_r], outputs,
               api_name="benchmark", concurrency_limit=1, concurrency_id=HEAVY)
+    r_run.click(partial(handlers.tome_sweep, lab), [model, r_values, r_int8, runs, warmup, threads],
+                [r_plot, r_table], api_name="tome_sweep", concurrency_limit=1, concurrency_id=HEAVY)
     stop.click(partial(handlers.stop_benchmark, lab), None, status, api_name="stop_benchmark", queue=False)
+
+
+def build_decide_tab(lab: Lab) -> None:
+    gr.Markdown("Time several models and variants together on this machine, see accuracy against latency, and get "
+                "a recommendation under your budgets. Accuracy is the published ImageNet top-1 (measured, for the "
+                "models trained here).")
+    with gr.Row():
+        models = gr.CheckboxGroup(model_choices(), value=["deit_tiny", "deit_small"], label="Models", scale=2)
+        keys = gr.CheckboxGroup(variant_choices(), value=["original", "scripted_int8"], label="Variants", scale=3)
+    with gr.Row():
+        threads = gr.Textbox(str(lab.heavy_cpus()), label="Threads (comma list for a sweep)")
+        batches = gr.Textbox("1", label="Batch sizes (comma list)")
+        runs = gr.Slider(2, 100, value=10, step=1, label="Timed runs", elem_id="decide-runs")
+        warmup = gr.Slider(0, 20, value=2, step=1, label="Warm-up runs", elem_id="decide-warmup")
+    with gr.Row():
+        budget_ms = gr.Number(None, label="Latency budget (ms per call)", minimum=0)
+        budget_mb = gr.Number(None, label="Size budget (MB)", minimum=0)
+        min_top1 = gr.Number(None, label="Minimum top-1 (%)", minimum=0, maximum=100)
+    with gr.Row():
+        run = gr.Button("Run sweep", variant="primary")
+        stop = gr.Button("Stop", variant="stop")
+    verdict = gr.Markdown(elem_id="decide-recommendation")
+    pareto = gr.Plot(label="Accuracy vs latency", elem_id="plot-pareto")
+    table = gr.Markdown(elem_id="decide-table")
+    files = gr.File(label="Download the sweep (JSON, with the recommendation)", file_count="multiple",
+                    interactive=False)
+    run.click(partial(handlers.sweep, lab), [models, keys, threads, batches, runs, warmup, budget_ms, budget_mb,
+                                             min_top1], [verdict, pareto, table, files], api_name="sweep",
+              concurrency_limit=1, concurrency_id=HEAVY)
+    stop.click(partial(handlers.stop_benchmark, lab), None, verdict, api_name="stop_sweep", queue=False)
+    with gr.Accordion("Compare saved runs (from this machine or others)", open=False):
+        uploads = gr.File(label="Results files (JSON)", file_count="multiple", file_types=[".json"], type="filepath")
+        compare = gr.Button("Compare")
+        compare_plot = gr.Plot(label="Latency per results file", elem_id="plot-compare")
+        machines = gr.Markdown(elem_id="compare-machines")
+        latency = gr.Markdown(elem_id="compare-latency")
+    compare.click(partial(handlers.compare_files, lab), [uploads], [compare_plot, machines, latency],
+                  api_name="compare", concurrency_limit=2)
 
 
 def build_app(config: AppConfig | None = None) -> gr.Blocks:
@@ -147,6 +196,8 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             build_convert_tab(lab)
         with gr.Tab("Benchmark", id="benchmark"):
             build_benchmark_tab(lab)
+        with gr.Tab("Decide", id="decide"):
+            build_decide_tab(lab)
         with gr.Tab("About", id="about"):
             gr.Markdown(about_markdown(), elem_id="about")
     demo.queue(max_size=lab.config.queue_size, api_open=False, default_concurrency_limit=1)

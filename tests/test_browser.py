@@ -79,6 +79,18 @@ def test_benchmark_draws_plotly_charts(page):
     page.screenshot(path=str(SHOTS / "benchmark.png"), full_page=True)
 
 
+def test_decide_sweep_draws_the_pareto_chart_and_recommends(page):
+    page.get_by_role("tab", name="Decide").click()
+    page.locator("#decide-runs input[type='number']").fill("2")
+    page.locator("#decide-warmup input[type='number']").fill("0")
+    page.get_by_role("button", name="Run sweep").click()
+    page.locator("#decide-recommendation").get_by_text("Ship deit_small").wait_for(timeout=300_000)
+    page.locator("#plot-pareto .js-plotly-plot svg.main-svg").first.wait_for(timeout=30_000)
+    assert page.locator("#plot-pareto g.point").count() == 4  # 2 models x 2 variants
+    assert "Measured on CPU" in page.locator("#decide-recommendation").inner_text()
+    page.screenshot(path=str(SHOTS / "decide.png"), full_page=True)
+
+
 def test_about(page):
     page.get_by_role("tab", name="About").click()
     page.locator("#about").get_by_text("distillation token", exact=False).first.wait_for(timeout=10_000)

@@ -110,3 +110,43 @@ def test_console_script_and_benchmarks_use_the_installed_package():
         out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), "--help"], capture_output=True,
                              text=True, cwd="/", timeout=120)
         assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.slow
+def test_fastest_script_compares_ours_with_peers_and_ends_with_the_ratio(store):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fastest.py"), "--model", "deit_tiny",
+                          "--only", "original,scripted_int8,onnx_int8", "--runs", "2", "--warmup", "1", "--block", "2",
+                          "--threads", "1", "--store", str(store.root)], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert "| runner | kind | median ms |" in out.stdout and "| onnx_int8 | peer |" in out.stdout
+    assert lines[-1].startswith("best of ours") and "ratio ours/peer = " in lines[-1]
+
+
+def test_tome_sweep_cli_writes_json_and_html(tmp_path):
+    out = run_cli("tome-sweep", "--model", "deit_digits", "--r", "0,2", "--runs", "2", "--warmup", "0",
+                  "--threads", "1", "--json", str(tmp_path / "t.json"), "--html", str(tmp_path / "t.html"))
+    assert out.returncode == 0, out.stderr
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert [row["r"] for row in data["rows"]] == [0, 2] and data["rows"][0]["top1_agreement"] == 1.0
+    assert data["rows"][0]["n_images"] == 360 and data["schema"].startswith("deit-demo-results/")
+    assert "Token merging" in (tmp_path / "t.html").read_text()
+
+
+def test_sweep_and_compare_from_the_cli(tmp_path, store):
+    out = run_cli("sweep", "--models", "deit_tiny,deit_tiny_distilled", "--variants", "original,scripted_int8",
+                  "--weights", "random", "--runs", "2", "--warmup", "0", "--threads", "1", "--budget-ms", "1000",
+                  "--store", str(store.root), "--json", str(tmp_path / "s.json"), "--html", str(tmp_path / "s.html"))
+    assert out.returncode == 0, out.stderr
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert len(data["rows"]) == 4 and data["machine"]["cpu"] and data["schema"].startswith("deit-demo-results/")
+    assert data["recommendation"]["best"]["model"] == "deit_tiny_distilled"
+    assert "recommendation: Ship deit_tiny_distilled" in out.stdout and "Pareto frontier" in (
+        tmp_path / "s.html").read_text()
+    out = run_cli("compare", str(tmp_path / "s.json"), str(tmp_path / "s.json"), "--html", str(tmp_path / "c.html"))
+    assert out.returncode == 0, out.stderr
+    assert "speed-up s.json vs s.json" in out.stdout and "1.00x" in out.stdout
+    (tmp_path / "x.json").write_text("{}")
+    out = run_cli("compare", str(tmp_path / "x.json"))
+    assert out.returncode == 2 and "not a DeiT Lab results file" in out.stderr and "Traceback" not in out.stderr

@@ -18,7 +18,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def accuracy_rows(digits, store):
-    return {r.variant: r for r in evaluate(digits, list(VARIANTS), store)}
+    return {r.variant: r for r in evaluate(digits, [k for k, v in VARIANTS.items() if not v.lossy], store)}
 
 
 def test_bundled_checkpoint_is_reported_as_such(digits):
@@ -33,7 +33,7 @@ def test_student_reaches_85_percent_on_the_test_split(accuracy_rows):
     assert original.top1 == pytest.approx(report["student_average"], abs=1e-6)  # the committed report is true
 
 
-@pytest.mark.parametrize("key", list(VARIANTS))
+@pytest.mark.parametrize("key", [k for k, v in VARIANTS.items() if not v.lossy])  # token merging: test_synth
 def test_accuracy_per_variant(key, accuracy_rows):
     row = accuracy_rows[key]
     variant = VARIANTS[key]

@@ -111,3 +111,31 @@ def test_app_config_validates_itself():
         AppConfig(model="resnet")
     with pytest.raises(DeitDemoError, match="max_runners"):
         AppConfig(max_runners=0)
+
+
+def test_tome_sweep_handler_draws_r_against_latency_and_accuracy(lab):
+    figure, table = handlers.tome_sweep(lab, "deit_synth", "0, 4", False, 2, 0, 1, progress=Recorder())
+    names = [trace.name for trace in figure.data]
+    assert "latency, eager fp32 (ms)" in names and "top-1 on labelled data (%)" in names
+    assert list(figure.data[0].x) == [0, 4] and "top-1 on 1200 labelled images" in table and "| 4 | 42 |" in table
+    with pytest.raises(gr.Error, match="whole numbers"):
+        handlers.tome_sweep(lab, "deit_synth", "a,b", False, 2, 0, 1, progress=Recorder())
+    with pytest.raises(gr.Error, match="at least 0"):
+        handlers.tome_sweep(lab, "deit_synth", "-1", False, 2, 0, 1, progress=Recorder())
+
+
+def test_sweep_handler_draws_the_pareto_chart_and_names_the_machine(lab, tmp_path):
+    updates = list(handlers.sweep(lab, ["deit_tiny", "deit_tiny_distilled"], ["original"], "1", "1", 2, 0, 1000,
+                                  None, None, progress=Recorder()))
+    verdict, chart, table, files = updates[-1]
+    assert verdict.startswith("**Ship deit_tiny_distilled as original") and "Measured on CPU" in verdict
+    assert {trace.name for trace in chart.data} >= {"original", "Pareto frontier"}
+    assert "| deit_tiny | original |" in table and files[0].endswith(".json")
+    figure, machines, latency = handlers.compare_files(lab, [files[0], files[0]])
+    assert len(figure.data) == 2 and "| deit_tiny | original |" in latency and "usable CPUs" in machines
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "other"}')
+    with pytest.raises(gr.Error, match="not a DeiT Lab results file"):
+        handlers.compare_files(lab, [str(bad)])
+    with pytest.raises(gr.Error, match="Upload one or more"):
+        handlers.compare_files(lab, [])
