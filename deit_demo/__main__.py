@@ -339,6 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_log() -> Path:
+    """Where the CLI keeps tracebacks of unexpected errors: $DEIT_DEMO_HOME/logs/errors.log."""
+    import os
+
+    home = os.environ.get("DEIT_DEMO_HOME")
+    return (Path(home) if home else Path.home() / ".cache" / "deit_demo") / "logs" / "errors.log"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -346,6 +354,22 @@ def main(argv: list[str] | None = None) -> int:
     except DeitDemoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # the edge of every command: one line here, the traceback in the log
+        import logging
+
+        from deit_demo.errors import log_unexpected
+
+        log = error_log()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log)
+        logging.getLogger("deit_demo").addHandler(handler)
+        logging.getLogger("deit_demo").propagate = False  # the terminal gets one line, the file the traceback
+        try:
+            line = log_unexpected(f"`{args.command}`", err).replace("the server log", str(log))
+        finally:
+            handler.close()
+        print(f"error: {line}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

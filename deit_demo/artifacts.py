@@ -73,7 +73,9 @@ class ArtifactStore:
         return self.root / model / weights_id / variant
 
     def new_workdir(self) -> Path:
-        """A temporary folder inside the store (same file system, so `commit` can rename it)."""
+        """A temporary folder inside the store (same file system, so `commit` can rename it). The store's folder is
+        made again if it was deleted while the app runs."""
+        self.root.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
 
     def lookup(self, model: str, weights_id: str, variant: str, recipe_version: int = 1) -> Artifact | None:

@@ -6,10 +6,14 @@ The original tutorial timed each variant once with the profiler's self-CPU total
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import platform
+import re
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +28,8 @@ from deit_demo.errors import Cancelled, DeitDemoError, check_cancel, describe  #
 from deit_demo.pipeline import ProgressFn, prepare_variants
 from deit_demo.variants import MAX_BATCH, parse_variant_keys
 
-RESULTS_SCHEMA = "deit-demo-results/1"  # written into every results file, checked when one is read back
+RESULTS_SCHEMA = "deit-demo-results/1"
+MAX_RUNS, MAX_WARMUP = 10_000, 1_000  # a request can ask for any number: the server must not run forever  # written into every results file, checked when one is read back
 
 
 def machine_info() -> dict:
@@ -114,13 +119,12 @@ class BenchSettings:
         """Every caller (CLI, app, scripts) gets the same one-line error for an impossible setting."""
         self.variants = parse_variant_keys(self.variants)
         self.batch_sizes = parse_batch_sizes(self.batch_sizes)
-        for name, low in (("runs", 1), ("warmup", 0), ("threads", 0), ("block", 1)):
+        for name, low, high in (("runs", 1, MAX_RUNS), ("warmup", 0, MAX_WARMUP), ("threads", 0, usable_cpus()),
+                                ("block", 1, 100)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise DeitDemoError(f"{name} must be a whole number of at least {low} (got {value!r}).")
-        if self.threads > usable_cpus():
-            raise DeitDemoError(f"threads must be at most {usable_cpus()}, the CPUs this process may use "
-                                f"(got {self.threads}); 0 means all of them.")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                extra = " (0 means all the CPUs this process may use)" if name == "threads" else ""
+                raise DeitDemoError(f"{name} must be a whole number from {low} to {high}{extra} (got {value!r}).")
         if self.tome_r is not None and (isinstance(self.tome_r, bool) or not isinstance(self.tome_r, int)
                                         or self.tome_r < 0):
             raise DeitDemoError(f"The token-merging r must be a whole number of at least 0 (got {self.tome_r!r}).")
@@ -188,11 +192,36 @@ class RssSampler:
         self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
+# What torch's profiler (kineto) writes straight to file descriptor 2 on a CPU-only machine, whatever the log level.
+PROFILER_NOISE = re.compile(r"^(USDT|STAGE):|gpuGetDeviceCount failed|Completed Stage:")
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_profiler_stderr():
+    """Drop the profiler's C++ chatter from stderr while it runs; anything else written meanwhile is passed on."""
+    with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                    if not PROFILER_NOISE.search(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+
+
 def profile_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, top: int = 10) -> tuple[float, list]:
     """The tutorial's number (profiler self-CPU total, ms) and the top operators by self CPU time."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
+    with quiet_profiler_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
         fn(x)
     events = prof.key_averages()
     total_ms = sum(e.self_cpu_time_total for e in events) / 1000.0
@@ -206,42 +235,56 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 def time_interleaved(runners: dict[str, Runner], x: torch.Tensor, settings: BenchSettings, *,
                      progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                      on_round: Callable[[dict[str, list[float]]], None] | None = None,
-                     clock: Callable[[], float] = time.perf_counter) -> tuple[dict[str, list[float]], dict[str, int]]:
+                     clock: Callable[[], float] = time.perf_counter,
+                     failed: dict[str, str] | None = None) -> tuple[dict[str, list[float]], dict[str, int]]:
     """Warm up each runner, then time them in interleaved blocks; returns samples (ms) and peak RSS per runner.
 
     Each round runs every variant for `block` consecutive calls and keeps all but the first: switching runtime on
-    every call makes their thread pools fight, and the first call after a switch pays for it.
+    every call makes their thread pools fight, and the first call after a switch pays for it. A runner that raises
+    is dropped and its reason put in `failed` (name -> reason); the others go on.
     """
+    failed = {} if failed is None else failed
     names = list(runners)
     samples: dict[str, list[float]] = {name: [] for name in names}
     peaks: dict[str, int] = {name: 0 for name in names}
     kept_per_block = max(1, settings.block - 1)
     total = settings.runs
+
+    def call(name: str) -> bool:
+        try:
+            runners[name](x)
+            return True
+        except Exception as err:  # a runtime failing mid-benchmark fails its own row only
+            failed[name] = f"failed while timing: {describe(err)}"
+            return False
+
     with torch.inference_mode():
         for name in names:
             for _ in range(settings.warmup):
                 check_cancel(cancel)
-                runners[name](x)
+                if name not in failed and not call(name):
+                    break
         started = clock()
         done = 0
-        while done < total:
+        while done < total and len(failed) < len(names):
             if settings.time_budget_s is not None and done and clock() - started > settings.time_budget_s:
                 break
-            for name in names:
+            for name in [n for n in names if n not in failed]:
                 with RssSampler() as rss:
-                    for call in range(kept_per_block + (1 if settings.block > 1 else 0)):
+                    for call_index in range(kept_per_block + (1 if settings.block > 1 else 0)):
                         check_cancel(cancel)
                         start = clock()
-                        runners[name](x)
+                        if not call(name):
+                            break
                         elapsed_ms = (clock() - start) * 1000.0
-                        if settings.block > 1 and call == 0:
+                        if settings.block > 1 and call_index == 0:
                             continue
                         if len(samples[name]) < total:
                             samples[name].append(elapsed_ms)
                 peaks[name] = max(peaks[name], rss.peak)
                 if progress:
                     progress(f"timing {name}", len(samples[name]), total)
-            done = min(len(s) for s in samples.values())
+            done = min([len(s) for n, s in samples.items() if n not in failed] or [total])
             if on_round:
                 on_round(samples)
     return samples, peaks
@@ -348,8 +391,13 @@ def run_benchmark(loaded, settings: BenchSettings, store, *, progress: ProgressF
             if on_update:
                 on_update(results + list(batch_results.values()))
 
-        samples, peaks = time_interleaved(live, x, settings, progress=progress, cancel=cancel, on_round=publish)
+        broken: dict[str, str] = {}
+        samples, peaks = time_interleaved(live, x, settings, progress=progress, cancel=cancel, on_round=publish,
+                                          failed=broken)
         publish(samples)
+        for key, reason in broken.items():
+            batch_results[key].status, batch_results[key].reason, batch_results[key].latency = "failed", reason, None
+            live.pop(key)
         for key, runner in live.items():
             result = batch_results[key]
             result.peak_rss_bytes = peaks[key]

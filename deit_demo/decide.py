@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from deit_demo.bench import (RESULTS_SCHEMA, BenchResult, BenchSettings, LatencyStats, machine_info,
-                             parse_batch_sizes, set_threads, time_interleaved)
+from deit_demo.bench import (MAX_RUNS, MAX_WARMUP, RESULTS_SCHEMA, BenchResult, BenchSettings, LatencyStats,
+                             machine_info, parse_batch_sizes, set_threads, time_interleaved)
 from deit_demo.cpus import usable_cpus
 from deit_demo.errors import DeitDemoError, check_cancel
 from deit_demo.models import get_spec
@@ -62,10 +62,10 @@ class SweepSettings:
             raise DeitDemoError(f"Thread counts must be whole numbers, e.g. 1,2 (got {threads!r}).") from None
         if not self.threads or any(t < 0 or t > usable_cpus() for t in self.threads):
             raise DeitDemoError(f"Thread counts must be from 0 (all) to {usable_cpus()} (got {self.threads}).")
-        for name, low in (("runs", 1), ("warmup", 0), ("block", 1)):
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or \
-                    getattr(self, name) < low:
-                raise DeitDemoError(f"{name} must be a whole number of at least {low} (got {getattr(self, name)!r}).")
+        for name, low, high in (("runs", 1, MAX_RUNS), ("warmup", 0, MAX_WARMUP), ("block", 1, 100)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise DeitDemoError(f"{name} must be a whole number from {low} to {high} (got {value!r}).")
         for name in ("budget_ms", "budget_mb", "min_top1"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
@@ -135,9 +135,14 @@ def run_sweep(settings: SweepSettings, load_model, store, *, progress: ProgressF
                 if on_update:
                     on_update(results + list(rows.values()))
 
+            broken: dict[str, str] = {}
             samples, peaks = time_interleaved(timed, torch.zeros(1), bench_settings, progress=progress,
-                                              cancel=cancel, on_round=publish)
+                                              cancel=cancel, on_round=publish, failed=broken)
             publish(samples)
+            for name, reason in broken.items():
+                model_key, variant = name.split("/", 1)
+                row = rows[(model_key, variant, batch)]
+                row.status, row.reason, row.latency = "failed", reason, None
             for name, peak in peaks.items():
                 model_key, variant = name.split("/", 1)
                 rows[(model_key, variant, batch)].peak_rss_bytes = peak

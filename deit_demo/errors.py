@@ -22,3 +22,20 @@ def check_cancel(cancel) -> None:
     """Raise `Cancelled` if the `threading.Event` (or None) is set."""
     if cancel is not None and cancel.is_set():
         raise Cancelled("Stopped.")
+
+
+def reference_id() -> str:
+    """A short id that ties a visitor's one-line message to the traceback in the server log."""
+    import uuid
+
+    return uuid.uuid4().hex[:8]
+
+
+def log_unexpected(what: str, err: BaseException) -> str:
+    """Log `err` with its traceback under a fresh reference id; return the one line a person should see."""
+    import logging
+
+    ref = reference_id()
+    logging.getLogger("deit_demo").error("%s failed unexpectedly [ref %s]", what, ref, exc_info=err)
+    return (f"{what} failed unexpectedly ({type(err).__name__}; reference {ref}). The details are in the server log "
+            "under that reference; please try again, or report the reference.")

@@ -1,9 +1,12 @@
 """Gradio event handlers: top-level functions that take the `Lab` first, turn inputs into one service call, and its
-results into component values. `ui.py` binds them to components; tests call them directly, without a server."""
+results into component values. `ui.py` binds them to components; tests call them directly, without a server.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: Gradio reads the `gr.Request` annotation to pass the visitor's session.
+"""
 
+import functools
 import html
+import inspect
 import queue
 import threading
 import time
@@ -13,7 +16,7 @@ import gradio as gr
 from pathlib import Path
 
 from deit_demo import bench, charts, decide
-from deit_demo.errors import Cancelled, DeitDemoError
+from deit_demo.errors import Cancelled, DeitDemoError, log_unexpected
 from deit_demo.report import (CONVERT_COLUMNS, REDUCTION_COLUMNS, conversion_rows, machine_line, profiler_markdown,
                               reduction_table, sweep_rows, to_markdown, tome_rows, write_conversion_csv)
 from deit_demo.service import Lab
@@ -21,6 +24,38 @@ from deit_demo.service import Lab
 
 def user_error(err: Exception) -> gr.Error:
     return gr.Error(html.escape(str(err), quote=False))  # quotes are harmless in text; <, > and & are not
+
+
+def boundary(what: str):
+    """Every handler's edge: a project error shows its own message; anything unexpected shows one line with a
+    reference id while the traceback goes to the server log; the server keeps serving either way."""
+
+    def wrap(handler):
+        def translate(err: Exception) -> gr.Error:
+            if isinstance(err, gr.Error):
+                return err
+            if isinstance(err, DeitDemoError):
+                return user_error(err)
+            return gr.Error(html.escape(log_unexpected(what, err), quote=False))
+
+        if inspect.isgeneratorfunction(handler):
+            @functools.wraps(handler)
+            def streaming(*args, **kwargs):
+                try:
+                    yield from handler(*args, **kwargs)
+                except Exception as err:
+                    raise translate(err) from None
+            return streaming
+
+        @functools.wraps(handler)
+        def plain(*args, **kwargs):
+            try:
+                return handler(*args, **kwargs)
+            except Exception as err:
+                raise translate(err) from None
+        return plain
+
+    return wrap
 
 
 def gradio_progress(progress: gr.Progress):
@@ -32,6 +67,7 @@ def _label_value(preds) -> dict[str, float]:
     return {f"{p.label} ({p.index})": p.prob for p in preds}
 
 
+@boundary("Classification")
 def classify(lab: Lab, image_path, url_text, model_key, variant_key, progress=gr.Progress()) -> list:
     """Banner, timing line and the three label outputs (the second and third only for distilled models)."""
     source = (url_text or "").strip() or image_path
@@ -54,7 +90,12 @@ def classify(lab: Lab, image_path, url_text, model_key, variant_key, progress=gr
     return [lab.banner(loaded), timing, *labels]
 
 
-def convert(lab: Lab, model_key, variant_keys, progress=gr.Progress()) -> tuple:
+@boundary("Conversion")
+def _session(request) -> str | None:
+    return getattr(request, "session_hash", None)
+
+
+def convert(lab: Lab, model_key, variant_keys, request: gr.Request = None, progress=gr.Progress()) -> tuple:
     """Status text, the conversion table (CONVERT_COLUMNS) and the files to download."""
     try:
         outcome = lab.convert(model_key, variant_keys or [], progress=gradio_progress(progress))
@@ -62,7 +103,7 @@ def convert(lab: Lab, model_key, variant_keys, progress=gr.Progress()) -> tuple:
         raise user_error(err) from None
     loaded, results = outcome.loaded, outcome.results
     ok = [r for r in results if r.status == "ok"]
-    csv_path = write_conversion_csv(lab.store.root / f"conversion_{loaded.spec.key}_{loaded.weights_id}.csv",
+    csv_path = write_conversion_csv(lab.session_dir(_session(request)) / f"conversion_{loaded.spec.key}.csv",
                                     results, outcome.top1)
     summary = (f"{lab.banner(loaded)}\n\n**{len(ok)} of {len(results)} variants converted and checked** in "
                f"{outcome.seconds:.1f} s. Agreement is measured against the original on the bundled example images "
@@ -88,8 +129,9 @@ def _tome_r(value) -> int | None:
     return int(float(value))
 
 
+@boundary("The benchmark")
 def benchmark(lab: Lab, model_key, variant_keys, n_runs, n_warmup, n_threads, batch_text, tome_r=None,
-              progress=gr.Progress()):
+              request: gr.Request = None, progress=gr.Progress()):
     """Runs the benchmark in a worker thread and yields redrawn charts as rounds complete (at most twice a second)."""
     try:
         settings = bench.BenchSettings(variants=list(variant_keys or []), runs=int(n_runs), warmup=int(n_warmup),
@@ -99,14 +141,16 @@ def benchmark(lab: Lab, model_key, variant_keys, n_runs, n_warmup, n_threads, ba
         raise gr.Error(f"Runs, warm-up and threads must be whole numbers ({html.escape(str(err))}).") from None
     except DeitDemoError as err:
         raise user_error(err) from None
-    lab.cancel.clear()
+    cancel = lab.cancel_event(_session(request))
+    cancel.clear()
     updates: queue.Queue = queue.Queue()
     outcome: dict = {}
 
     def work():
         try:
             outcome["loaded"], outcome["results"] = lab.benchmark(
-                model_key, settings, progress=gradio_progress(progress), on_update=lambda r: updates.put(list(r)))
+                model_key, settings, progress=gradio_progress(progress), cancel=cancel,
+                on_update=lambda r: updates.put(list(r)))
         except Exception as err:  # reported to the user below; the server keeps serving
             outcome["error"] = err
         finally:
@@ -127,22 +171,26 @@ def benchmark(lab: Lab, model_key, variant_keys, n_runs, n_warmup, n_threads, ba
         yield render_benchmark(latest, "⏹️ stopped; partial results shown") + [None]
         return
     if error is not None:
-        raise user_error(error) if isinstance(error, DeitDemoError) else gr.Error(
-            f"Benchmark failed: {html.escape(type(error).__name__)}")
+        raise error
     loaded, results = outcome["loaded"], outcome["results"]
-    files = lab.save_benchmark(loaded, results, lab.store.root / "benchmarks")
+    files = lab.save_benchmark(loaded, results, lab.session_dir(_session(request)))
     message = (f"✅ done: {loaded.spec.label}, {settings.runs} runs after {settings.warmup} warm-up, "
                f"{results[0].threads if results else '?'} threads, interleaved in blocks; "
                f"{machine_line(bench.machine_info())}.\n\n{lab.banner(loaded)}")
     yield render_benchmark(results, message) + [[str(f) for f in files]]
 
 
-def tome_sweep(lab: Lab, model_key, r_text, int8, n_runs, n_warmup, n_threads, progress=gr.Progress()) -> tuple:
+@boundary("The r sweep")
+def tome_sweep(lab: Lab, model_key, r_text, int8, n_runs, n_warmup, n_threads, request: gr.Request = None,
+               progress=gr.Progress()) -> tuple:
     """The r chart and table for one model."""
     try:
         rs = [int(r) for r in str(r_text).replace(" ", "").split(",") if r]
         settings = bench.BenchSettings(runs=int(n_runs), warmup=int(n_warmup), threads=lab.heavy_cpus(int(n_threads)))
-        loaded, rows = lab.tome_sweep(model_key, rs, settings, int8=bool(int8), progress=gradio_progress(progress))
+        cancel = lab.cancel_event(_session(request))
+        cancel.clear()
+        loaded, rows = lab.tome_sweep(model_key, rs, settings, int8=bool(int8), progress=gradio_progress(progress),
+                                      cancel=cancel)
     except ValueError:
         raise gr.Error("r values must be whole numbers separated by commas, e.g. 0,4,8.") from None
     except DeitDemoError as err:
@@ -158,8 +206,9 @@ def _number(value) -> float | None:
     return None if value in (None, "", 0) else float(value)
 
 
+@boundary("The sweep")
 def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup, budget_ms, budget_mb, min_top1,
-          progress=gr.Progress()):
+          request: gr.Request = None, progress=gr.Progress()):
     """Models x variants timed together; yields the Pareto chart as rounds complete, then the recommendation."""
     try:
         settings = decide.SweepSettings(models=list(models or []), variants=list(variants or []),
@@ -169,7 +218,8 @@ def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup
     except DeitDemoError as err:
         raise user_error(err) from None
     machine = bench.machine_info()
-    lab.cancel.clear()
+    cancel = lab.cancel_event(_session(request))
+    cancel.clear()
     updates: queue.Queue = queue.Queue()
     outcome: dict = {}
 
@@ -177,7 +227,7 @@ def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup
         try:
             with lab.cpus.take(lab.heavy_cpus()):
                 outcome["rows"] = decide.run_sweep(settings, lab.model, lab.store, progress=gradio_progress(progress),
-                                                   cancel=lab.cancel, on_update=lambda r: updates.put(list(r)))
+                                                   cancel=cancel, on_update=lambda r: updates.put(list(r)))
         except Exception as err:  # reported below; the server keeps serving
             outcome["error"] = err
         finally:
@@ -201,14 +251,11 @@ def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup
         yield view(latest, "⏹️ stopped; partial results shown (no recommendation from a partial sweep)") + [None]
         return
     if error is not None:
-        raise user_error(error) if isinstance(error, DeitDemoError) else gr.Error(
-            f"Sweep failed: {html.escape(type(error).__name__)}")
+        raise error
     rows = outcome["rows"]
     choice = decide.recommend(rows, budget_ms=settings.budget_ms, budget_mb=settings.budget_mb,
                               min_top1=settings.min_top1, machine=machine)
-    folder = lab.store.root / "sweeps"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"sweep_{time.strftime('%Y%m%d-%H%M%S')}_{time.time_ns() % 10**6:06d}.json"
+    path = lab.session_dir(_session(request)) / f"sweep_{time.strftime('%Y%m%d-%H%M%S')}_{time.time_ns() % 10**6:06d}.json"
     decide.save_sweep(path, rows, settings, choice)
     lost = "\n".join(f"- {html.escape(r['pair'])}: {html.escape(r['why'])}" for r in choice.rejected)
     message = (f"**{html.escape(choice.sentence)}**\n\nMeasured on {html.escape(machine_line(machine))}."
@@ -216,6 +263,7 @@ def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup
     yield view(rows, message) + [[str(path)]]
 
 
+@boundary("The comparison")
 def compare_files(lab: Lab, files) -> tuple:
     """Saved results files overlaid: the chart, the machines, and latency side by side with speed-ups."""
     if not files:
@@ -229,6 +277,77 @@ def compare_files(lab: Lab, files) -> tuple:
             to_markdown(latency))
 
 
-def stop_benchmark(lab: Lab) -> str:
-    lab.cancel.set()
+@boundary("Stop")
+def stop_benchmark(lab: Lab, request: gr.Request = None) -> str:
+    """Stops the jobs of the visitor who pressed Stop, and no one else's."""
+    lab.cancel_event(_session(request)).set()
     return "⏹️ stopping…"
+
+
+# ------------------------------------------------------------------------------------------------------ agents (MCP)
+
+
+def _agent_image(image: str):
+    """An agent's image: a bundled example's file name, an http(s) URL (fetched safely), or a data: URI. Never a
+    path on the server: an agent must not be able to probe the server's files."""
+    import base64
+
+    from deit_demo.models import MODELS
+
+    text = (image or "").strip()
+    examples = {p.name: p for spec in MODELS.values() for p in spec.example_paths()}
+    if text in examples:
+        return examples[text]
+    if text.startswith(("http://", "https://")):
+        return text
+    if text.startswith("data:image/") and ";base64," in text:
+        try:
+            return base64.b64decode(text.split(";base64,", 1)[1], validate=True)
+        except ValueError:
+            raise DeitDemoError("The data: URI is not valid base64.") from None
+    raise DeitDemoError("Give an http(s) image URL, a data:image/...;base64 URI, or a bundled example's name "
+                        f"({', '.join(sorted(examples))}).")
+
+
+@boundary("Classification")
+def classify_image(lab: Lab, image: str, model: str = "deit_base", variant: str = "original", top_k: int = 5) -> dict:
+    """Classify one image with a DeiT vision transformer and return its top-k labels.
+
+    Args:
+        image: the picture: an http(s) URL, a data:image/...;base64 URI, or the file name of a bundled example
+            (for instance "chelsea_cat.jpg").
+        model: a catalog key from list_models (default "deit_base"; "deit_synth" is trained here on textures).
+        variant: a deployment variant key ("original" = eager fp32; others such as "onnx_int8" or "pt2e_int8" are
+            converted on first use and must pass their answer check).
+        top_k: how many labels to return per head, from 1 to 20.
+
+    Returns:
+        A dict with the model, variant, where the weights came from ("hub", "checkpoint:...", or "random", in which
+        case the labels are meaningless), the forward-pass time in ms, and per head (a single "logits" head, or
+        "class", "distillation" and "average" for distilled models) the top-k labels with probabilities.
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 20:
+        raise DeitDemoError(f"top_k must be a whole number from 1 to 20 (got {top_k!r}).")
+    loaded, result = lab.classify(_agent_image(image), model, variant or "original", k=top_k)
+    return {"model": result.model, "variant": result.variant, "weights": result.weights,
+            "weights_note": lab.banner(loaded, markdown=False), "elapsed_ms": round(result.elapsed_ms, 2),
+            "heads": {head: [{"label": p.label, "index": p.index, "probability": round(p.prob, 6)} for p in preds]
+                      for head, preds in result.heads.items()}}
+
+
+@boundary("Listing the catalog")
+def list_models(lab: Lab) -> list:
+    """The DeiT model catalog (read-only): what classify_image accepts as `model`.
+
+    Returns:
+        One dict per model: key, label, family, parameter count, input size in pixels, whether it has a distillation
+        token, its top-1 and top-5 ImageNet accuracy in percent (published; measured here for the models trained
+        here) with their source, and the deployment variants available on this server.
+    """
+    from deit_demo.models import MODELS
+    from deit_demo.variants import VARIANTS
+
+    available = [key for key, v in VARIANTS.items() if v.available()[0]]
+    return [{"key": s.key, "label": s.label, "family": s.family, "params": s.params, "input_size": s.input_size,
+             "distilled": s.distilled, "top1": s.top1, "top5": s.top5, "accuracy_source": s.accuracy_source,
+             "variants": available} for s in MODELS.values()]

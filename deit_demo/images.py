@@ -102,10 +102,31 @@ def resolve_public(host: str, port: int, *, allow_loopback: bool = False) -> lis
     return [str(ip) for ip in addresses]
 
 
+MAX_URL_CHARS = 2048
+
+
+def check_host_name(host: str) -> str:
+    """The ASCII (IDNA) form of `host`, or a project error naming the rule it breaks."""
+    try:
+        ascii_host = host.encode("idna").decode("ascii") if not host.isascii() else host
+    except UnicodeError:
+        raise DeitDemoError("The URL's host name is not a valid international domain name (IDNA).") from None
+    labels = ascii_host.rstrip(".").split(".")
+    if len(ascii_host) > 253:
+        raise DeitDemoError(f"The URL's host name is {len(ascii_host)} characters long; at most 253 are allowed.")
+    longest = max(labels, key=len)
+    if len(longest) > 63:
+        raise DeitDemoError(f"A label of the URL's host name is {len(longest)} characters long ({longest[:20]}...); "
+                            "at most 63 are allowed.")
+    if any(not label for label in labels):
+        raise DeitDemoError("The URL's host name has an empty label (two dots in a row).")
+    return ascii_host
+
+
 def check_url(url: str, *, allow_loopback: bool = False) -> tuple[str, int]:
     """Validate scheme, credentials and host of `url` without connecting; returns (host, port)."""
-    if not isinstance(url, str) or len(url) > 2048:
-        raise DeitDemoError("The URL is missing or longer than 2048 characters.")
+    if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
+        raise DeitDemoError(f"The URL is missing or longer than {MAX_URL_CHARS} characters.")
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https"):
         raise DeitDemoError(f"Only http:// and https:// URLs can be fetched, not {parts.scheme or 'no'} scheme.")
@@ -114,6 +135,8 @@ def check_url(url: str, *, allow_loopback: bool = False) -> tuple[str, int]:
     host = parts.hostname
     if not host:
         raise DeitDemoError("The URL has no host name.")
+    if parse_ip(host) is None:
+        host = check_host_name(host)
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
@@ -279,9 +302,14 @@ def load_image(source: ImageSource, *, fetch: FetchSettings = FetchSettings()) -
     text = str(source)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
         return decode_image(fetch_url(text, fetch))
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    try:
+        found = len(text) <= 4096 and Path(text).expanduser().is_file()
+    except (OSError, ValueError):  # a name too long for the file system, or with a NUL byte
+        found = False
+    if not found:
+        raise DeitDemoError(f"{shown!r} is neither an http(s) URL nor an existing image file.")
     path = Path(text).expanduser()
-    if not path.is_file():
-        raise DeitDemoError(f"No image file at {text!r}.")
     if path.stat().st_size > MAX_IMAGE_BYTES:
         raise DeitDemoError(f"The image is larger than the {MAX_IMAGE_BYTES // 2**20} MB limit.")
     return decode_image(path.read_bytes())

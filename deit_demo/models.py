@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,8 @@ DEFAULT_MODEL = "deit_base"
 
 def get_spec(key: str) -> ModelSpec:
     """The catalog entry for `key`, or a project error listing the valid keys."""
+    if not key:
+        raise DeitDemoError(f"Choose a model: one of {', '.join(MODELS)}.")
     try:
         return MODELS[key]
     except KeyError:
@@ -217,6 +220,8 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or an official ``.pth`` (``{"model": state_dict}``), never unpickling code."""
     if not path.is_file():
         raise DeitDemoError(f"Checkpoint {path} does not exist or is not a file.")
+    if path.suffix == ".safetensors":
+        check_safetensors_header(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -224,13 +229,33 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
-        raise DeitDemoError(f"Could not read checkpoint {path.name}: {err}. Expected .safetensors or a DeiT .pth "
-                            "saved as plain tensors.") from err
+        code = re.search(r"GLOBAL ([\w.]+)", str(err)) or re.search(r"[Uu]nsupported global:? ([\w.]+)", str(err))
+        if code:  # torch's own message would advise weights_only=False, which would run this file's code
+            raise DeitDemoError(f"Refused: checkpoint {path.name} contains code (it calls {code.group(1)}). Load only "
+                                "checkpoints saved as plain tensors (.safetensors, or a state dict of tensors).") from None
+        raise DeitDemoError(f"Could not read checkpoint {path.name} ({type(err).__name__}). Expected .safetensors or "
+                            "a DeiT .pth saved as plain tensors.") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DeitDemoError(f"Checkpoint {path.name} does not hold a state dict of tensors.")
     return state
+
+
+MAX_SAFETENSORS_HEADER = 100 * 2**20
+
+
+def check_safetensors_header(path: Path) -> None:
+    """Refuse a safetensors file whose header claims more than it can hold (a header read allocates that much)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if len(head) < 8:
+        raise DeitDemoError(f"Checkpoint {path.name} is too short to be a safetensors file.")
+    claimed = int.from_bytes(head, "little")
+    if claimed > min(MAX_SAFETENSORS_HEADER, size - 8):
+        raise DeitDemoError(f"Refused: checkpoint {path.name} claims a {claimed / 2**20:,.0f} MB header in a file of "
+                            f"{size / 2**20:,.1f} MB; it is damaged or hostile.")
 
 
 def _load_checkpoint(spec: ModelSpec, path: Path) -> nn.Module:

@@ -7,6 +7,7 @@ all go through it, with one failure policy: a variant that cannot be prepared be
 
 from __future__ import annotations
 
+import errno
 import shutil
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -82,6 +83,22 @@ def run_inputs(fn: Callable[[torch.Tensor], torch.Tensor], inputs: dict[str, tor
 
 # ---------------------------------------------------------------------------------------------------- preparation
 
+STORAGE_ERRORS = {errno.ENOSPC: "is full (no space left on device)", errno.EDQUOT: "is over its disk quota",
+                  errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable (permission denied)",
+                  errno.EPERM: "is not writable (operation not permitted)"}
+
+
+def failure_reason(err: BaseException, store: ArtifactStore) -> str:
+    """One line for a variant that could not be prepared, in words a person can act on."""
+    if isinstance(err, OSError) and err.errno in STORAGE_ERRORS:
+        return (f"The artifact store ({store.root}) {STORAGE_ERRORS[err.errno]}: nothing was saved. Free space or "
+                "start with --store pointing somewhere writable.")
+    text = str(err)
+    if isinstance(err, MemoryError) or "can't allocate memory" in text or "bad_alloc" in text:
+        return ("Ran out of memory while preparing this variant (the process's memory limit was reached); nothing "
+                "was saved. Try a smaller model, or fewer variants at once.")
+    return describe(err)
+
 
 def require_available(variant: Variant) -> None:
     ok, reason = variant.available()
@@ -153,7 +170,7 @@ def prepare_variants(loaded: LoadedModel, keys: Iterable[str], store: ArtifactSt
         try:
             artifact, reused, runner = prepare(variant, loaded, store, ctx)
         except Exception as err:  # one broken variant must never stop the others
-            yield Prepared(variant, "failed", describe(err), traceback=traceback.format_exc(limit=4))
+            yield Prepared(variant, "failed", failure_reason(err, store), traceback=traceback.format_exc(limit=4))
             continue
         yield Prepared(variant, "ok", artifact=artifact, reused=reused, runner=runner)
     if progress:

@@ -6,6 +6,9 @@ request (model key, variant keys, settings) into library calls and result object
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -74,8 +77,13 @@ class Lab:
         self.cache = ModelCache(self.config.max_models)
         self.store = ArtifactStore(self.config.store_root, cap_bytes=self.config.store_cap_bytes)
         self.cpus = CpuBudget()
-        self.cancel = threading.Event()
         self.fallbacks: dict[str, str] = {}
+        self._cancels: dict[str, threading.Event] = {}
+        self._sessions_lock = threading.Lock()
+        # Per-visitor result files live outside the store and outside Gradio's allowed paths: a file is served only
+        # once a handler returns it (Gradio copies it to its cache under a content hash), so no visitor can ask for
+        # another's by path. Each server has its own folder.
+        self.sessions_root = Path(tempfile.mkdtemp(prefix="deit-demo-sessions-"))
         self._runners: BoundedCache[Runner] = BoundedCache(self.config.max_runners)
 
     # ---------------------------------------------------------------------------------------------- models
@@ -107,6 +115,29 @@ class Lab:
         ctx = variant_context(loaded.spec, self.store, tome_r)
         return self._runners.get((loaded.spec.key, loaded.weights_id, variant.store_key(ctx)),
                                  lambda: prepare(variant, loaded, self.store, ctx)[2])
+
+    # ---------------------------------------------------------------------------------------------- visitors
+
+    def cancel_event(self, session: str | None) -> threading.Event:
+        """The stop switch of one visitor's jobs (Stop stops only the jobs of whoever pressed it)."""
+        with self._sessions_lock:
+            return self._cancels.setdefault(session or "local", threading.Event())
+
+    def session_dir(self, session: str | None) -> Path:
+        """A folder for one visitor's result files, made on first use."""
+        digest = hashlib.sha256((session or "local").encode()).hexdigest()[:16]
+        folder = self.sessions_root / digest
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def end_session(self, session: str | None) -> None:
+        """A visitor left: stop their jobs and delete their files."""
+        with self._sessions_lock:
+            event = self._cancels.pop(session or "local", None)
+        if event is not None:
+            event.set()
+        digest = hashlib.sha256((session or "local").encode()).hexdigest()[:16]
+        shutil.rmtree(self.sessions_root / digest, ignore_errors=True)
 
     def heavy_cpus(self, requested: int | None = None) -> int:
         """CPUs a convert/benchmark job may take: all but those kept for classification."""
@@ -163,8 +194,8 @@ class Lab:
         with self.cpus.take(self.heavy_cpus(settings.resolved_threads())) as granted:
             settings.threads = granted
             loaded = self.model(model_key)
-            results = bench.run_benchmark(loaded, settings, self.store, progress=progress,
-                                          cancel=cancel if cancel is not None else self.cancel, on_update=on_update)
+            results = bench.run_benchmark(loaded, settings, self.store, progress=progress, cancel=cancel,
+                                          on_update=on_update)
         return loaded, results
 
     def tome_sweep(self, model_key: str, rs: list[int], settings: bench.BenchSettings, *, int8: bool = False,
@@ -174,7 +205,7 @@ class Lab:
             settings.threads = granted
             loaded = self.model(model_key)
             return loaded, bench.tome_sweep(loaded, rs, settings, self.store, int8=int8, progress=progress,
-                                            cancel=cancel if cancel is not None else self.cancel)
+                                            cancel=cancel)
 
     def save_benchmark(self, loaded: LoadedModel, results: list[bench.BenchResult], folder: Path) -> list[Path]:
         """JSON, CSV and standalone HTML charts of a benchmark, written into `folder`."""

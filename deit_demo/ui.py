@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import partial
+import inspect
 
 import gradio as gr
 
@@ -17,7 +17,30 @@ from deit_demo.service import AppConfig, Lab, model_choices
 from deit_demo.variants import VARIANTS
 
 __all__ = ["AppConfig", "Lab", "build_app", "launch_kwargs"]
+
+
+def partial(handler, lab: Lab, *, agent_tool: bool = False):
+    """`handler(lab, ...)` as a Gradio event function. Unlike functools.partial it keeps the remaining parameters'
+    annotations, which is how Gradio knows to pass the visitor's `gr.Request` (and `gr.Progress`). Only functions
+    made with `agent_tool=True` are listed as MCP tools; the UI's events stay API endpoints."""
+    signature = inspect.signature(handler)
+    params = list(signature.parameters.values())[1:]
+    if inspect.isgeneratorfunction(handler):
+        def event(*args, **kwargs):
+            yield from handler(lab, *args, **kwargs)
+    else:
+        def event(*args, **kwargs):
+            return handler(lab, *args, **kwargs)
+    event.__signature__ = inspect.Signature(params, return_annotation=signature.return_annotation)
+    event.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty}
+    event.__name__ = event.__qualname__ = handler.__name__
+    event.__doc__ = handler.__doc__
+    if not agent_tool:
+        event._mcp_type = "none"  # Gradio lists an endpoint as an MCP tool unless its function says otherwise
+    return event
 HEAVY = "heavy"  # one concurrency group for convert + benchmark: they would fight over the same cores
+# Seconds a heavy job may run before Gradio stops it with a message, so no visitor holds the CPUs forever.
+TIME_LIMITS = {"convert": 1800, "benchmark": 1800, "tome_sweep": 1800, "sweep": 3600}
 
 
 class SafeImage(gr.Image):
@@ -65,7 +88,8 @@ def default_convert_keys(model_key: str) -> list[str]:
 def build_classify_tab(lab: Lab) -> None:
     with gr.Row():
         with gr.Column(scale=1):
-            image = SafeImage(type="filepath", label="Image", sources=["upload", "webcam", "clipboard"], height=300)
+            image = SafeImage(type="filepath", label="Image", sources=["upload", "webcam", "clipboard"], height=300,
+                              elem_id="classify-image")
             url = gr.Textbox(label="…or an image URL (http/https)", placeholder="https://example.com/cat.jpg")
             with gr.Row():
                 model = gr.Dropdown(model_choices(), value=lab.config.model, label="Model")
@@ -99,7 +123,7 @@ def build_convert_tab(lab: Lab) -> None:
     with gr.Accordion("What each variant is, and why some are unavailable here", open=False):
         gr.Markdown(variants_help())
     run.click(partial(handlers.convert, lab), [model, keys], [status, table, files], api_name="convert",
-              concurrency_limit=1, concurrency_id=HEAVY)
+              concurrency_limit=1, concurrency_id=HEAVY, time_limit=TIME_LIMITS["convert"])
 
 
 def build_benchmark_tab(lab: Lab) -> None:
@@ -140,9 +164,10 @@ def build_benchmark_tab(lab: Lab) -> None:
         r_table = gr.Markdown(elem_id="tome-table")
     outputs = [status, table, latency_plot, size_plot, reduction_plot, scatter_plot, sweep_plot, profile_md, files]
     run.click(partial(handlers.benchmark, lab), [model, keys, runs, warmup, threads, batches, tome_r], outputs,
-              api_name="benchmark", concurrency_limit=1, concurrency_id=HEAVY)
+              api_name="benchmark", concurrency_limit=1, concurrency_id=HEAVY, time_limit=TIME_LIMITS["benchmark"])
     r_run.click(partial(handlers.tome_sweep, lab), [model, r_values, r_int8, runs, warmup, threads],
-                [r_plot, r_table], api_name="tome_sweep", concurrency_limit=1, concurrency_id=HEAVY)
+                [r_plot, r_table], api_name="tome_sweep", concurrency_limit=1, concurrency_id=HEAVY,
+                time_limit=TIME_LIMITS["tome_sweep"])
     stop.click(partial(handlers.stop_benchmark, lab), None, status, api_name="stop_benchmark", queue=False)
 
 
@@ -172,7 +197,7 @@ def build_decide_tab(lab: Lab) -> None:
                     interactive=False)
     run.click(partial(handlers.sweep, lab), [models, keys, threads, batches, runs, warmup, budget_ms, budget_mb,
                                              min_top1], [verdict, pareto, table, files], api_name="sweep",
-              concurrency_limit=1, concurrency_id=HEAVY)
+              concurrency_limit=1, concurrency_id=HEAVY, time_limit=TIME_LIMITS["sweep"])
     stop.click(partial(handlers.stop_benchmark, lab), None, verdict, api_name="stop_sweep", queue=False)
     with gr.Accordion("Compare saved runs (from this machine or others)", open=False):
         uploads = gr.File(label="Results files (JSON)", file_count="multiple", file_types=[".json"], type="filepath")
@@ -187,7 +212,7 @@ def build_decide_tab(lab: Lab) -> None:
 def build_app(config: AppConfig | None = None) -> gr.Blocks:
     """The whole app. Nothing is loaded here; the first request loads and caches the model."""
     lab = Lab(config or AppConfig())
-    with gr.Blocks(title="DeiT Deployment Lab") as demo:
+    with gr.Blocks(title="DeiT Deployment Lab", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# DeiT Deployment Lab\nClassify with a Data-efficient Image Transformer, convert it into "
                     "deployment variants, and benchmark them live, honestly.")
         with gr.Tab("Classify", id="classify"):
@@ -200,6 +225,16 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             build_decide_tab(lab)
         with gr.Tab("About", id="about"):
             gr.Markdown(about_markdown(), elem_id="about")
+        # For agents (MCP) and API clients: classification and the read-only catalog; convert and benchmark are not
+        # tools (they take the server's CPUs for minutes).
+        gr.api(partial(handlers.classify_image, lab, agent_tool=True), api_name="classify_image",
+               concurrency_limit=lab.config.classify_concurrency, concurrency_id="classify")
+        gr.api(partial(handlers.list_models, lab, agent_tool=True), api_name="list_models")
+
+        def visitor_left(request: gr.Request) -> None:
+            lab.end_session(request.session_hash)  # their files go, their jobs stop
+
+        demo.unload(visitor_left)
     demo.queue(max_size=lab.config.queue_size, api_open=False, default_concurrency_limit=1)
     demo.lab = lab  # tests and app.py reach the store through here
     return demo
@@ -207,5 +242,8 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
 
 def launch_kwargs(lab: Lab) -> dict:
     """Server settings shared by app.py and the tests."""
+    import importlib.util
+
     return dict(max_file_size="20mb", enable_monitoring=False, show_error=False,
-                allowed_paths=[str(lab.store.root)], footer_links=["api"])
+                allowed_paths=[str(lab.store.root)], footer_links=["api"],
+                mcp_server=importlib.util.find_spec("mcp") is not None)  # gradio[mcp]: agents get the tools

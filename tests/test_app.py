@@ -155,3 +155,61 @@ def test_app_py_share_without_network_says_so_in_one_line_and_serves(tmp_path):
     bad = subprocess.run([sys.executable, "app.py", "--model", "resnet"], capture_output=True, text=True, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=120)
     assert bad.returncode != 0 and "Unknown model 'resnet'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_visitors_jobs_and_files_are_their_own(app, client):
+    import time
+    import urllib.request
+
+    other = Client(app.local_url, verbose=False)
+    job = client.submit("deit_tiny", ["original"], 40, 0, 1, "1", api_name="/benchmark")
+    time.sleep(3)  # A's benchmark is running when B presses Stop
+    other.predict(api_name="/stop_benchmark")
+    status, *_, files = job.result()
+    assert status.startswith("✅ done"), status  # B's Stop stopped nothing of A's
+    assert files and all(str(app.lab.sessions_root) not in str(f) for f in files)  # served from Gradio's cache
+    job = client.submit("deit_tiny", ["original"], 200, 0, 1, "1", api_name="/benchmark")
+    time.sleep(3)
+    client.predict(api_name="/stop_benchmark")
+    assert job.result()[0].startswith("⏹️ stopped")  # A's own Stop stops A
+    written = [p for p in app.lab.sessions_root.rglob("*.json")]
+    assert written  # A's results are in A's session folder, which no visitor can fetch by path
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        no_proxy.open(f"{app.local_url}gradio_api/file={written[0]}", timeout=10)
+    assert refused.value.code in (403, 404)
+
+
+def test_agents_get_classification_and_the_catalog_as_mcp_tools(app, monkeypatch):
+    import asyncio
+    import json
+
+    pytest.importorskip("mcp")
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+    async def talk():
+        async with streamablehttp_client(f"{app.local_url.rstrip('/')}/gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                tools = (await session.list_tools()).tools
+                called = await session.call_tool("classify_image", {"image": "chelsea_cat.jpg", "model": "deit_tiny",
+                                                                    "top_k": 3})
+                catalog = await session.call_tool("list_models", {})
+                refused = await session.call_tool("classify_image", {"image": "/etc/passwd", "model": "deit_tiny"})
+                return tools, called, catalog, refused
+
+    tools, called, catalog, refused = asyncio.run(talk())
+    by_name = {t.name: t for t in tools}
+    assert set(by_name) == {"classify_image", "list_models"}  # convert and benchmark are not tools
+    assert "an http(s) URL" in json.dumps(by_name["classify_image"].inputSchema) + by_name["classify_image"].description
+    import ast
+
+    text = called.content[0].text  # Gradio sends a tool's dict as its Python literal
+    result = json.loads(text) if text.startswith('{"') else ast.literal_eval(text)
+    assert result["model"] == "deit_tiny" and len(result["heads"]["logits"]) == 3 and result["weights"] == "random"
+    assert "deit_synth" in catalog.content[0].text and "DeiT III paper" in catalog.content[0].text
+    assert refused.isError or "bundled example" in refused.content[0].text

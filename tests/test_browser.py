@@ -86,7 +86,7 @@ def test_decide_sweep_draws_the_pareto_chart_and_recommends(page):
     page.get_by_role("button", name="Run sweep").click()
     page.locator("#decide-recommendation").get_by_text("Ship deit_small").wait_for(timeout=300_000)
     page.locator("#plot-pareto .js-plotly-plot svg.main-svg").first.wait_for(timeout=30_000)
-    assert page.locator("#plot-pareto g.point").count() == 4  # 2 models x 2 variants
+    assert page.locator("#plot-pareto .scatterlayer path.point").count() == 4  # 2 models x 2 variants
     assert "Measured on CPU" in page.locator("#decide-recommendation").inner_text()
     page.screenshot(path=str(SHOTS / "decide.png"), full_page=True)
 
@@ -96,3 +96,24 @@ def test_about(page):
     page.locator("#about").get_by_text("distillation token", exact=False).first.wait_for(timeout=10_000)
     assert "hard distillation" in page.locator("#about").inner_text().lower()
     page.screenshot(path=str(SHOTS / "about.png"), full_page=True)
+
+
+def test_webcam_capture_is_classified(app_url):
+    """Chromium's fake camera (a generated test pattern) feeds the webcam source; the capture is classified."""
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream",
+                  "--use-fake-ui-for-media-stream", "--disable-background-networking", "--disable-component-update"])
+        page = browser.new_context(viewport={"width": 1280, "height": 900}, permissions=["camera"]).new_page()
+        page.goto(app_url)
+        page.get_by_role("tab", name="Classify").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Capture from camera").first.click()
+        page.get_by_text("Click to Access Webcam").first.click()
+        page.get_by_role("button", name="capture photo").first.click(timeout=20_000)
+        page.locator("#classify-image img[src*='file=']").first.wait_for(timeout=20_000)  # the capture, uploaded
+        page.get_by_role("button", name="Classify").click()
+        page.locator("#classify-timing").get_by_text("ms for the forward pass").wait_for(timeout=60_000)
+        assert page.locator("#label-main").inner_text().count("%") >= 5
+        page.screenshot(path=str(SHOTS / "webcam.png"), full_page=True)
+        browser.close()

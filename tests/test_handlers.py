@@ -81,17 +81,30 @@ def test_benchmark_handler_refuses_bad_batches(lab, batch):
         next(handlers.benchmark(lab, "deit_tiny", ["original"], 3, 1, 1, batch, progress=Recorder()))
 
 
-def test_stop_sets_the_cancel_switch(lab):
-    lab.cancel.clear()
-    assert "stopping" in handlers.stop_benchmark(lab) and lab.cancel.is_set()
-    lab.cancel.clear()
+class Visitor:
+    def __init__(self, session_hash):
+        self.session_hash = session_hash
+
+
+def test_stop_sets_only_the_pressing_visitors_switch_and_files_are_per_visitor(lab):
+    a, b = Visitor("visitor-a"), Visitor("visitor-b")
+    assert "stopping" in handlers.stop_benchmark(lab, b)
+    assert lab.cancel_event("visitor-b").is_set() and not lab.cancel_event("visitor-a").is_set()
+    updates = list(handlers.benchmark(lab, "deit_tiny", ["original"], 3, 0, 1, "1", request=a, progress=Recorder()))
+    files = updates[-1][-1]  # visitor B's Stop did not stop visitor A's run
+    assert updates[-1][0].startswith("✅ done") and all(f.startswith(str(lab.session_dir("visitor-a"))) for f in files)
+    assert lab.session_dir("visitor-a") != lab.session_dir("visitor-b")
+    assert str(lab.sessions_root) not in str(lab.store.root)  # results never land in the shared store
+    lab.end_session("visitor-a")
+    assert not any(__import__("os").path.exists(f) for f in files)
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"runs": 0}, "runs must be a whole number of at least 1"),
-    ({"warmup": -1}, "warmup must be a whole number of at least 0"),
-    ({"threads": -3}, "threads must be a whole number of at least 0"),
-    ({"threads": 10_000}, "threads must be at most"),
+    ({"runs": 0}, "runs must be a whole number from 1 to 10000"),
+    ({"runs": 10_001}, "runs must be a whole number from 1 to 10000"),
+    ({"warmup": -1}, "warmup must be a whole number from 0 to 1000"),
+    ({"threads": -3}, "threads must be a whole number from 0 to"),
+    ({"threads": 10_000}, "0 means all the CPUs"),
     ({"block": 0}, "block must be"),
     ({"batch_sizes": "x"}, "Batch sizes"),
     ({"variants": ["nope"]}, "Unknown variant"),

@@ -6,6 +6,8 @@ sha256 covers the weights too, and it is read back from memory (``tar -xf`` give
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tarfile
 import tempfile
 from pathlib import Path
@@ -99,10 +101,14 @@ class OpenVinoInt8(_OpenVino):
         return missing_packages("openvino", "nncf")
 
     def export(self, model, path, ctx):
+        import logging
+
         import nncf
 
-        quantized = nncf.quantize(convert_ir(model, ctx), nncf.Dataset([x.numpy() for x in ctx.calibration]),
-                                  model_type=nncf.ModelType.TRANSFORMER, subset_size=len(ctx.calibration))
+        nncf.set_log_level(logging.ERROR)
+        with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout: the CLI's table lives there
+            quantized = nncf.quantize(convert_ir(model, ctx), nncf.Dataset([x.numpy() for x in ctx.calibration]),
+                                      model_type=nncf.ModelType.TRANSFORMER, subset_size=len(ctx.calibration))
         save_ir_tar(quantized, path)
         return {"calibration_images": len(ctx.calibration), "quantizer": f"nncf {nncf.__version__}"}
 
