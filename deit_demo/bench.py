@@ -6,14 +6,10 @@ The original tutorial timed each variant once with the profiler's self-CPU total
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
 import platform
-import re
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +22,7 @@ import torch
 from deit_demo.cpus import cpu_info, usable_cpus
 from deit_demo.errors import Cancelled, DeitDemoError, check_cancel, describe  # noqa: F401  (bench.Cancelled)
 from deit_demo.pipeline import ProgressFn, prepare_variants
+from deit_demo.stdio import PROFILER_NOISE, filtered_stderr
 from deit_demo.variants import MAX_BATCH, parse_variant_keys
 
 RESULTS_SCHEMA = "deit-demo-results/1"
@@ -192,36 +189,11 @@ class RssSampler:
         self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
-# What torch's profiler (kineto) writes straight to file descriptor 2 on a CPU-only machine, whatever the log level.
-PROFILER_NOISE = re.compile(r"^(USDT|STAGE):|gpuGetDeviceCount failed|Completed Stage:")
-_STDERR_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def quiet_profiler_stderr():
-    """Drop the profiler's C++ chatter from stderr while it runs; anything else written meanwhile is passed on."""
-    with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
-                    if not PROFILER_NOISE.search(line)]
-            if kept:
-                sys.stderr.write("".join(kept))
-
-
 def profile_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, top: int = 10) -> tuple[float, list]:
     """The tutorial's number (profiler self-CPU total, ms) and the top operators by self CPU time."""
     from torch.profiler import ProfilerActivity, profile
 
-    with quiet_profiler_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
+    with filtered_stderr(PROFILER_NOISE), profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
         fn(x)
     events = prof.key_averages()
     total_ms = sum(e.self_cpu_time_total for e in events) / 1000.0

@@ -169,6 +169,8 @@ def test_no_profiler_or_gpu_probe_noise_on_a_cpu_machine(capfd):
     assert "profiler self-CPU ms" in out.stdout and "| original | 1 |" in out.stdout
     for noise in ("USDT", "profiler_start", "gpuGetDeviceCount", "STAGE:"):
         assert noise not in out.stderr and noise not in out.stdout
+    out = run_cli("classify", "assets/synth/dots.png", "--model", "deit_synth", "--variant", "executorch_fp32")
+    assert out.returncode == 0 and "cpuinfo_utils" not in out.stderr and "threadpool.cpp" not in out.stderr, out.stderr
     from deit_demo.bench import profile_once  # in-process too, as the app runs it
 
     import torch

@@ -10,6 +10,7 @@ import copy
 
 import torch
 
+from deit_demo.stdio import EXECUTORCH_NOISE, filtered_stderr
 from deit_demo.variants.base import Runner, Variant, export_dynamic_batch, missing_packages
 from deit_demo.variants.registry import register
 
@@ -34,8 +35,9 @@ def set_executorch_threads(threads: int) -> None:
 def pte_runner(path, notes: dict | None = None) -> Runner:
     from executorch.runtime import Runtime
 
-    set_executorch_threads(torch.get_num_threads())
-    method = Runtime.get().load_program(str(path)).load_method("forward")
+    with filtered_stderr(EXECUTORCH_NOISE):  # the runtime narrates CPU probing and thread pools on fd 2
+        set_executorch_threads(torch.get_num_threads())
+        method = Runtime.get().load_program(str(path)).load_method("forward")
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return method.execute([x.contiguous()])[0]
