@@ -6,7 +6,7 @@ import inspect
 
 import gradio as gr
 
-from deit_demo import handlers
+from deit_demo import agents, handlers
 from deit_demo.about import about_markdown
 from deit_demo.classify import HEAD_TITLES
 from deit_demo.cpus import usable_cpus
@@ -227,9 +227,9 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             gr.Markdown(about_markdown(), elem_id="about")
         # For agents (MCP) and API clients: classification and the read-only catalog; convert and benchmark are not
         # tools (they take the server's CPUs for minutes).
-        gr.api(partial(handlers.classify_image, lab, agent_tool=True), api_name="classify_image",
+        gr.api(partial(agents.classify_image, lab, agent_tool=True), api_name="classify_image",
                concurrency_limit=lab.config.classify_concurrency, concurrency_id="classify")
-        gr.api(partial(handlers.list_models, lab, agent_tool=True), api_name="list_models")
+        gr.api(partial(agents.list_models, lab, agent_tool=True), api_name="list_models")
 
         def visitor_left(request: gr.Request) -> None:
             lab.end_session(request.session_hash)  # their files go, their jobs stop

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "deit_demo"
-UI_MODULES = {"deit_demo.ui", "deit_demo.handlers"}
+UI_MODULES = {"deit_demo.ui", "deit_demo.handlers", "deit_demo.agents"}
 
 
 def module_name(path: Path) -> str:

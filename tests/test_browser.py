@@ -24,26 +24,31 @@ def app_url(store):
 
 
 @pytest.fixture(scope="module")
-def page(app_url, tmp_path_factory):
+def playwright():
     if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed: run scripts/test.sh, which installs it")
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage"])
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        outside = []
-        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
-            (app_url.rstrip("/"), "data:", "blob:")) else None)
-        page.goto(app_url)
-        page.get_by_role("tab", name="Classify").wait_for(timeout=30_000)
-        yield page
-        assert not [u for u in outside if u.startswith("http")], f"the page reached outside loopback: {outside}"
-        browser.close()
+    with sync_api.sync_playwright() as instance:  # one per module: Playwright's sync API refuses a second at once
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def page(app_url, playwright):
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--disable-dev-shm-usage"])
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(
+        (app_url.rstrip("/"), "data:", "blob:")) else None)
+    page.goto(app_url)
+    page.get_by_role("tab", name="Classify").wait_for(timeout=30_000)
+    yield page
+    assert not [u for u in outside if u.startswith("http")], f"the page reached outside loopback: {outside}"
+    browser.close()
 
 
 def test_classify_an_example(page):
@@ -98,22 +103,23 @@ def test_about(page):
     page.screenshot(path=str(SHOTS / "about.png"), full_page=True)
 
 
-def test_webcam_capture_is_classified(app_url):
+def test_webcam_capture_is_classified(app_url, playwright):
     """Chromium's fake camera (a generated test pattern) feeds the webcam source; the capture is classified."""
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream",
-                  "--use-fake-ui-for-media-stream", "--disable-background-networking", "--disable-component-update"])
-        page = browser.new_context(viewport={"width": 1280, "height": 900}, permissions=["camera"]).new_page()
-        page.goto(app_url)
-        page.get_by_role("tab", name="Classify").wait_for(timeout=30_000)
-        page.get_by_role("button", name="Capture from camera").first.click()
-        page.get_by_text("Click to Access Webcam").first.click()
-        page.get_by_role("button", name="capture photo").first.click(timeout=20_000)
-        page.locator("#classify-image img[src*='file=']").first.wait_for(timeout=20_000)  # the capture, uploaded
-        page.get_by_role("button", name="Classify").click()
-        page.locator("#classify-timing").get_by_text("ms for the forward pass").wait_for(timeout=60_000)
-        assert page.locator("#label-main").inner_text().count("%") >= 5
-        page.screenshot(path=str(SHOTS / "webcam.png"), full_page=True)
-        browser.close()
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--use-fake-device-for-media-stream",
+              "--use-fake-ui-for-media-stream", "--disable-background-networking", "--disable-component-update"])
+    page = browser.new_context(viewport={"width": 1280, "height": 900}, permissions=["camera"]).new_page()
+    page.goto(app_url)
+    page.get_by_role("tab", name="Classify").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Capture from camera").first.click()
+    page.get_by_text("Click to Access Webcam").first.click()
+    page.wait_for_function("(() => { const v = document.querySelector('#classify-image video');"
+                           " return v && v.readyState >= 2 && v.videoWidth > 0; })()", timeout=30_000)
+    page.get_by_role("button", name="capture photo").first.click(timeout=20_000)
+    page.locator("#classify-image img[src*='file=']").first.wait_for(timeout=20_000)  # the capture, uploaded
+    page.get_by_role("button", name="Classify").click()
+    page.locator("#classify-timing").get_by_text("ms for the forward pass").wait_for(timeout=60_000)
+    assert page.locator("#label-main").inner_text().count("%") >= 5
+    page.screenshot(path=str(SHOTS / "webcam.png"), full_page=True)
+    browser.close()

@@ -67,7 +67,7 @@ def test_convert_and_bench_cli(tmp_path, store):
     assert {r["variant"] for r in data["rows"]} == set(__import__("deit_demo.variants").variants.VARIANTS)
     assert "note: torch.jit is deprecated" in out.stdout
     families = {__import__("deit_demo.variants").variants.VARIANTS[r["variant"]].family for r in data["rows"]}
-    assert families == {"classic", "modern"}
+    assert families == {"classic", "modern", "less work"}
     out = run_cli("bench", "--model", "deit_tiny", "--weights", "random", "--variants", "original,scripted_int8",
                   "--runs", "4", "--warmup", "1", "--threads", "1", "--batch", "1,2", "--store", str(store.root),
                   "--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv"),

@@ -55,7 +55,7 @@ def test_cmyk_becomes_rgb_colour():
 
 
 def test_missing_file_and_pil_input(tmp_path):
-    with pytest.raises(DeitDemoError, match="No image file"):
+    with pytest.raises(DeitDemoError, match="neither an http\\(s\\) URL nor an existing image file"):
         load_image(tmp_path / "nope.jpg")
     assert load_image(Image.new("L", (5, 5))).mode == "RGB"
 
