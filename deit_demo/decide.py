@@ -309,22 +309,29 @@ def machine_label(payload: dict) -> str:
 
 
 def compare(payloads: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(latency rows, machine rows): each timed (model, variant, batch, threads) with its median per file and the
-    speed-up of each file against the first."""
+    """(latency rows, machine rows): each timed (model, variant, batch) with its median per file and the speed-up of
+    each file against the first. Thread counts usually differ between machines, so they are shown, not matched;
+    only when a file holds a thread sweep do threads become part of the key."""
+    def timed(payload):
+        return [r for r in payload["rows"] if r.get("median_ms") is not None]
+
+    swept = any(len({r.get("threads") for r in timed(p) if (r["model"], r["variant"], r.get("batch_size", 1)) == key})
+                > 1 for p in payloads for key in {(r["model"], r["variant"], r.get("batch_size", 1)) for r in timed(p)})
     keys: dict[tuple, dict] = {}
     for index, payload in enumerate(payloads):
-        for r in payload["rows"]:
-            if r.get("median_ms") is None:
-                continue
-            key = (r["model"], r["variant"], r.get("batch_size", 1), r.get("threads", ""))
-            keys.setdefault(key, {})[index] = r["median_ms"]
+        for r in timed(payload):
+            key = (r["model"], r["variant"], r.get("batch_size", 1)) + ((r.get("threads"),) if swept else ())
+            keys.setdefault(key, {})[index] = r
     latency = []
-    for (model, variant, batch, threads), medians in keys.items():
-        row = {"model": model, "variant": variant, "batch": batch, "threads": threads}
+    for key, found in keys.items():
+        row = {"model": key[0], "variant": key[1], "batch": key[2],
+               "threads": " / ".join(str(found[i].get("threads", "?")) if i in found else "-"
+                                     for i in range(len(payloads)))}
         for index, payload in enumerate(payloads):
-            row[f"{payload['label']} ms"] = f"{medians[index]:.2f}" if index in medians else ""
-            if index and 0 in medians and index in medians:
-                row[f"speed-up {payload['label']} vs {payloads[0]['label']}"] = f"{medians[0] / medians[index]:.2f}x"
+            row[f"{payload['label']} ms"] = f"{found[index]['median_ms']:.2f}" if index in found else ""
+            if index and 0 in found and index in found:
+                row[f"speed-up {payload['label']} vs {payloads[0]['label']}"] = \
+                    f"{found[0]['median_ms'] / found[index]['median_ms']:.2f}x"
         latency.append(row)
     machines = [{"file": p["label"], "cpu": p["machine"].get("cpu"), "usable CPUs": p["machine"].get("usable_cpus"),
                  "ISA": " ".join(p["machine"].get("isa", [])), "torch": p["machine"].get("torch"),

@@ -113,12 +113,12 @@ def test_saved_runs_compare_across_machines(sweep_rows, tmp_path):
     other = json.loads((tmp_path / "a.json").read_text())
     other["machine"]["cpu"] = "Other CPU"
     for r in other["rows"]:
-        r["median_ms"] = r["median_ms"] * 2
+        r["median_ms"], r["threads"] = r["median_ms"] * 2, 8  # another machine, another thread count
     (tmp_path / "b.json").write_text(json.dumps(other))
     payloads = [decide.load_results(tmp_path / "a.json"), decide.load_results(tmp_path / "b.json")]
     latency, machines = decide.compare(payloads)
     assert [m["cpu"] for m in machines][1] == "Other CPU" and len(latency) == 4
-    assert all(r["speed-up b.json vs a.json"] == "0.50x" for r in latency)
+    assert all(r["speed-up b.json vs a.json"] == "0.50x" and r["threads"] == "1 / 8" for r in latency)
 
 
 @pytest.mark.parametrize("content,message", [
