@@ -112,6 +112,30 @@ def convert(lab: Lab, model_key, variant_keys, request: gr.Request = None, progr
     return summary, table, [r.path for r in ok] + [str(csv_path)]
 
 
+def _stream(job, view, message: str):
+    """Run `job(publish)` in a worker thread and yield `view(latest, message) + [None]` as it publishes (at most twice a
+    second), so charts fill in live; returns (job's result, its exception or None, the latest rows)."""
+    updates: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["value"] = job(lambda rows: updates.put(list(rows)))
+        except Exception as err:  # handed back to the handler, which reports it; the server keeps serving
+            outcome["error"] = err
+        finally:
+            updates.put(None)
+
+    threading.Thread(target=work, daemon=True).start()
+    latest, last_draw = [], 0.0
+    while (item := updates.get()) is not None:
+        latest = item
+        if time.monotonic() - last_draw > 0.5:
+            last_draw = time.monotonic()
+            yield view(latest, message) + [None]
+    return outcome.get("value"), outcome.get("error"), latest
+
+
 def render_benchmark(results, message: str) -> list:
     """Status, reduction table, the four charts, the batch-sweep chart and the profiler's view."""
     figures = charts.all_charts(results)
@@ -143,36 +167,16 @@ def benchmark(lab: Lab, model_key, variant_keys, n_runs, n_warmup, n_threads, ba
         raise user_error(err) from None
     cancel = lab.cancel_event(_session(request))
     cancel.clear()
-    updates: queue.Queue = queue.Queue()
-    outcome: dict = {}
-
-    def work():
-        try:
-            outcome["loaded"], outcome["results"] = lab.benchmark(
-                model_key, settings, progress=gradio_progress(progress), cancel=cancel,
-                on_update=lambda r: updates.put(list(r)))
-        except Exception as err:  # reported to the user below; the server keeps serving
-            outcome["error"] = err
-        finally:
-            updates.put(None)
-
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-    latest: list = []
-    last_draw = 0.0
-    while (item := updates.get()) is not None:
-        latest = item
-        if time.monotonic() - last_draw > 0.5:
-            last_draw = time.monotonic()
-            yield render_benchmark(latest, "⏱️ running… charts fill in as rounds complete") + [None]
-    worker.join()
-    error = outcome.get("error")
+    value, error, latest = yield from _stream(
+        lambda publish: lab.benchmark(model_key, settings, progress=gradio_progress(progress), cancel=cancel,
+                                      on_update=publish),
+        render_benchmark, "⏱️ running… charts fill in as rounds complete")
     if isinstance(error, Cancelled):
         yield render_benchmark(latest, "⏹️ stopped; partial results shown") + [None]
         return
     if error is not None:
         raise error
-    loaded, results = outcome["loaded"], outcome["results"]
+    loaded, results = value
     files = lab.save_benchmark(loaded, results, lab.session_dir(_session(request)))
     message = (f"✅ done: {loaded.spec.label}, {settings.runs} runs after {settings.warmup} warm-up, "
                f"{results[0].threads if results else '?'} threads, interleaved in blocks; "
@@ -220,18 +224,11 @@ def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup
     machine = bench.machine_info()
     cancel = lab.cancel_event(_session(request))
     cancel.clear()
-    updates: queue.Queue = queue.Queue()
-    outcome: dict = {}
 
-    def work():
-        try:
-            with lab.cpus.take(lab.heavy_cpus()):
-                outcome["rows"] = decide.run_sweep(settings, lab.model, lab.store, progress=gradio_progress(progress),
-                                                   cancel=cancel, on_update=lambda r: updates.put(list(r)))
-        except Exception as err:  # reported below; the server keeps serving
-            outcome["error"] = err
-        finally:
-            updates.put(None)
+    def job(publish):
+        with lab.cpus.take(lab.heavy_cpus()):
+            return decide.run_sweep(settings, lab.model, lab.store, progress=gradio_progress(progress), cancel=cancel,
+                                    on_update=publish)
 
     def view(rows, message):
         dicts = [r.to_row() for r in rows]
@@ -239,20 +236,12 @@ def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup
                                     machine=machine["cpu"])
         return [message, chart, to_markdown(sweep_rows(rows))]
 
-    threading.Thread(target=work, daemon=True).start()
-    latest, last_draw = [], 0.0
-    while (item := updates.get()) is not None:
-        latest = item
-        if time.monotonic() - last_draw > 0.5:
-            last_draw = time.monotonic()
-            yield view(latest, "⏱️ sweeping… the chart fills in as rounds complete") + [None]
-    error = outcome.get("error")
+    rows, error, latest = yield from _stream(job, view, "⏱️ sweeping… the chart fills in as rounds complete")
     if isinstance(error, Cancelled):
         yield view(latest, "⏹️ stopped; partial results shown (no recommendation from a partial sweep)") + [None]
         return
     if error is not None:
         raise error
-    rows = outcome["rows"]
     choice = decide.recommend(rows, budget_ms=settings.budget_ms, budget_mb=settings.budget_mb,
                               min_top1=settings.min_top1, machine=machine)
     path = lab.session_dir(_session(request)) / f"sweep_{time.strftime('%Y%m%d-%H%M%S')}_{time.time_ns() % 10**6:06d}.json"

@@ -69,7 +69,9 @@ def weights_banner(loaded: LoadedModel, why_random: str = "", *, markdown: bool 
 def catalog_rows(specs: list[ModelSpec]) -> list[dict]:
     return [{"key": s.key, "timm": s.hub_name, "family": s.family, "params": f"{s.params / 1e6:.1f}M",
              "input": s.input_size, "distilled": "yes" if s.distilled else "", "top-1": f"{s.top1:.1f}",
-             "tome r": s.tome_r}
+             "top-5": f"{s.top5:.1f}" if s.top5 is not None else "",
+             "accuracy from": "measured here" if s.accuracy_source.startswith("measured") else
+             "DeiT III paper / timm" if "DeiT III" in s.accuracy_source else "DeiT paper / timm", "tome r": s.tome_r}
             for s in specs]
 
 

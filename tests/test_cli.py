@@ -19,6 +19,7 @@ def test_models_lists_the_catalog():
     out = run_cli("models")
     assert out.returncode == 0
     assert "deit_base_patch16_224.fb_in1k" in out.stdout and "deit_base_distilled_patch16_384" in out.stdout
+    assert "| 81.8 | 95.7 | DeiT paper / timm |" in out.stdout and "| measured here |" in out.stdout
 
 
 def test_classify_random_prints_a_table_and_json(tmp_path):
