@@ -25,7 +25,7 @@ from deit_demo.images import ImageSource
 from deit_demo.models import DEFAULT_MODEL, MODELS, LoadedModel, ModelCache, get_spec
 from deit_demo.pipeline import ConversionResult, ProgressFn, prepare, run_conversion, variant_context
 from deit_demo.report import weights_banner
-from deit_demo.variants import Runner, get_variant, parse_variant_keys
+from deit_demo.variants import Runner, VariantContext, get_variant, parse_variant_keys
 
 
 @dataclass
@@ -112,9 +112,12 @@ class Lab:
     def runner(self, loaded: LoadedModel, key: str, tome_r: int | None = None) -> Runner:
         """A loaded variant for classification, converted on first use and kept in a small LRU."""
         variant = get_variant(key)
-        ctx = variant_context(loaded.spec, self.store, tome_r)
-        return self._runners.get((loaded.spec.key, loaded.weights_id, variant.store_key(ctx)),
-                                 lambda: prepare(variant, loaded, self.store, ctx)[2])
+        # The cache key needs only the spec and r; the full context (preprocessed calibration images) is built only
+        # when the runner must be prepared, not on every classification.
+        name = variant.store_key(VariantContext(loaded.spec, self.store.root, tome_r=tome_r))
+        return self._runners.get((loaded.spec.key, loaded.weights_id, name),
+                                 lambda: prepare(variant, loaded, self.store,
+                                                 variant_context(loaded.spec, self.store, tome_r))[2])
 
     # ---------------------------------------------------------------------------------------------- visitors
 

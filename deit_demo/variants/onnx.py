@@ -57,6 +57,16 @@ class OnnxFp32(_Onnx):
         return {}
 
 
+def export_quantized(model, path, ctx, quantize) -> None:
+    """Export fp32 next to `path`, then `quantize(fp32_path, path)`; the fp32 intermediate never stays behind."""
+    fp32 = path.with_name(path.stem + "_fp32.onnx")
+    export_onnx(model, fp32, ctx)
+    try:
+        quantize(fp32, path)
+    finally:
+        fp32.unlink(missing_ok=True)
+
+
 @register
 class OnnxInt8(_Onnx):
     key = "onnx_int8"
@@ -66,20 +76,20 @@ class OnnxInt8(_Onnx):
                    "counterpart of the tutorial's dynamic int8).")
 
     def export(self, model, path, ctx):
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         import logging
 
-        fp32 = path.with_name(path.stem + "_fp32.onnx")
-        export_onnx(model, fp32, ctx)
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # ORT logs a pre-processing hint on the root logger at every call
-        try:
-            quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=True)
-        finally:
-            root.setLevel(level)
-        fp32.unlink()
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        def quantize(fp32, out):
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(logging.ERROR)  # ORT logs a pre-processing hint on the root logger at every call
+            try:
+                quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True)
+            finally:
+                root.setLevel(level)
+
+        export_quantized(model, path, ctx, quantize)
         return {}
 
 
@@ -105,14 +115,16 @@ class OnnxInt8Static(_Onnx):
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        fp32 = path.with_name(path.stem + "_fp32.onnx")
-        prepared = path.with_name(path.stem + "_prep.onnx")
-        export_onnx(model, fp32, ctx)
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(path), _CalibrationReader("pixels", ctx.calibration),
-                        quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                        activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul", "Gemm", "Conv"],
-                        extra_options={"ActivationSymmetric": False})
-        fp32.unlink()
-        prepared.unlink()
+        def quantize(fp32, out):
+            prepared = out.with_name(out.stem + "_prep.onnx")
+            try:
+                quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+                quantize_static(str(prepared), str(out), _CalibrationReader("pixels", ctx.calibration),
+                                quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+                                activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+                                extra_options={"ActivationSymmetric": False})
+            finally:
+                prepared.unlink(missing_ok=True)
+
+        export_quantized(model, path, ctx, quantize)
         return {"calibration_images": len(ctx.calibration)}
