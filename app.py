@@ -20,6 +20,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--offline", action="store_true", help="never reach the hub; random weights unless cached")
     parser.add_argument("--eval-data", default=None, help="labelled image folder: Convert then reports accuracy")
     parser.add_argument("--store", default=None, help="artifact store folder (default $DEIT_DEMO_HOME/artifacts)")
+    parser.add_argument("--auto", default=None, metavar="KEYS",
+                        help="comma list of the variants Auto may serve once verified (default: "
+                             "openvino_int8,onnx_int8_static,pt2e_int8,onnx_int8,scripted_int8; 'none': always the "
+                             "original)")
     return parser.parse_args(argv)
 
 
@@ -31,8 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     from deit_demo.ui import AppConfig, build_app, launch_kwargs
 
     try:
+        auto = {} if args.auto is None else {"auto_variants": () if args.auto == "none" else args.auto.split(",")}
         config = AppConfig(model=args.model, weights=args.weights, offline=args.offline, store_root=args.store,
-                           eval_data=args.eval_data)
+                           eval_data=args.eval_data, **auto)
     except DeitDemoError as err:
         raise SystemExit(f"error: {err}") from None
     demo = build_app(config)

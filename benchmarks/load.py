@@ -1,18 +1,21 @@
 """Load test of the app: N simulated users classify the examples while one DeiT-B benchmark runs.
 
-    python benchmarks/load.py [--users 8] [--requests 6] [--model deit_base] [--bench-model deit_base] [--port 0]
+    python benchmarks/load.py [--users 8] [--requests 6] [--model deit_base] [--variant auto] [--bench-model deit_base]
 
-Starts the app in this process on 127.0.0.1 (random weights, offline; traffic never leaves loopback), then:
+Starts the app in this process on 127.0.0.1 (random weights, offline; traffic never leaves loopback), waits until
+Auto has prepared its variant for the model (what a Space does in the background after start), then:
   1. baseline: every user (one gradio_client each) classifies the examples with no benchmark running;
   2. under load: the same while one user runs a benchmark of the bench model (original, scripted_int8, onnx_int8).
 Reports success rate, p50/p95 classification latency in both phases, queue-full rejections, whether every user got
-the same top-1 for the same image, and the process's peak RSS.
+the same top-1 for the same image, how many visitors shared each forward pass, and the process's peak RSS.
+`--variant original` gives the figures from before Auto (every answer eager fp32).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import threading
 import time
@@ -20,7 +23,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from deit_demo import bench  # noqa: E402  (after the environment above)
-from deit_demo.report import to_markdown  # noqa: E402
+from deit_demo.report import machine_line, to_markdown  # noqa: E402
 from deit_demo.pipeline import example_images  # noqa: E402
 
 
@@ -28,7 +31,7 @@ def percentile(values: list[float], q: float) -> float:
     return bench.LatencyStats(values).percentile(q) if values else float("nan")
 
 
-def user(url: str, model: str, requests: int, record: dict, lock: threading.Lock) -> None:
+def user(url: str, model: str, variant: str, requests: int, record: dict, lock: threading.Lock) -> None:
     from gradio_client import Client, handle_file
 
     client = Client(url, verbose=False)
@@ -37,9 +40,12 @@ def user(url: str, model: str, requests: int, record: dict, lock: threading.Lock
         image = images[i % len(images)]
         start = time.perf_counter()
         try:
-            out = client.predict(handle_file(str(image)), "", model, "original", api_name="/classify")
+            out = client.predict(handle_file(str(image)), "", model, variant, api_name="/classify")
             main = out[2].get("value", out[2]) if isinstance(out[2], dict) else out[2]
+            shared = re.search(r"one pass for (\d+) visitors", out[1])
             with lock:
+                record["batch"].append(int(shared.group(1)) if shared else 1)
+                record["served_by"].add(re.search(r"forward pass \(([a-z0-9_]+),", out[1]).group(1))
                 record["latency_ms"].append((time.perf_counter() - start) * 1000)
                 record["top1"].setdefault(image.name, set()).add(main["label"])
                 record["ok"] += 1
@@ -50,10 +56,12 @@ def user(url: str, model: str, requests: int, record: dict, lock: threading.Lock
                 record["messages"].append(f"{type(err).__name__}: {str(err)[:120]}")
 
 
-def phase(url: str, users: int, requests: int, model: str) -> dict:
-    record = {"latency_ms": [], "top1": {}, "ok": 0, "errors": 0, "queue_full": 0, "messages": []}
+def phase(url: str, users: int, requests: int, model: str, variant: str) -> dict:
+    record = {"latency_ms": [], "top1": {}, "ok": 0, "errors": 0, "queue_full": 0, "messages": [], "batch": [],
+              "served_by": set()}
     lock = threading.Lock()
-    threads = [threading.Thread(target=user, args=(url, model, requests, record, lock)) for _ in range(users)]
+    threads = [threading.Thread(target=user, args=(url, model, variant, requests, record, lock))
+               for _ in range(users)]
     start = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -68,6 +76,8 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--requests", type=int, default=6, help="classifications per user per phase")
     parser.add_argument("--model", default="deit_base", help="model the users classify with")
+    parser.add_argument("--variant", default="auto", help="what the users ask for (auto: the app's default)")
+    parser.add_argument("--max-batch-size", type=int, default=None, help="override AppConfig.max_batch_size")
     parser.add_argument("--bench-model", default="deit_base")
     parser.add_argument("--bench-runs", type=int, default=10)
     parser.add_argument("--classify-threads", type=int, default=None, help="override AppConfig.classify_threads")
@@ -83,17 +93,20 @@ def main() -> int:
         config.classify_threads = args.classify_threads
     if args.classify_concurrency is not None:
         config.classify_concurrency = args.classify_concurrency
+    if args.max_batch_size is not None:
+        config.max_batch_size = args.max_batch_size
     demo = build_app(config)
     demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs(demo.lab))
     url = demo.local_url
     rss = bench.RssSampler(interval_s=0.05)
     with rss:
         print(f"app on {url}; warming up {args.model} and converting the benchmark's variants...", file=sys.stderr)
-        phase(url, 1, 1, args.model)
+        phase(url, 1, 1, args.model, args.variant)
+        choice = demo.lab.auto.wait(args.model) if args.variant == "auto" else None
         bench_args = (args.bench_model, ["original", "scripted_int8", "onnx_int8"], 2, 1, bench.usable_cpus(), "1")
         Client(url, verbose=False).predict(*bench_args, api_name="/benchmark")  # converts once, untimed
 
-        baseline = phase(url, args.users, args.requests, args.model)
+        baseline = phase(url, args.users, args.requests, args.model, args.variant)
         bench_out: dict = {}
 
         def run_benchmark() -> None:
@@ -109,14 +122,19 @@ def main() -> int:
         bench_thread = threading.Thread(target=run_benchmark)
         bench_thread.start()
         time.sleep(2.0)  # let the benchmark get going
-        loaded = phase(url, args.users, args.requests, args.model)
+        loaded = phase(url, args.users, args.requests, args.model, args.variant)
         bench_thread.join()
     demo.close()
 
     print(f"\n{args.users} users x {args.requests} classifications of {args.model} (random weights) per phase; "
           f"benchmark of {args.bench_model}: {bench_out.get('status')} in {bench_out.get('seconds', 0):.0f} s; "
           f"usable CPUs {bench.usable_cpus()}; classification: concurrency {config.classify_concurrency}, threads "
-          f"{config.classify_threads or 'all free'}; queue size {config.queue_size}\n")
+          f"{config.classify_threads or 'all free'}, max batch {config.max_batch_size}; queue size "
+          f"{config.queue_size}; {machine_line(bench.machine_info())}")
+    if choice is not None:
+        print(f"{choice.sentence()} (prepared in {choice.seconds:.0f} s; batch-1 medians {choice.median_ms}; "
+              f"not used: {choice.rejected or 'none'})")
+    print()
     rows = []
     for name, rec in (("no benchmark", baseline), ("benchmark running", loaded)):
         total = rec["ok"] + rec["errors"] + rec["queue_full"]
@@ -125,6 +143,9 @@ def main() -> int:
                      "p50 ms": round(percentile(rec["latency_ms"], 50)),
                      "p95 ms": round(percentile(rec["latency_ms"], 95)), "queue full": rec["queue_full"],
                      "other errors": rec["errors"], "same top-1 for same image": "yes" if consistent else "NO",
+                     "served by": ", ".join(sorted(rec["served_by"])),
+                     "images per pass (mean, max)": f"{sum(rec['batch']) / max(1, len(rec['batch'])):.1f}, "
+                                                    f"{max(rec['batch'], default=0)}",
                      "wall s": round(rec["wall_s"], 1)})
     print(to_markdown(rows))
     print(f"\npeak RSS of the server process: {rss.peak / 2**20:.0f} MiB")

@@ -88,8 +88,12 @@ def cmd_classify(args) -> int:
     from deit_demo.report import to_markdown
 
     lab = _lab(args)
-    loaded, result = lab.classify(args.image, args.model, args.variant, k=args.top, tome_r=args.tome_r)
+    # Auto from the CLI converts, checks and times its candidates first (once per store), then uses the fastest.
+    loaded, result = lab.classify(args.image, args.model, args.variant, k=args.top, tome_r=args.tome_r,
+                                  wait_auto=True)
     _emit(args, f"model: {loaded.spec.key} ({loaded.spec.hub_name})   variant: {result.variant}")
+    if result.note:
+        _emit(args, result.note)
     _emit(args, f"weights: {loaded.weights} - {lab.banner(loaded, markdown=False)}")
     _emit(args, f"time: {result.elapsed_ms:.1f} ms\n")
     for head, preds in result.heads.items():
@@ -285,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("classify", cmd_classify, "classify an image file or http(s) URL")
     p.add_argument("image")
     add_model(p)
-    p.add_argument("--variant", default="original")
+    p.add_argument("--variant", default="original",
+                   help="a variant key, or auto: the fastest one here that passes its answer check")
     p.add_argument("--top", type=_positive, default=5)
     p = add("convert", cmd_convert, "convert a model into deployment variants and check their answers")
     add_model(p)

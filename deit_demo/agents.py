@@ -29,15 +29,16 @@ def _agent_image(image: str):
 
 
 @boundary("Classification")
-def classify_image(lab: Lab, image: str, model: str = "deit_base", variant: str = "original", top_k: int = 5) -> dict:
+def classify_image(lab: Lab, image: str, model: str = "deit_base", variant: str = "auto", top_k: int = 5) -> dict:
     """Classify one image with a DeiT vision transformer and return its top-k labels.
 
     Args:
         image: the picture: an http(s) URL, a data:image/...;base64 URI, or the file name of a bundled example
             (for instance "chelsea_cat.jpg").
         model: a catalog key from list_models (default "deit_base"; "deit_synth" is trained here on textures).
-        variant: a deployment variant key ("original" = eager fp32; others such as "onnx_int8" or "pt2e_int8" are
-            converted on first use and must pass their answer check).
+        variant: "auto" for the fastest variant on this server that gave the original's answers on its check
+            inputs (the original until that one is ready), "original" for eager fp32, or a variant key such as
+            "onnx_int8" or "pt2e_int8" (converted on first use; must pass its answer check).
         top_k: how many labels to return per head, from 1 to 20.
 
     Returns:
@@ -47,8 +48,8 @@ def classify_image(lab: Lab, image: str, model: str = "deit_base", variant: str 
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 20:
         raise DeitDemoError(f"top_k must be a whole number from 1 to 20 (got {top_k!r}).")
-    loaded, result = lab.classify(_agent_image(image), model, variant or "original", k=top_k)
-    return {"model": result.model, "variant": result.variant, "weights": result.weights,
+    loaded, result = lab.classify(_agent_image(image), model, variant or "auto", k=top_k)
+    return {"model": result.model, "variant": result.variant, "how_chosen": result.note, "weights": result.weights,
             "weights_note": lab.banner(loaded, markdown=False), "elapsed_ms": round(result.elapsed_ms, 2),
             "heads": {head: [{"label": p.label, "index": p.index, "probability": round(p.prob, 6)} for p in preds]
                       for head, preds in result.heads.items()}}

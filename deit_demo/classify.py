@@ -32,6 +32,9 @@ class ClassifyResult:
     variant: str
     heads: dict[str, list[Prediction]]
     elapsed_ms: float
+    batch_size: int = 1  # images in the forward pass this answer came from (visitors batched together)
+    note: str = ""  # how the variant was chosen (Auto says which it used and its agreement with the original)
+    agreement: float | None = None  # the variant's top-1 agreement with the original on the check inputs
 
     @property
     def top1(self) -> Prediction:
@@ -75,19 +78,32 @@ def top_k(logits: torch.Tensor, labels: tuple[str, ...], k: int = 5) -> list[Pre
     return [Prediction(int(i), labels[int(i)], float(v)) for v, i in zip(values, indices)]
 
 
-def classify(loaded: LoadedModel, source: ImageSource, *, k: int = 5,
-             runner: Callable[[torch.Tensor], torch.Tensor] | None = None, variant: str = "original") -> ClassifyResult:
-    """Classify one image. `runner` replaces the eager model (a converted variant): it yields one averaged head."""
-    image = load_image(source)
-    x = preprocess(image, loaded.spec)
+def classify_tensors(loaded: LoadedModel, tensors: list[torch.Tensor], *, k: int = 5,
+                     runner: Callable[[torch.Tensor], torch.Tensor] | None = None, variant: str = "original",
+                     one_pass: bool = True) -> list[ClassifyResult]:
+    """Classify preprocessed images in one forward pass (several visitors' requests at once).
+
+    With `one_pass=False` each image runs alone and the elapsed time is their sum: for dynamic int8 (activation
+    scales come from the whole batch, so an image's answer would depend on its batch-mates) and for runners that
+    compile once per batch size.
+    """
     labels = labels_for(loaded)
     start = time.perf_counter()
     with torch.inference_mode():
         if runner is None:
-            heads = forward_heads(loaded.model, x, distilled=loaded.spec.distilled)
+            heads = forward_heads(loaded.model, torch.cat(tensors), distilled=loaded.spec.distilled)
+        elif one_pass:
+            heads = {"logits": runner(torch.cat(tensors))}
         else:
-            heads = {"logits": runner(x)}
+            heads = {"logits": torch.cat([runner(x) for x in tensors])}
     elapsed_ms = (time.perf_counter() - start) * 1e3
-    return ClassifyResult(model=loaded.spec.key, weights=loaded.weights, variant=variant,
-                          heads={name: top_k(logits[0], labels, k) for name, logits in heads.items()},
-                          elapsed_ms=elapsed_ms)
+    return [ClassifyResult(model=loaded.spec.key, weights=loaded.weights, variant=variant,
+                           heads={name: top_k(logits[i], labels, k) for name, logits in heads.items()},
+                           elapsed_ms=elapsed_ms, batch_size=len(tensors)) for i in range(len(tensors))]
+
+
+def classify(loaded: LoadedModel, source: ImageSource, *, k: int = 5,
+             runner: Callable[[torch.Tensor], torch.Tensor] | None = None, variant: str = "original") -> ClassifyResult:
+    """Classify one image. `runner` replaces the eager model (a converted variant): it yields one averaged head."""
+    x = preprocess(load_image(source), loaded.spec)
+    return classify_tensors(loaded, [x], k=k, runner=runner, variant=variant)[0]

@@ -72,6 +72,17 @@ def cgroup_quota(cgroup: Path = CGROUP) -> int | None:
         return None
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's thread count set to `n` for the block (a runtime loaded inside keeps it)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 class CpuBudget:
     """Hands out thread counts so that the jobs running at once use at most `total` CPUs."""
 

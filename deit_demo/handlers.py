@@ -19,6 +19,7 @@ from deit_demo import bench, charts, decide
 from deit_demo.errors import Cancelled, DeitDemoError, log_unexpected
 from deit_demo.report import (CONVERT_COLUMNS, REDUCTION_COLUMNS, conversion_rows, machine_line, profiler_markdown,
                               reduction_table, sweep_rows, to_markdown, tome_rows, write_conversion_csv)
+from deit_demo.serving import AUTO
 from deit_demo.service import Lab
 
 
@@ -67,17 +68,8 @@ def _label_value(preds) -> dict[str, float]:
     return {f"{p.label} ({p.index})": p.prob for p in preds}
 
 
-@boundary("Classification")
-def classify(lab: Lab, image_path, url_text, model_key, variant_key, progress=gr.Progress()) -> list:
+def _classify_outputs(lab: Lab, loaded, result, extra: str = "") -> list:
     """Banner, timing line and the three label outputs (the second and third only for distilled models)."""
-    source = (url_text or "").strip() or image_path
-    if not source:
-        raise gr.Error("Upload an image, pick an example, or paste an image URL.")
-    try:
-        loaded, result = lab.classify(source, model_key, variant_key or "original",
-                                      progress=gradio_progress(progress))
-    except DeitDemoError as err:
-        raise user_error(err) from None
     heads = result.heads
     if "average" in heads:
         labels = [_label_value(heads["class"]), gr.update(value=_label_value(heads["distillation"]), visible=True),
@@ -85,9 +77,60 @@ def classify(lab: Lab, image_path, url_text, model_key, variant_key, progress=gr
     else:
         labels = [_label_value(heads["logits"]), gr.update(value=None, visible=False),
                   gr.update(value=None, visible=False)]
-    timing = (f"**{result.elapsed_ms:.1f} ms** for the forward pass ({result.variant}, {loaded.spec.label}); "
+    shared = f", one pass for {result.batch_size} visitors' images" if result.batch_size > 1 else ""
+    timing = (f"**{result.elapsed_ms:.1f} ms** for the forward pass ({result.variant}, {loaded.spec.label}{shared}); "
               f"top-1: **{html.escape(result.top1.label)}**")
-    return [lab.banner(loaded), timing, *labels]
+    notes = " · ".join(html.escape(n) for n in (result.note, extra) if n)
+    return [lab.banner(loaded), timing + (f"\n\n{notes}" if notes else ""), *labels]
+
+
+def _failed_outputs(message: str) -> list:
+    hidden = gr.update(value=None, visible=False)
+    return ["", f"⚠️ {html.escape(message, quote=False)}", None, hidden, hidden]
+
+
+@boundary("Classification")
+def classify(lab: Lab, image_paths: list, url_texts: list, model_keys: list, variant_keys: list) -> list:
+    """Batched: Gradio hands over up to `max_batch_size` visitors' requests at once; one list per output.
+
+    Items with the same model and variant share one forward pass. Gradio can fail only a whole batch, so a lone
+    request that fails raises as usual (an error toast; an exception for API clients), while in a shared batch each
+    failed item gets its own message in its timing line and the others their answers.
+    """
+    sources, failures = [], {}
+    for i, (path, url) in enumerate(zip(image_paths, url_texts)):
+        sources.append((url or "").strip() or path)
+        if not sources[-1]:
+            failures[i] = "Upload an image, pick an example, or paste an image URL."
+    todo = [i for i in range(len(sources)) if i not in failures]
+    answers = lab.classify_batch([sources[i] for i in todo], [model_keys[i] for i in todo],
+                                 [variant_keys[i] for i in todo])
+    rows = [None] * len(sources)
+    for i, answer in zip(todo, answers):
+        if isinstance(answer, Exception):
+            failures[i] = str(answer)
+        else:
+            rows[i] = _classify_outputs(lab, *answer)
+    if len(sources) == 1 and failures:
+        raise gr.Error(html.escape(failures[0], quote=False))
+    for i, message in failures.items():
+        rows[i] = _failed_outputs(message)
+    return [list(column) for column in zip(*rows)]
+
+
+@boundary("Classification")
+def classify_example(lab: Lab, image_path, model_key) -> list:
+    """A gallery example with Auto: cached lazily, so the first visitor to click it computes it for everyone."""
+    if not image_path:
+        raise gr.Error("This example has no image.")
+    try:
+        loaded, result = lab.classify(image_path, model_key, AUTO)
+    except DeitDemoError as err:
+        raise user_error(err) from None
+    outputs = _classify_outputs(lab, loaded, result, extra="a cached example: computed by its first click")
+    # Plain values, not gr.update: Gradio 6.31's lazy example cache fails on an update aimed at a gr.Label
+    # ("'Label' object has no attribute 'info'"), so the second and third heads keep their visibility here.
+    return [value["value"] if isinstance(value, dict) and "__type__" in value else value for value in outputs]
 
 
 def _session(request) -> str | None:

@@ -7,6 +7,7 @@ all go through it, with one failure policy: a variant that cannot be prepared be
 
 from __future__ import annotations
 
+import copy
 import errno
 import shutil
 import traceback
@@ -20,6 +21,7 @@ from deit_demo.artifacts import Artifact, ArtifactStore
 from deit_demo.errors import DeitDemoError, check_cancel, describe
 from deit_demo.models import DEFAULT_MODEL, MODELS, LoadedModel, ModelSpec, get_spec
 from deit_demo.variants import Runner, Variant, VariantContext, get_variant
+from deit_demo.variants.base import COMPILE_LOCK
 
 ProgressFn = Callable[[str, int, int], None]  # (what is happening, done, total): the one progress callback type
 
@@ -115,7 +117,9 @@ def convert_variant(variant: Variant, loaded: LoadedModel, store: ArtifactStore,
         return found, True
     workdir = store.new_workdir()
     try:
-        artifact = variant.convert(loaded.model, workdir, ctx, weights_id=loaded.weights_id)
+        # A copy: exporters patch the module while tracing (non-strict torch.export swaps in fake parameters), and the
+        # same module answers visitors on other threads meanwhile; they saw fake tensors and failed.
+        artifact = variant.convert(copy.deepcopy(loaded.model), workdir, ctx, weights_id=loaded.weights_id)
         return store.commit(workdir, artifact), False
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -132,8 +136,9 @@ def prepare(variant: Variant, loaded: LoadedModel, store: ArtifactStore,
     """Convert (or reuse) and load one variant: (artifact, reused, runner). Raises if it cannot be prepared."""
     require_available(variant)
     ctx = ctx or variant_context(loaded.spec, store)
-    artifact, reused = convert_variant(variant, loaded, store, ctx)
-    return artifact, reused, load_verified(variant, artifact, store, ctx)
+    with COMPILE_LOCK:
+        artifact, reused = convert_variant(variant, loaded, store, ctx)
+        return artifact, reused, load_verified(variant, artifact, store, ctx)
 
 
 @dataclass
@@ -206,9 +211,10 @@ class ConversionResult:
 
 
 def run_conversion(loaded: LoadedModel, keys: Iterable[str], store: ArtifactStore, *,
-                   progress: ProgressFn | None = None, check: bool = True,
-                   tome_r: int | None = None) -> list[ConversionResult]:
-    """Convert, load back and check every variant in `keys`; one row each, whatever happens to the others."""
+                   progress: ProgressFn | None = None, check: bool = True, tome_r: int | None = None,
+                   keep: Callable[[str, Runner], None] | None = None) -> list[ConversionResult]:
+    """Convert, load back and check every variant in `keys`; one row each, whatever happens to the others.
+    `keep(key, runner)` receives each runner whose answers could be checked (otherwise they are dropped)."""
     inputs = check_inputs(loaded.spec) if check else {}
     reference = run_inputs(loaded.model, inputs) if check else {}
     rows = []
@@ -229,6 +235,9 @@ def run_conversion(loaded: LoadedModel, keys: Iterable[str], store: ArtifactStor
             except Exception as err:  # converted and loaded, but its runtime fails on a real input
                 row.status, row.reason = "failed", describe(err)
                 row.notes["traceback"] = traceback.format_exc(limit=4)
+            else:
+                if keep is not None:
+                    keep(item.key, item.runner)
         rows.append(row)
     return rows
 

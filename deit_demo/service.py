@@ -17,14 +17,15 @@ from pathlib import Path
 from deit_demo import bench, charts
 from deit_demo.artifacts import DEFAULT_CAP_BYTES, ArtifactStore
 from deit_demo.cache import BoundedCache
-from deit_demo.classify import ClassifyResult, classify
+from deit_demo.classify import ClassifyResult, classify_tensors
 from deit_demo.cpus import CpuBudget
 from deit_demo.errors import DeitDemoError
 from deit_demo.evaluate import AccuracyResult, evaluate
-from deit_demo.images import ImageSource
+from deit_demo.images import ImageSource, load_image, preprocess
 from deit_demo.models import DEFAULT_MODEL, MODELS, LoadedModel, ModelCache, get_spec
 from deit_demo.pipeline import ConversionResult, ProgressFn, prepare, run_conversion, variant_context
 from deit_demo.report import weights_banner
+from deit_demo.serving import AUTO, AUTO_CANDIDATES, AutoServe
 from deit_demo.variants import Runner, VariantContext, get_variant, parse_variant_keys
 
 
@@ -45,10 +46,21 @@ class AppConfig:
     reserved_cpus: int = 1  # kept free of convert/benchmark jobs so classification stays responsive
     max_runners: int = 4
     fallback_to_random: bool = True  # the app serves random weights with a banner; the CLI reports the error
+    auto_variants: tuple[str, ...] = AUTO_CANDIDATES  # what Auto may serve, once converted and verified
+    auto_prepare: bool = True  # the app prepares Auto for `model` in the background as soon as it starts
+    max_batch_size: int = 8  # visitors' classifications that share one forward pass
+    cache_examples: bool = True  # the gallery's answers are cached lazily (for everyone, after a first click)
 
     def __post_init__(self) -> None:
         get_spec(self.model)
-        for name in ("max_models", "classify_concurrency", "queue_size", "max_runners", "store_cap_bytes"):
+        # In the order given (a preference among equally fast ones), without the original: it is always the fallback.
+        self.auto_variants = tuple(get_variant(k.strip()).key for k in self.auto_variants if k.strip() != "original")
+        lossy = [k for k in self.auto_variants if get_variant(k).lossy]
+        if lossy:
+            raise DeitDemoError(f"Auto serves only variants meant to give the original's answers; {', '.join(lossy)} "
+                                "compute less on purpose (choose them by name instead).")
+        for name in ("max_models", "classify_concurrency", "queue_size", "max_runners", "store_cap_bytes",
+                     "max_batch_size"):
             if getattr(self, name) < 1:
                 raise DeitDemoError(f"{name} must be at least 1 (got {getattr(self, name)}).")
         for name in ("classify_threads", "reserved_cpus"):
@@ -85,6 +97,7 @@ class Lab:
         # another's by path. Each server has its own folder.
         self.sessions_root = Path(tempfile.mkdtemp(prefix="deit-demo-sessions-"))
         self._runners: BoundedCache[Runner] = BoundedCache(self.config.max_runners)
+        self.auto = AutoServe(self, self.config.auto_variants)
 
     # ---------------------------------------------------------------------------------------------- models
 
@@ -142,6 +155,9 @@ class Lab:
         digest = hashlib.sha256((session or "local").encode()).hexdigest()[:16]
         shutil.rmtree(self.sessions_root / digest, ignore_errors=True)
 
+    def serve_threads(self) -> int:
+        return self.config.classify_threads or self.cpus.total
+
     def heavy_cpus(self, requested: int | None = None) -> int:
         """CPUs a convert/benchmark job may take: all but those kept for classification."""
         ceiling = max(1, self.cpus.total - self.config.reserved_cpus)
@@ -150,23 +166,67 @@ class Lab:
     # ---------------------------------------------------------------------------------------------- jobs
 
     def classify(self, source: ImageSource, model_key: str, variant_key: str = "original", *, k: int = 5,
-                 tome_r: int | None = None, progress: ProgressFn | None = None) -> tuple[LoadedModel, ClassifyResult]:
-        """Top-k of one image with the chosen variant (``original`` runs the eager model with all its heads)."""
+                 tome_r: int | None = None, wait_auto: bool = False,
+                 progress: ProgressFn | None = None) -> tuple[LoadedModel, ClassifyResult]:
+        """Top-k of one image with the chosen variant (``original`` runs the eager model with all its heads; ``auto``
+        the fastest verified variant, or the original until that is ready unless `wait_auto`)."""
         if not isinstance(k, int) or not 1 <= k <= 1000:
             raise DeitDemoError(f"top-k must be a whole number from 1 to 1000 (got {k!r}).")
-        with self.cpus.take(self.config.classify_threads or self.cpus.total, timeout_s=60):
+        with self.cpus.take(self.serve_threads(), timeout_s=60):
             if progress:
-                progress(f"loading {model_key}", 0, 3)
+                progress(f"loading {model_key}", 0, 2)
             loaded = self.model(model_key)
-            runner = None
-            if variant_key != "original":
-                if progress:
-                    progress(f"preparing {variant_key} (converted on first use)", 1, 3)
-                runner = self.runner(loaded, variant_key, tome_r)
             if progress:
-                progress("classifying", 2, 3)
-            return loaded, classify(loaded, source, k=min(k, loaded.spec.num_classes), runner=runner,
-                                    variant=variant_key)
+                progress("classifying", 1, 2)
+            result = self._classify_group(loaded, [source], variant_key, k=k, tome_r=tome_r, wait_auto=wait_auto)[0]
+        if isinstance(result, Exception):
+            raise result
+        return loaded, result
+
+    def classify_batch(self, sources: list[ImageSource], model_keys: list[str], variant_keys: list[str], *,
+                       k: int = 5) -> list[tuple[LoadedModel, ClassifyResult] | DeitDemoError]:
+        """Several visitors' images at once: one forward pass per (model, variant) among them. Each item gets its
+        answer or its own error, so one visitor's bad upload never fails the others."""
+        out: list = [None] * len(sources)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (model_key, variant_key) in enumerate(zip(model_keys, variant_keys)):
+            groups.setdefault((model_key, variant_key or AUTO), []).append(i)
+        with self.cpus.take(self.serve_threads(), timeout_s=60):
+            for (model_key, variant_key), items in groups.items():
+                try:
+                    loaded = self.model(model_key)
+                    answers = self._classify_group(loaded, [sources[i] for i in items], variant_key, k=k)
+                except DeitDemoError as err:
+                    answers, loaded = [err] * len(items), None
+                for i, answer in zip(items, answers):
+                    out[i] = answer if isinstance(answer, Exception) else (loaded, answer)
+        return out
+
+    def _classify_group(self, loaded: LoadedModel, sources: list[ImageSource], variant_key: str, *, k: int,
+                        tome_r: int | None = None, wait_auto: bool = False) -> list[ClassifyResult | DeitDemoError]:
+        note, agreement, runner = "", None, None
+        if variant_key == AUTO:
+            choice = self.auto.resolve(loaded, wait=wait_auto)
+            variant_key, note, agreement, runner = choice.variant, choice.sentence(), choice.agreement, choice.runner
+        elif variant_key != "original":
+            runner = self.runner(loaded, variant_key, tome_r)
+        answers: list = [None] * len(sources)
+        tensors, slots = [], []
+        for i, source in enumerate(sources):
+            try:
+                tensors.append(preprocess(load_image(source), loaded.spec))
+                slots.append(i)
+            except DeitDemoError as err:
+                answers[i] = err
+        if tensors:
+            variant = get_variant(variant_key)
+            one_pass = runner is None or (variant.batch_invariant and not variant.compiles_per_shape)
+            for i, result in zip(slots, classify_tensors(loaded, tensors, k=min(k, loaded.spec.num_classes),
+                                                         runner=runner, variant=variant_key,
+                                                         one_pass=one_pass)):
+                result.note, result.agreement = note, agreement
+                answers[i] = result
+        return answers
 
     def convert(self, model_key: str, keys, *, tome_r: int | None = None,
                 progress: ProgressFn | None = None) -> ConvertOutcome:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import os
+from pathlib import Path
 
 import gradio as gr
 
@@ -14,6 +18,7 @@ from deit_demo.models import MODELS
 from deit_demo.pipeline import example_images
 from deit_demo.report import CONVERT_COLUMNS
 from deit_demo.service import AppConfig, Lab, model_choices
+from deit_demo.serving import AUTO, AUTO_TITLE
 from deit_demo.variants import VARIANTS
 
 __all__ = ["AppConfig", "Lab", "build_app", "launch_kwargs"]
@@ -60,11 +65,16 @@ class SafeImage(gr.Image):
         return str(payload.path)
 
 
-def gallery() -> list[str]:
-    """The photographs, then a few examples of each model trained here."""
-    photos = [str(p) for p in example_images()]
-    trained = [str(p) for s in MODELS.values() if s.report for p in s.example_paths()[:4]]
+def gallery(default_model: str) -> list[list[str]]:
+    """(image, model) pairs: the photographs with the default model, then a few examples of each model trained here
+    with that model (clicking one also picks its model)."""
+    photos = [[str(p), default_model] for p in example_images()]
+    trained = [[str(p), s.key] for s in MODELS.values() if s.report for p in s.example_paths()[:4]]
     return photos + trained
+
+
+def serving_choices() -> list[tuple[str, str]]:
+    return [(AUTO_TITLE, AUTO)] + [(title, key) for title, key in variant_choices()]
 
 
 def variant_choices() -> list[tuple[str, str]]:
@@ -93,19 +103,48 @@ def build_classify_tab(lab: Lab) -> None:
             url = gr.Textbox(label="…or an image URL (http/https)", placeholder="https://example.com/cat.jpg")
             with gr.Row():
                 model = gr.Dropdown(model_choices(), value=lab.config.model, label="Model")
-                variant = gr.Dropdown(list(VARIANTS), value="original", label="Variant (converted on demand)")
+                variant = gr.Dropdown(serving_choices(), value=AUTO, label="Variant (Auto: the fastest one that "
+                                      "passed its answer check here; others are converted on first use)")
             run = gr.Button("Classify", variant="primary")
-            gr.Examples(gallery(), inputs=image, label="Examples")
+            # The outputs are made first (rendered in the next column) so that the examples can cache into them.
+            banner = gr.Markdown(elem_id="weights-banner", render=False)
+            timing = gr.Markdown(elem_id="classify-timing", render=False)
+            head_a = gr.Label(num_top_classes=5, label="Prediction (class-token head for ⚗ models)",
+                              elem_id="label-main", render=False)
+            head_b = gr.Label(num_top_classes=5, label=HEAD_TITLES["distillation"], visible=False, render=False)
+            head_c = gr.Label(num_top_classes=5, label=HEAD_TITLES["average"], visible=False, render=False)
+            outputs = [banner, timing, head_a, head_b, head_c]
+            with examples_cache(lab.sessions_root / "examples"):
+                gr.Examples(gallery(lab.config.model), inputs=[image, model], label="Examples", outputs=outputs, elem_id="examples",
+                            fn=partial(handlers.classify_example, lab), cache_examples=lab.config.cache_examples,
+                            cache_mode="lazy")
         with gr.Column(scale=1):
-            banner = gr.Markdown(elem_id="weights-banner")
-            timing = gr.Markdown(elem_id="classify-timing")
+            banner.render()
+            timing.render()
             with gr.Row():
-                head_a = gr.Label(num_top_classes=5, label="Prediction (class-token head for ⚗ models)",
-                                  elem_id="label-main")
-                head_b = gr.Label(num_top_classes=5, label=HEAD_TITLES["distillation"], visible=False)
-                head_c = gr.Label(num_top_classes=5, label=HEAD_TITLES["average"], visible=False)
-    run.click(partial(handlers.classify, lab), [image, url, model, variant], [banner, timing, head_a, head_b, head_c],
-              api_name="classify", concurrency_limit=lab.config.classify_concurrency, concurrency_id="classify")
+                for head in outputs[2:]:
+                    head.render()
+    # Batched: visitors who classify at the same moment share one forward pass (see handlers.classify).
+    run.click(partial(handlers.classify, lab), [image, url, model, variant], outputs, api_name="classify",
+              concurrency_limit=lab.config.classify_concurrency, concurrency_id="classify", batch=True,
+              max_batch_size=lab.config.max_batch_size)
+
+
+@contextlib.contextmanager
+def examples_cache(folder: Path):
+    """Lazily cached examples go into this server's own temporary folder rather than Gradio's default under the
+    working directory, so a restart with other weights never shows answers computed with the old ones. (Gradio reads
+    the folder from the environment when the examples are made.)"""
+    previous = os.environ.get("GRADIO_EXAMPLES_CACHE")
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(folder)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # Gradio prints where it will cache at every start
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("GRADIO_EXAMPLES_CACHE", None)
+        else:
+            os.environ["GRADIO_EXAMPLES_CACHE"] = previous
 
 
 def build_convert_tab(lab: Lab) -> None:
@@ -235,6 +274,8 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             lab.end_session(request.session_hash)  # their files go, their jobs stop
 
         demo.unload(visitor_left)
+    if lab.config.auto_prepare:
+        lab.auto.request(lab.config.model)  # in the background: until it is ready, Auto serves the original
     demo.queue(max_size=lab.config.queue_size, api_open=False, default_concurrency_limit=1)
     demo.lab = lab  # tests and app.py reach the store through here
     return demo

@@ -11,9 +11,12 @@ from deit_demo.ui import AppConfig, build_app, launch_kwargs  # noqa: E402
 from deit_demo.variants.torchscript import xnnpack_enabled  # noqa: E402
 
 
+FAST = ("onnx_int8_static", "mobile_optimized")  # Auto's candidates here: quick on deit_tiny; the second unavailable
+
+
 @pytest.fixture(scope="module")
 def app(store):
-    config = AppConfig(model="deit_tiny", weights="hub", store_root=str(store.root))
+    config = AppConfig(model="deit_tiny", weights="hub", store_root=str(store.root), auto_variants=FAST)
     demo = build_app(config)
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
                 **launch_kwargs(demo.lab))
@@ -33,7 +36,7 @@ def client(app):
 
 
 def test_no_model_loaded_before_first_request():
-    demo = build_app(AppConfig(model="deit_tiny"))
+    demo = build_app(AppConfig(model="deit_tiny", auto_prepare=False))
     assert len(demo.lab.cache) == 0
 
 
@@ -213,3 +216,11 @@ def test_agents_get_classification_and_the_catalog_as_mcp_tools(app, monkeypatch
     assert result["model"] == "deit_tiny" and len(result["heads"]["logits"]) == 3 and result["weights"] == "random"
     assert "deit_synth" in catalog.content[0].text and "DeiT III paper" in catalog.content[0].text
     assert refused.isError or "bundled example" in refused.content[0].text
+
+
+def test_classify_defaults_to_auto_and_names_the_variant_it_used(app, client):
+    app.lab.auto.wait("deit_tiny", timeout_s=600)  # started in the background when the app was built
+    out = client.predict(handle_file(str(example_images()[0])), "", "deit_tiny", "auto", api_name="/classify")
+    choice = app.lab.auto.choice(app.lab.model("deit_tiny"))
+    assert f"({choice.variant}, DeiT-Ti" in out[1] and choice.sentence() in out[1]
+    assert "mobile_optimized" in choice.rejected

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def app_url(store):
-    demo = build_app(AppConfig(model="deit_tiny", store_root=str(store.root)))
+    demo = build_app(AppConfig(model="deit_tiny", store_root=str(store.root), auto_variants=("onnx_int8_static",)))
     demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs(demo.lab))
     yield demo.local_url
     demo.close()
@@ -53,11 +53,15 @@ def page(app_url, playwright):
 
 def test_classify_an_example(page):
     page.get_by_role("tab", name="Classify").click()
-    page.locator("#component-0, .gallery-item, button.gallery-item").first.wait_for(timeout=10_000)
-    page.locator(".gallery-item, [data-testid='examples'] button, table.gr-samples-table td").first.click()
+    example = page.locator("#examples [data-testid='dataset-cell-1-0']")  # the cat, with its model
+    example.wait_for(timeout=10_000)
+    example.click()
+    # Examples are cached lazily: the first click computes the answer (with Auto) and shows it.
+    page.locator("#classify-timing").get_by_text("a cached example").wait_for(timeout=60_000)
     page.get_by_role("button", name="Classify").click()
     page.locator("#weights-banner").get_by_text("RANDOM weights").wait_for(timeout=60_000)
-    page.locator("#classify-timing").get_by_text("ms for the forward pass").wait_for(timeout=10_000)
+    page.locator("#classify-timing").get_by_text("Auto →").wait_for(timeout=10_000)
+    assert "ms for the forward pass" in page.locator("#classify-timing").inner_text()
     assert page.locator("#label-main").inner_text().count("%") >= 5
     page.screenshot(path=str(SHOTS / "classify.png"), full_page=True)
 

@@ -36,13 +36,18 @@ def progress(*args, **kwargs):
 def lab(store):
     return Lab(AppConfig(model="deit_tiny", store_root=str(store.root)))
 
+def classify_one(lab, image, url, model, variant):
+    """The batched classify handler with a batch of one, unwrapped."""
+    return [column[0] for column in handlers.classify(lab, [image], [url], [model], [variant])]
+
+
 
 def boom(*args, **kwargs):
     raise RuntimeError("secret internal detail")
 
 
 HANDLER_CALLS = {
-    "classify": ("classify", lambda lab: handlers.classify(lab, CAT, "", "deit_tiny", "original", progress=progress)),
+    "classify": ("classify_batch", lambda lab: classify_one(lab, CAT, "", "deit_tiny", "original")),
     "convert": ("convert", lambda lab: handlers.convert(lab, "deit_tiny", ["original"], progress=progress)),
     "benchmark": ("benchmark", lambda lab: list(handlers.benchmark(lab, "deit_tiny", ["original"], 2, 0, 1, "1",
                                                                    progress=progress))),
@@ -73,7 +78,7 @@ def test_unexpected_errors_in_every_handler_are_one_line_with_a_reference(name, 
     assert "Traceback" not in message
     assert any(ref in r.getMessage() and r.exc_info for r in caplog.records)  # the traceback is in the server log
     monkeypatch.undo()
-    assert handlers.classify(lab, CAT, "", "deit_tiny", "original", progress=progress)[1]  # still serving
+    assert classify_one(lab, CAT, "", "deit_tiny", "original")[1]  # still serving
 
 
 CLI_CALLS = {
@@ -116,7 +121,7 @@ def test_unexpected_errors_in_every_cli_command_are_one_line_with_a_reference(co
 ])
 def test_bad_urls_and_strings_are_one_clear_line(url, message, lab):
     with pytest.raises(gr.Error, match=message):
-        handlers.classify(lab, None, url, "deit_tiny", "original", progress=progress)
+        classify_one(lab, None, url, "deit_tiny", "original")
     out = subprocess.run([sys.executable, "-m", "deit_demo", "classify", url, "--model", "deit_tiny", "--weights",
                           "random"], capture_output=True, text=True, cwd=ROOT, timeout=120,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -126,7 +131,7 @@ def test_bad_urls_and_strings_are_one_clear_line(url, message, lab):
 @pytest.mark.parametrize("call,message", [
     (lambda lab: handlers.convert(lab, None, ["original"], progress=progress), "Choose a model"),
     (lambda lab: handlers.convert(lab, "deit_tiny", None, progress=progress), "at least one variant"),
-    (lambda lab: handlers.classify(lab, CAT, "", "", "original", progress=progress), "Choose a model"),
+    (lambda lab: classify_one(lab, CAT, "", "", "original"), "Choose a model"),
     (lambda lab: list(handlers.benchmark(lab, "deit_tiny", ["original"], 0, 1, 1, "1", progress=progress)), "runs"),
     (lambda lab: list(handlers.benchmark(lab, "deit_tiny", ["original"], 10**9, 1, 1, "1", progress=progress)),
      "runs must be a whole number from 1 to"),

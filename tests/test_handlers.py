@@ -4,12 +4,15 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from deit_demo import handlers  # noqa: E402
+import torch  # noqa: E402
+
+from deit_demo import handlers, pipeline  # noqa: E402
 from deit_demo.bench import BenchSettings, parse_batch_sizes  # noqa: E402
 from deit_demo.errors import DeitDemoError  # noqa: E402
 from deit_demo.pipeline import example_images  # noqa: E402
 from deit_demo.report import CONVERT_COLUMNS  # noqa: E402
 from deit_demo.service import AppConfig, Lab  # noqa: E402
+from deit_demo.serving import AUTO  # noqa: E402
 
 
 class Recorder:
@@ -26,31 +29,32 @@ class Recorder:
 def lab(store):
     return Lab(AppConfig(model="deit_tiny", store_root=str(store.root)))
 
+def classify_one(lab, image, url, model, variant):
+    """The batched classify handler with a batch of one, unwrapped."""
+    return [column[0] for column in handlers.classify(lab, [image], [url], [model], [variant])]
+
+
 
 def test_classify_handler_returns_banner_timing_and_heads(lab):
-    progress = Recorder()
-    banner, timing, main, second, third = handlers.classify(lab, str(example_images()[0]), "", "deit_tiny",
-                                                            "original", progress=progress)
+    banner, timing, main, second, third = classify_one(lab, str(example_images()[0]), "", "deit_tiny", "original")
     assert "RANDOM weights" in banner and "ms** for the forward pass (original, DeiT-Ti)" in timing
     probs = list(main.values())
     assert len(main) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
     assert second["visible"] is False and third["visible"] is False
-    assert [desc for _, desc in progress.calls] == ["loading deit_tiny", "classifying"]
 
 
 def test_classify_handler_distilled_shows_three_heads(lab):
-    _, _, main, second, third = handlers.classify(lab, str(example_images()[0]), "", "deit_tiny_distilled",
-                                                  "original", progress=Recorder())
+    _, _, main, second, third = classify_one(lab, str(example_images()[0]), "", "deit_tiny_distilled", "original")
     assert second["visible"] and third["visible"] and main != second["value"]
 
 
 def test_classify_handler_errors_are_gradio_errors(lab):
     with pytest.raises(gr.Error, match="Upload an image"):
-        handlers.classify(lab, None, "  ", "deit_tiny", "original", progress=Recorder())
+        classify_one(lab, None, "  ", "deit_tiny", "original")
     with pytest.raises(gr.Error, match="Unknown model"):
-        handlers.classify(lab, str(example_images()[0]), "", "resnet", "original", progress=Recorder())
+        classify_one(lab, str(example_images()[0]), "", "resnet", "original")
     with pytest.raises(gr.Error, match="Only http"):
-        handlers.classify(lab, None, "file:///etc/passwd", "deit_tiny", "original", progress=Recorder())
+        classify_one(lab, None, "file:///etc/passwd", "deit_tiny", "original")
 
 
 def test_convert_handler_table_matches_the_cli_columns_and_measures_accuracy(lab):
@@ -152,3 +156,70 @@ def test_sweep_handler_draws_the_pareto_chart_and_names_the_machine(lab, tmp_pat
         handlers.compare_files(lab, [str(bad)])
     with pytest.raises(gr.Error, match="Upload one or more"):
         handlers.compare_files(lab, [])
+
+
+def test_a_shared_batch_answers_each_visitor_and_fails_only_the_bad_item(lab):
+    cat, dog = (str(p) for p in example_images()[:2])
+    banners, timings, mains, _, _ = handlers.classify(lab, [cat, None, dog, cat], ["", "", "", "file:///etc/passwd"],
+                                                      ["deit_tiny"] * 4, ["original"] * 4)
+    assert timings[1].startswith("⚠️ Upload an image") and mains[1] is None and banners[1] == ""
+    assert timings[3].startswith("⚠️ Only http") and mains[3] is None
+    for i in (0, 2):  # the two good images shared one forward pass, and each got its own answer
+        assert "one pass for 2 visitors' images" in timings[i] and len(mains[i]) == 5
+    alone = classify_one(lab, cat, "", "deit_tiny", "original")[2]
+    assert max(alone, key=alone.get) == max(mains[0], key=mains[0].get)  # the same top-1 as when alone
+    assert mains[0] != mains[2]
+
+
+def test_dynamic_int8_and_per_shape_compiles_run_each_image_alone_in_a_batch(tiny):
+    from deit_demo.classify import classify_tensors
+    from deit_demo.variants import VARIANTS
+
+    seen = []
+
+    def runner(x):
+        seen.append(x.shape[0])
+        return torch.zeros(x.shape[0], 1000)
+
+    images = [torch.zeros(1, 3, 224, 224)] * 3
+    assert not VARIANTS["onnx_int8"].batch_invariant and VARIANTS["onnx_int8_static"].batch_invariant
+    assert VARIANTS["pt2e_int8"].compiles_per_shape and not VARIANTS["openvino_int8"].compiles_per_shape
+    classify_tensors(tiny, images, runner=runner, one_pass=False)
+    classify_tensors(tiny, images, runner=runner, one_pass=True)
+    assert seen == [1, 1, 1, 3]
+
+
+def test_auto_serves_the_original_until_the_fast_variant_is_verified(store):
+    lab = Lab(AppConfig(model="deit_tiny", store_root=str(store.root),
+                        auto_variants=("onnx_int8_static", "mobile_optimized")))
+    cat = str(example_images()[1])
+    _, first = lab.classify(cat, "deit_tiny", AUTO)  # nothing prepared yet: no waiting, the original answers
+    assert first.variant == "original" and "being converted and checked in the background" in first.note
+    choice = lab.auto.wait("deit_tiny", timeout_s=600)
+    assert choice.state == "ready" and "mobile_optimized" in choice.rejected  # unavailable here, or never verified
+    assert set(choice.median_ms) <= {"original", "onnx_int8_static"} and "original" in choice.median_ms
+    assert choice.variant == min(choice.median_ms, key=choice.median_ms.get)  # the fastest of the verified
+    _, served = lab.classify(cat, "deit_tiny", AUTO)
+    assert served.variant == choice.variant and served.note == choice.sentence()
+    if choice.variant != "original":
+        assert served.agreement == 1.0 and f"on {choice.checked}/{choice.checked} check inputs" in served.note
+    assert served.top1.index == first.top1.index  # verified: the same answer as the original
+
+
+def test_auto_never_serves_a_variant_that_disagrees(store, monkeypatch):
+    def disagreeing(reference, candidate):
+        return pipeline.AnswerCheck(top1_agreement=0.75, top5_overlap=1.0, max_abs_diff=1.0)
+
+    monkeypatch.setattr(pipeline, "compare_answers", disagreeing)
+    lab = Lab(AppConfig(model="deit_tiny", store_root=str(store.root), auto_variants=("onnx_int8_static",)))
+    choice = lab.auto.prepare("deit_tiny")
+    assert choice.variant == "original" and choice.rejected["onnx_int8_static"].startswith("top-1 agreement 75%")
+    assert "no faster variant passed its answer check" in choice.sentence()
+
+
+def test_auto_candidates_are_validated_and_never_lossy():
+    assert AppConfig(auto_variants=["pt2e_int8", "original", "onnx_int8"]).auto_variants == ("pt2e_int8", "onnx_int8")
+    with pytest.raises(DeitDemoError, match="compute less on purpose"):
+        AppConfig(auto_variants=["tome_int8"])
+    with pytest.raises(DeitDemoError, match="Unknown variant"):
+        AppConfig(auto_variants=["nope"])

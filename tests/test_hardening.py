@@ -21,7 +21,7 @@ CAT = str(example_images()[1])
 
 @pytest.fixture(scope="module")
 def app(store):
-    demo = build_app(AppConfig(model="deit_tiny", store_root=str(store.root)))
+    demo = build_app(AppConfig(model="deit_tiny", store_root=str(store.root), auto_prepare=False))
     demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs(demo.lab))
     yield demo
     demo.close()

@@ -7,6 +7,7 @@ never the package `__init__`, so the package has no import cycle.
 from __future__ import annotations
 
 import importlib.util
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ from deit_demo.artifacts import Artifact
 from deit_demo.models import ModelSpec
 
 MAX_BATCH = 64  # exported variants take any batch from 1 to this
+# torch.export, dynamo and inductor are not thread-safe, and the app converts on several threads (a visitor's Convert,
+# Auto's background preparation, a benchmark compiling a new batch size): one export, load or compile at a time.
+COMPILE_LOCK = threading.RLock()
 
 
 @dataclass
@@ -70,6 +74,12 @@ class Variant:
     version: int = 1  # bump when the conversion recipe changes, so stores rebuild instead of reusing
     deprecation: str | None = None  # one line: deprecated since ..., successor: ...
     lossy: bool = False  # True when the variant computes less on purpose (token merging): answers may change
+    # False for dynamic int8: activation scales are taken over the whole batch, so one image's answer depends on the
+    # others batched with it. Batched serving runs such variants one image at a time.
+    batch_invariant: bool = True
+    # True when the loaded runner compiles once per input shape (inductor, dynamic=False): batched serving then runs
+    # one image at a time rather than compile for every new batch size while visitors wait.
+    compiles_per_shape: bool = False
 
     def store_key(self, ctx: VariantContext) -> str:
         """The artifact store's name for this variant made with `ctx` (a parametrized variant adds its setting)."""
@@ -98,7 +108,7 @@ class Variant:
     def info(self) -> dict:
         ok, reason = self.available()
         return {"key": self.key, "title": self.title, "family": self.family, "precision": self.precision,
-                "lossy": self.lossy, "description": self.description, "available": ok, "reason": reason,
+                "lossy": self.lossy, "batch_invariant": self.batch_invariant, "description": self.description, "available": ok, "reason": reason,
                 "deprecation": self.deprecation}
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from deit_demo.cpus import native_bf16
-from deit_demo.variants.base import Runner, Variant, export_dynamic_batch, missing_packages
+from deit_demo.variants.base import COMPILE_LOCK, Runner, Variant, export_dynamic_batch, missing_packages
 from deit_demo.variants.registry import register
 
 
@@ -50,6 +50,7 @@ class _Bf16Io(nn.Module):
 class CompiledBf16(Variant):
     key = "compiled_bf16"
     precision = "bf16"
+    compiles_per_shape = True
     family = "modern"
     suffix = ".pt2"
     # 3: ExportedProgram compiled with freezing at load. The AOTInductor package it used to be answered wrongly on
@@ -94,7 +95,7 @@ def compile_frozen(module: nn.Module, example: torch.Tensor, cache_dir: Path) ->
         key = (tuple(x.shape), torch.is_grad_enabled(), torch.is_inference_mode_enabled())
         if key in seen:
             return compiled(x)
-        with inductor_cache(cache_dir), inductor_config.patch(freezing=True):
+        with COMPILE_LOCK, inductor_cache(cache_dir), inductor_config.patch(freezing=True):
             out = compiled(x)
         seen.add(key)
         return out
@@ -118,6 +119,7 @@ def drop_unused_parameters(graph_module: torch.fx.GraphModule) -> torch.fx.Graph
 class Pt2eInt8(Variant):
     key = "pt2e_int8"
     precision = "int8"
+    compiles_per_shape = True
     family = "modern"
     suffix = ".pt2"
     # 3: ExportedProgram + inductor freezing at load (AOTInductor lost the int8 weight prepacking); 4: no fp32 leftovers;

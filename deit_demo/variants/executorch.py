@@ -80,6 +80,7 @@ class ExecuTorchInt8(_ExecuTorch):
     # Static (calibrated) int8 activations wreck a ViT's softmax/GELU outputs: on deit_tiny they kept top-1 on a
     # fraction of the check inputs where dynamic kept all. `static_activations = True` restores them, calibrated.
     static_activations = False
+    batch_invariant = static_activations
 
     def export(self, model, path, ctx):
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,

@@ -72,6 +72,7 @@ class OnnxInt8(_Onnx):
     key = "onnx_int8"
     precision = "int8"
     title = "ONNX Runtime int8 (dynamic)"
+    batch_invariant = False
     description = ("ONNX Runtime's quantize_dynamic: int8 weights, activations quantized on the fly (the ONNX "
                    "counterpart of the tutorial's dynamic int8).")
 

@@ -126,6 +126,7 @@ class ScriptedInt8(Variant):
                    "Engine: x86 for servers, qnnpack for phones.")
     deprecation = AO_DEPRECATION
     engine = "x86"
+    batch_invariant = False
 
     def available(self):
         if self.engine not in torch.backends.quantized.supported_engines:

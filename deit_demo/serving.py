@@ -1,0 +1,176 @@
+"""Serving many visitors: "Auto (fastest verified)", prepared in the background so that no visitor waits for it.
+
+`AutoServe` converts a few fast candidates for a model on a background thread, keeps those whose answers match the
+original's on every check input, times them against the original, and from then on serves the fastest. Until it is
+ready (or when nothing passes) Auto serves the original, and says so.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from deit_demo import bench
+from deit_demo.cpus import torch_threads
+from deit_demo.errors import describe, log_unexpected
+from deit_demo.pipeline import check_inputs, run_conversion
+
+if TYPE_CHECKING:
+    from deit_demo.models import LoadedModel
+    from deit_demo.service import Lab
+    from deit_demo.variants import Runner
+
+AUTO = "auto"
+AUTO_TITLE = "Auto (fastest verified)"
+# Quick to convert, exact in intent (no token merging), and the fastest families measured here (benchmarks/
+# fastest.py). Static int8 first: its answer does not depend on which other images share the batch.
+AUTO_CANDIDATES = ("openvino_int8", "onnx_int8_static", "pt2e_int8", "onnx_int8", "scripted_int8")
+
+
+@dataclass
+class AutoChoice:
+    """What Auto serves for one (model, weights), and why."""
+
+    model: str
+    weights_id: str
+    state: str = "preparing"  # preparing | ready | failed
+    variant: str = "original"
+    agreement: float | None = None  # top-1 agreement with the original on the check inputs
+    checked: int = 0  # how many check inputs (the example images and fixed-seed noise)
+    median_ms: dict[str, float] = field(default_factory=dict)  # batch 1, timed together, original included
+    rejected: dict[str, str] = field(default_factory=dict)  # candidate -> why Auto does not use it
+    seconds: float = 0.0
+    runner: Runner | None = field(default=None, repr=False)  # held here, so the LRU of variants never evicts it
+
+    @property
+    def speedup(self) -> float | None:
+        if self.variant == "original" or not self.median_ms.get(self.variant) or not self.median_ms.get("original"):
+            return None
+        return self.median_ms["original"] / self.median_ms[self.variant]
+
+    def sentence(self) -> str:
+        """One line for the visitor: the variant Auto used and its agreement with the original."""
+        if self.state == "preparing":
+            return "Auto → original (the fast variants are being converted and checked in the background)"
+        if self.variant != "original":
+            agree = round((self.agreement or 0) * self.checked)
+            return (f"Auto → {self.variant}: same top-1 as the original on {agree}/{self.checked} check inputs, "
+                    f"{self.speedup:.1f}× faster than the original here")
+        if self.state == "failed":
+            return f"Auto → original ({self.rejected.get('*', 'preparing the fast variants failed')})"
+        why = "; ".join(f"{k}: {v}" for k, v in list(self.rejected.items())[:3])
+        return f"Auto → original (no faster variant passed its answer check: {why})" if why else "Auto → original"
+
+
+class AutoServe:
+    """Chooses, per model, the fastest verified variant; prepares on a background thread, one model at a time."""
+
+    def __init__(self, lab: Lab, candidates: tuple[str, ...] = AUTO_CANDIDATES, timing_runs: int = 6):
+        self.lab = lab
+        self.candidates = tuple(candidates)
+        self.timing_runs = timing_runs
+        self._choices: dict[tuple[str, str], AutoChoice] = {}
+        self._lock = threading.Lock()
+        self._todo: queue.Queue[str] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._preparing = threading.Lock()  # one preparation at a time: the worker's, or a caller that waits
+
+    def _key(self, loaded: LoadedModel) -> tuple[str, str]:
+        return loaded.spec.key, loaded.weights_id
+
+    def choice(self, loaded: LoadedModel) -> AutoChoice | None:
+        with self._lock:
+            return self._choices.get(self._key(loaded))
+
+    def request(self, model_key: str) -> None:
+        """Prepare `model_key` in the background (once; later requests are free)."""
+        self._todo.put(model_key)
+        with self._lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name="auto-prepare", daemon=True)
+                self._worker.start()
+
+    def resolve(self, loaded: LoadedModel, *, wait: bool = False) -> AutoChoice:
+        """What Auto serves now. Never waits unless asked (the CLI waits; a visitor never does)."""
+        found = self.choice(loaded)
+        if found is None or found.state == "preparing":
+            if wait:
+                return self.prepare(loaded.spec.key)
+            if found is None:
+                self.request(loaded.spec.key)
+            return found or AutoChoice(loaded.spec.key, loaded.weights_id)
+        return found
+
+    def wait(self, model_key: str, timeout_s: float = 1800) -> AutoChoice:
+        """Block until `model_key` is ready (for benchmarks and tests)."""
+        self.request(model_key)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            loaded = self.lab.model(model_key)
+            found = self.choice(loaded)
+            if found is not None and found.state != "preparing":
+                return found
+            time.sleep(0.2)
+        raise TimeoutError(f"Auto was not ready for {model_key} after {timeout_s:.0f} s")
+
+    def _work(self) -> None:
+        while True:
+            try:
+                model_key = self._todo.get(timeout=5)
+            except queue.Empty:
+                return
+            try:
+                self.prepare(model_key)
+            except Exception as err:  # never kill the server's helper thread; the choice records it
+                log_unexpected("Preparing Auto", err)
+
+    def prepare(self, model_key: str) -> AutoChoice:
+        """Convert, check and time the candidates for `model_key` (now, on this thread); keep the fastest."""
+        loaded = self.lab.model(model_key)
+        key = self._key(loaded)
+        with self._lock:
+            choice = self._choices.setdefault(key, AutoChoice(*key))
+        with self._preparing:
+            if choice.state != "preparing":
+                return choice
+            start = time.perf_counter()
+            try:
+                with self.lab.cpus.take(self.lab.heavy_cpus()) as granted:
+                    self._choose(loaded, choice, granted)
+            except Exception as err:
+                choice.rejected["*"] = f"preparing the fast variants failed: {describe(err)}"
+                choice.state = "failed"
+                raise
+            choice.seconds = time.perf_counter() - start
+            return choice
+
+    def _choose(self, loaded: LoadedModel, choice: AutoChoice, threads: int) -> None:
+        runners = {"original": loaded.model}
+        rows = run_conversion(loaded, self.candidates, self.lab.store, keep=runners.__setitem__)
+        agreement = {}
+        for row in rows:
+            if row.status != "ok":
+                choice.rejected[row.variant] = f"{row.status}: {row.reason.split(chr(10))[0][:160]}"
+            elif row.top1_agreement < 1.0:
+                choice.rejected[row.variant] = f"top-1 agreement {row.top1_agreement:.0%} on the check inputs"
+                runners.pop(row.variant, None)
+            else:
+                agreement[row.variant] = row.top1_agreement
+        settings = bench.BenchSettings(runs=self.timing_runs, warmup=2, block=3, threads=threads, profile=False)
+        failed: dict[str, str] = {}
+        inputs = check_inputs(loaded.spec)
+        samples, _ = bench.time_interleaved(runners, next(iter(inputs.values())), settings, failed=failed)
+        choice.rejected.update(failed)
+        medians = {name: bench.LatencyStats(s).median_ms for name, s in samples.items() if s and name not in failed}
+        fastest = min(medians, key=medians.get) if medians else "original"
+        if fastest != "original":
+            # The runtime fixes its thread count when loaded: load the one that serves with the serving threads.
+            with torch_threads(self.lab.serve_threads()):
+                choice.runner = self.lab.runner(loaded, fastest)
+        choice.median_ms = {name: round(ms, 2) for name, ms in medians.items()}
+        choice.variant, choice.agreement = fastest, agreement.get(fastest)
+        choice.checked = len(inputs)
+        choice.state = "ready"
