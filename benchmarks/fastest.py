@@ -9,6 +9,8 @@ preset), ONNX Runtime int8 dynamic and static (QDQ, per-channel), OpenVINO bf16.
 (pt2e_int8, compiled_bf16, ExecuTorch, TorchScript int8, eager) and token-merged (tome_int8, tome_fp32: they compute
 less, so their agreement with eager fp32 is lower by design). Prints medians, p90s, top-1 agreement with eager fp32
 on the example images and fixed noise, then the ratio of our best dense runner (agreement >= 99%) to the best peer.
+The peer is the fastest one whatever its agreement (a user picking a runtime would not check it on random weights);
+the ratio against the fastest peer that also keeps 99% agreement is printed beside it.
 """
 
 from __future__ import annotations
@@ -84,9 +86,12 @@ def main() -> int:
                      "max diff": f"{agreement[name].max_abs_diff:.3g}", "notes": notes.get(name, "")})
     rows.sort(key=lambda r: r["median ms"])
     print(to_markdown(rows))
-    qualified = [r for r in rows if agreement[r["runner"]].top1_agreement >= 0.99]
-    ours = [r for r in qualified if r["kind"] == "ours"]
-    peers = [r for r in qualified if r["kind"] == "peer"]
+    def agrees(row) -> bool:
+        return agreement[row["runner"]].top1_agreement >= 0.99
+
+    ours = [r for r in rows if r["kind"] == "ours" and agrees(r)]
+    peers = [r for r in rows if r["kind"] == "peer"]
+    agreeing_peers = [r for r in peers if agrees(r)]
     merged = [r for r in rows if r["runner"] == "tome_int8"]
     if merged and peers:
         print(f"\ntoken merging: tome_int8 ({merged[0]['notes'].split(', ')[1]}) {merged[0]['median ms']} ms = "
@@ -95,8 +100,13 @@ def main() -> int:
               "measured on deit_synth by `python -m deit_demo tome-sweep`)")
     if ours and peers:
         best, peer = ours[0], peers[0]
+        if agreeing_peers and agreeing_peers[0] is not peer:
+            other = agreeing_peers[0]
+            print(f"\nagainst the fastest peer with top-1 agreement >= 99% ({other['runner']}, {other['median ms']} "
+                  f"ms): {best['median ms'] / other['median ms']:.2f}")
         print(f"\nbest of ours (dense, top-1 agreement >= 99%): {best['runner']} {best['median ms']} ms; best peer: "
-              f"{peer['runner']} {peer['median ms']} ms; ratio ours/peer = {best['median ms'] / peer['median ms']:.2f}")
+              f"{peer['runner']} {peer['median ms']} ms (top-1 agreement {peer['top-1 agree']}); "
+              f"ratio ours/peer = {best['median ms'] / peer['median ms']:.2f}")
     return 0
 
 

@@ -32,7 +32,8 @@ class ClassifyResult:
     variant: str
     heads: dict[str, list[Prediction]]
     elapsed_ms: float
-    batch_size: int = 1  # images in the forward pass this answer came from (visitors batched together)
+    batch_size: int = 1  # images classified together with this one (visitors batched together)
+    one_pass: bool = True  # whether they shared one forward pass (else one pass each; elapsed_ms covers them all)
     note: str = ""  # how the variant was chosen (Auto says which it used and its agreement with the original)
     agreement: float | None = None  # the variant's top-1 agreement with the original on the check inputs
 
@@ -99,7 +100,8 @@ def classify_tensors(loaded: LoadedModel, tensors: list[torch.Tensor], *, k: int
     elapsed_ms = (time.perf_counter() - start) * 1e3
     return [ClassifyResult(model=loaded.spec.key, weights=loaded.weights, variant=variant,
                            heads={name: top_k(logits[i], labels, k) for name, logits in heads.items()},
-                           elapsed_ms=elapsed_ms, batch_size=len(tensors)) for i in range(len(tensors))]
+                           elapsed_ms=elapsed_ms, batch_size=len(tensors), one_pass=one_pass)
+            for i in range(len(tensors))]
 
 
 def classify(loaded: LoadedModel, source: ImageSource, *, k: int = 5,

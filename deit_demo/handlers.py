@@ -77,7 +77,8 @@ def _classify_outputs(lab: Lab, loaded, result, extra: str = "") -> list:
     else:
         labels = [_label_value(heads["logits"]), gr.update(value=None, visible=False),
                   gr.update(value=None, visible=False)]
-    shared = f", one pass for {result.batch_size} visitors' images" if result.batch_size > 1 else ""
+    shared = ("" if result.batch_size == 1 else f", one pass for {result.batch_size} visitors' images"
+              if result.one_pass else f", {result.batch_size} visitors' images one at a time")
     timing = (f"**{result.elapsed_ms:.1f} ms** for the forward pass ({result.variant}, {loaded.spec.label}{shared}); "
               f"top-1: **{html.escape(result.top1.label)}**")
     notes = " · ".join(html.escape(n) for n in (result.note, extra) if n)

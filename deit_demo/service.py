@@ -6,6 +6,7 @@ request (model key, variant keys, settings) into library calls and result object
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ from deit_demo import bench, charts
 from deit_demo.artifacts import DEFAULT_CAP_BYTES, ArtifactStore
 from deit_demo.cache import BoundedCache
 from deit_demo.classify import ClassifyResult, classify_tensors
-from deit_demo.cpus import CpuBudget
+from deit_demo.cpus import CpuBudget, torch_threads
 from deit_demo.errors import DeitDemoError
 from deit_demo.evaluate import AccuracyResult, evaluate
 from deit_demo.images import ImageSource, load_image, preprocess
@@ -128,9 +129,14 @@ class Lab:
         # The cache key needs only the spec and r; the full context (preprocessed calibration images) is built only
         # when the runner must be prepared, not on every classification.
         name = variant.store_key(VariantContext(loaded.spec, self.store.root, tome_r=tome_r))
-        return self._runners.get((loaded.spec.key, loaded.weights_id, name),
-                                 lambda: prepare(variant, loaded, self.store,
-                                                 variant_context(loaded.spec, self.store, tome_r))[2])
+
+        def load() -> Runner:
+            # Loaded with the serving thread count: ONNX Runtime and OpenVINO fix theirs at load, and an inductor
+            # graph is compiled for the thread count it is first called with.
+            with torch_threads(self.serve_threads()):
+                return prepare(variant, loaded, self.store, variant_context(loaded.spec, self.store, tome_r))[2]
+
+        return self._runners.get((loaded.spec.key, loaded.weights_id, name), load)
 
     # ---------------------------------------------------------------------------------------------- visitors
 
@@ -221,9 +227,13 @@ class Lab:
         if tensors:
             variant = get_variant(variant_key)
             one_pass = runner is None or (variant.batch_invariant and not variant.compiles_per_shape)
-            for i, result in zip(slots, classify_tensors(loaded, tensors, k=min(k, loaded.spec.num_classes),
-                                                         runner=runner, variant=variant_key,
-                                                         one_pass=one_pass)):
+            # A compiled graph recompiles (for a minute, on DeiT-B) when torch's thread count changes: it always runs
+            # with the serving thread count, whatever share of the CPUs this request was granted.
+            threads = torch_threads(self.serve_threads()) if variant.compiles_per_shape else contextlib.nullcontext()
+            with threads:
+                results = classify_tensors(loaded, tensors, k=min(k, loaded.spec.num_classes), runner=runner,
+                                           variant=variant_key, one_pass=one_pass)
+            for i, result in zip(slots, results):
                 result.note, result.agreement = note, agreement
                 answers[i] = result
         return answers

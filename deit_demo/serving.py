@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from deit_demo import bench
-from deit_demo.cpus import torch_threads
 from deit_demo.errors import describe, log_unexpected
 from deit_demo.pipeline import check_inputs, run_conversion
 
@@ -167,9 +166,9 @@ class AutoServe:
         medians = {name: bench.LatencyStats(s).median_ms for name, s in samples.items() if s and name not in failed}
         fastest = min(medians, key=medians.get) if medians else "original"
         if fastest != "original":
-            # The runtime fixes its thread count when loaded: load the one that serves with the serving threads.
-            with torch_threads(self.lab.serve_threads()):
-                choice.runner = self.lab.runner(loaded, fastest)
+            # Loaded again for serving: runtimes fix their thread count when loaded (Lab.runner loads with the
+            # serving threads); these were loaded with this job's share of the CPUs.
+            choice.runner = self.lab.runner(loaded, fastest)
         choice.median_ms = {name: round(ms, 2) for name, ms in medians.items()}
         choice.variant, choice.agreement = fastest, agreement.get(fastest)
         choice.checked = len(inputs)

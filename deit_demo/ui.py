@@ -115,9 +115,9 @@ def build_classify_tab(lab: Lab) -> None:
             head_c = gr.Label(num_top_classes=5, label=HEAD_TITLES["average"], visible=False, render=False)
             outputs = [banner, timing, head_a, head_b, head_c]
             with examples_cache(lab.sessions_root / "examples"):
-                gr.Examples(gallery(lab.config.model), inputs=[image, model], label="Examples", outputs=outputs, elem_id="examples",
+                gr.Examples(gallery(lab.config.model), inputs=[image, model], label="Examples", outputs=outputs,
                             fn=partial(handlers.classify_example, lab), cache_examples=lab.config.cache_examples,
-                            cache_mode="lazy")
+                            cache_mode="lazy", elem_id="examples")
         with gr.Column(scale=1):
             banner.render()
             timing.render()
