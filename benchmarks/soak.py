@@ -44,7 +44,8 @@ def main() -> int:
 
     from deit_demo.ui import AppConfig, build_app, launch_kwargs
 
-    demo = build_app(AppConfig(model=args.model, offline=True))
+    # Classification memory only: no background conversions for Auto (the requests ask for the original).
+    demo = build_app(AppConfig(model=args.model, offline=True, auto_prepare=False))
     demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs(demo.lab))
     process = psutil.Process()
     images = [str(p) for p in example_images()]

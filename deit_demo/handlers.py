@@ -81,7 +81,7 @@ def _classify_outputs(lab: Lab, loaded, result, extra: str = "") -> list:
               if result.one_pass else f", {result.batch_size} visitors' images one at a time")
     timing = (f"**{result.elapsed_ms:.1f} ms** for the forward pass ({result.variant}, {loaded.spec.label}{shared}); "
               f"top-1: **{html.escape(result.top1.label)}**")
-    notes = " · ".join(html.escape(n) for n in (result.note, extra) if n)
+    notes = " · ".join(html.escape(n, quote=False) for n in (result.note, extra) if n)
     return [lab.banner(loaded), timing + (f"\n\n{notes}" if notes else ""), *labels]
 
 

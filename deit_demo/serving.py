@@ -11,22 +11,33 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from deit_demo import bench
+from deit_demo.artifacts import ArtifactStore
+from deit_demo.cpus import CpuBudget
 from deit_demo.errors import describe, log_unexpected
+from deit_demo.models import LoadedModel
 from deit_demo.pipeline import check_inputs, run_conversion
-
-if TYPE_CHECKING:
-    from deit_demo.models import LoadedModel
-    from deit_demo.service import Lab
-    from deit_demo.variants import Runner
+from deit_demo.variants import Runner
 
 AUTO = "auto"
 AUTO_TITLE = "Auto (fastest verified)"
 # Quick to convert, exact in intent (no token merging), and the fastest families measured here (benchmarks/
 # fastest.py). Static int8 first: its answer does not depend on which other images share the batch.
 AUTO_CANDIDATES = ("openvino_int8", "onnx_int8_static", "pt2e_int8", "onnx_int8", "scripted_int8")
+
+
+class Lab(Protocol):
+    """What Auto needs of the service's Lab (named here, not imported: the Lab holds an AutoServe)."""
+
+    store: ArtifactStore
+    cpus: CpuBudget
+
+    def model(self, key: str) -> LoadedModel: ...
+    def runner(self, loaded: LoadedModel, key: str, tome_r: int | None = None) -> Runner: ...
+    def heavy_cpus(self, requested: int | None = None) -> int: ...
+    def serve_threads(self) -> int: ...
 
 
 @dataclass
@@ -60,6 +71,11 @@ class AutoChoice:
                     f"{self.speedup:.1f}× faster than the original here")
         if self.state == "failed":
             return f"Auto → original ({self.rejected.get('*', 'preparing the fast variants failed')})"
+        slower = {k: v for k, v in self.median_ms.items() if k != "original"}
+        if slower:
+            timed = ", ".join(f"{k} {v:.1f} ms" for k, v in slower.items())
+            return (f"Auto → original (the verified variants were not faster here: {timed}; original "
+                    f"{self.median_ms['original']:.1f} ms)")
         why = "; ".join(f"{k}: {v}" for k, v in list(self.rejected.items())[:3])
         return f"Auto → original (no faster variant passed its answer check: {why})" if why else "Auto → original"
 

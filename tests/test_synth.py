@@ -105,7 +105,9 @@ def test_examples_are_in_the_gallery():
     from deit_demo.ui import gallery
 
     paths = SPEC.example_paths()
-    assert len(paths) == len(synth.CLASSES) and all(str(p) in gallery() for p in paths[:4])
+    rows = gallery("deit_base")
+    assert len(paths) == len(synth.CLASSES) and all([str(p), "deit_synth"] in rows for p in paths[:4])
+    assert all([str(p), "deit_base"] in rows for p in MODELS["deit_base"].example_paths())  # photos: the app's model
 
 
 def test_tome_sweep_measures_each_r(loaded):
