@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
-import os
 from pathlib import Path
 
 import gradio as gr
@@ -15,6 +14,7 @@ from deit_demo.about import about_markdown
 from deit_demo.classify import HEAD_TITLES
 from deit_demo.cpus import usable_cpus
 from deit_demo.models import MODELS
+from deit_demo.paths import cache_folder
 from deit_demo.pipeline import example_images
 from deit_demo.report import CONVERT_COLUMNS
 from deit_demo.service import AppConfig, Lab, model_choices
@@ -134,17 +134,9 @@ def build_classify_tab(lab: Lab) -> None:
 def examples_cache(folder: Path):
     """Lazily cached examples go into this server's own temporary folder rather than Gradio's default under the
     working directory, so a restart with other weights never shows answers computed with the old ones. (Gradio reads
-    the folder from the environment when the examples are made.)"""
-    previous = os.environ.get("GRADIO_EXAMPLES_CACHE")
-    os.environ["GRADIO_EXAMPLES_CACHE"] = str(folder)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # Gradio prints where it will cache at every start
-            yield
-    finally:
-        if previous is None:
-            os.environ.pop("GRADIO_EXAMPLES_CACHE", None)
-        else:
-            os.environ["GRADIO_EXAMPLES_CACHE"] = previous
+    the folder from the environment when the examples are made, and prints where at every start: not ours to show.)"""
+    with cache_folder("GRADIO_EXAMPLES_CACHE", folder), contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def build_convert_tab(lab: Lab) -> None:

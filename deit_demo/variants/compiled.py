@@ -7,9 +7,7 @@ wrongly on deit_synth in torch 2.14.1 while the same graph under torch.compile w
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,22 +15,14 @@ import torch
 from torch import nn
 
 from deit_demo.cpus import native_bf16
+from deit_demo.paths import cache_folder
 from deit_demo.variants.base import COMPILE_LOCK, Runner, Variant, export_dynamic_batch, missing_packages
 from deit_demo.variants.registry import register
 
 
-@contextlib.contextmanager
 def inductor_cache(cache_dir: Path):
     """Point inductor's cache into the artifact store for the duration of a compile (not the user's home)."""
-    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+    return cache_folder("TORCHINDUCTOR_CACHE_DIR", cache_dir)
 
 
 class _Bf16Io(nn.Module):
