@@ -178,13 +178,15 @@ class Lab:
         the fastest verified variant, or the original until that is ready unless `wait_auto`)."""
         if not isinstance(k, int) or not 1 <= k <= 1000:
             raise DeitDemoError(f"top-k must be a whole number from 1 to 1000 (got {k!r}).")
+        if variant_key == AUTO and wait_auto:
+            self.auto.prepare(model_key)  # before taking CPUs for the answer: preparing takes its own share
         with self.cpus.take(self.serve_threads(), timeout_s=60):
             if progress:
                 progress(f"loading {model_key}", 0, 2)
             loaded = self.model(model_key)
             if progress:
                 progress("classifying", 1, 2)
-            result = self._classify_group(loaded, [source], variant_key, k=k, tome_r=tome_r, wait_auto=wait_auto)[0]
+            result = self._classify_group(loaded, [source], variant_key, k=k, tome_r=tome_r)[0]
         if isinstance(result, Exception):
             raise result
         return loaded, result
@@ -209,10 +211,10 @@ class Lab:
         return out
 
     def _classify_group(self, loaded: LoadedModel, sources: list[ImageSource], variant_key: str, *, k: int,
-                        tome_r: int | None = None, wait_auto: bool = False) -> list[ClassifyResult | DeitDemoError]:
+                        tome_r: int | None = None) -> list[ClassifyResult | DeitDemoError]:
         note, agreement, runner = "", None, None
         if variant_key == AUTO:
-            choice = self.auto.resolve(loaded, wait=wait_auto)
+            choice = self.auto.resolve(loaded)
             variant_key, note, agreement, runner = choice.variant, choice.sentence(), choice.agreement, choice.runner
         elif variant_key != "original":
             runner = self.runner(loaded, variant_key, tome_r)
