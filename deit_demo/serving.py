@@ -108,15 +108,12 @@ class AutoServe:
                 self._worker = threading.Thread(target=self._work, name="auto-prepare", daemon=True)
                 self._worker.start()
 
-    def resolve(self, loaded: LoadedModel, *, wait: bool = False) -> AutoChoice:
-        """What Auto serves now. Never waits unless asked (the CLI waits; a visitor never does)."""
+    def resolve(self, loaded: LoadedModel) -> AutoChoice:
+        """What Auto serves now; never waits (a caller that may wait calls `prepare` first, as the CLI does)."""
         found = self.choice(loaded)
-        if found is None or found.state == "preparing":
-            if wait:
-                return self.prepare(loaded.spec.key)
-            if found is None:
-                self.request(loaded.spec.key)
-            return found or AutoChoice(loaded.spec.key, loaded.weights_id)
+        if found is None:
+            self.request(loaded.spec.key)
+            return AutoChoice(loaded.spec.key, loaded.weights_id)
         return found
 
     def wait(self, model_key: str, timeout_s: float = 1800) -> AutoChoice:
