@@ -257,3 +257,28 @@ def test_conversion_exports_a_copy_never_the_module_that_serves(tiny, tmp_path, 
     convert_variant(VARIANTS["scripted"], tiny, ArtifactStore(tmp_path / "store"))
     assert seen and seen[0] is not tiny.model
     assert all(torch.equal(a, b) for a, b in zip(seen[0].state_dict().values(), tiny.model.state_dict().values()))
+
+
+def test_bf16_attention_rewrite_replaces_every_attention_and_keeps_answers_close(tiny):
+    from deit_demo.tome import ToMe
+    from deit_demo.variants.compiled import attention_in_bf16, bf16_attention
+
+    q, k, v = (torch.randn(2, 3, 17, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    mask = torch.randn(2, 1, 1, 17, generator=torch.Generator().manual_seed(4))
+    for attn_mask in (None, mask):  # ToMe's proportional attention passes log(size) as a mask
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        got = bf16_attention(q, k, v, attn_mask=attn_mask)
+        assert got.dtype == torch.float32 and (got - want).abs().max() < 0.05
+    with pytest.raises(ValueError):
+        bf16_attention(q, k, v, is_causal=True)
+
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    for model in (tiny.model, ToMe(tiny.model, 4).eval()):
+        graph = torch.export.export(model, (x,)).module()
+        with torch.inference_mode():
+            want = graph(x)
+        assert attention_in_bf16(graph) == len(tiny.model.blocks)
+        assert not any(n.target is torch.ops.aten.scaled_dot_product_attention.default for n in graph.graph.nodes)
+        with torch.inference_mode():
+            got = graph(x)
+        assert (got - want).abs().max() < 0.1 and torch.equal(got.argmax(-1), want.argmax(-1))

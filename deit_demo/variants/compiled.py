@@ -97,6 +97,34 @@ def compile_frozen(module: nn.Module, example: torch.Tensor, cache_dir: Path) ->
     return run
 
 
+def bf16_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
+                   enable_gqa=False):
+    """`scaled_dot_product_attention` (inference: no dropout, not causal) with both products in bf16 and the
+    softmax in fp32. On a ViT's 197 tokens, inductor's fp32 flash-attention kernel reached ~60 GFLOP/s here; two
+    bf16 batched GEMMs and a fused softmax take 40% less time (DeiT-B int8: 12.6 -> 7.6 ms of attention)."""
+    if dropout_p or is_causal or enable_gqa:
+        raise ValueError("bf16_attention covers inference attention only")
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    logits = ((query * scale).bfloat16() @ key.bfloat16().transpose(-2, -1)).float()
+    if attn_mask is not None:
+        logits = logits + attn_mask
+    return (logits.softmax(dim=-1).bfloat16() @ value.bfloat16()).float()
+
+
+def attention_in_bf16(graph_module: torch.fx.GraphModule) -> int:
+    """Point the graph's attention calls at `bf16_attention`; returns how many. Done at load, not export, so the
+    saved program stays plain fp32 attention and only CPUs with native bf16 get the rewrite."""
+    count = 0
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.aten.scaled_dot_product_attention.default:
+            node.target = bf16_attention
+            count += 1
+    if count:
+        graph_module.graph.lint()
+        graph_module.recompile()
+    return count
+
+
 def drop_unused_parameters(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Remove parameters no node reads: after convert_pt2e the fp32 originals of the int8 weights linger, and
     export would save them (a DeiT-B file of 436 MB instead of ~90)."""
@@ -120,7 +148,7 @@ class Pt2eInt8(Variant):
     title = "PT2E int8 (X86 inductor quantizer, compiled with freezing)"
     description = ("PT2E static int8 with the X86 inductor quantizer (oneDNN int8 kernels, VNNI/AMX), calibrated on "
                    "the example images; saved as an ExportedProgram (.pt2) and compiled by inductor with freezing "
-                   "when loaded.")
+                   "when loaded. On CPUs with native bf16, attention's two products run in bf16 (softmax in fp32).")
 
     def available(self):
         return missing_packages("torchao")
@@ -146,5 +174,9 @@ class Pt2eInt8(Variant):
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
 
         module = torch.export.load(str(artifact.path)).module()
+        bf16, isa = native_bf16()
+        rewritten = attention_in_bf16(module) if bf16 else 0
         compiled = compile_frozen(module, torch.zeros_like(ctx.example()), ctx.cache_dir)
-        return Runner(compiled, {"runtime": "torch.compile (inductor, freezing) of the int8 ExportedProgram"})
+        return Runner(compiled, {"runtime": "torch.compile (inductor, freezing) of the int8 ExportedProgram",
+                                 "attention": (f"bf16 products in {rewritten} blocks ({isa})" if rewritten
+                                               else "fp32 (no native bf16 here)" if not bf16 else "fp32")})
