@@ -7,7 +7,9 @@ Auto has prepared its variant for the model (what a Space does in the background
   1. baseline: every user (one gradio_client each) classifies the examples with no benchmark running;
   2. under load: the same while one user runs a benchmark of the bench model (original, scripted_int8, onnx_int8).
 Reports success rate, p50/p95 classification latency in both phases, queue-full rejections, whether every user got
-the same top-1 for the same image, how many visitors shared each forward pass, and the process's peak RSS.
+the same top-1 for the same image, how many visitors shared each forward pass, the model's time per image, the share
+of the machine's CPU the simulated visitors themselves took (real visitors would not take it), and the server
+process's peak RSS.
 `--variant original` gives the figures from before Auto (every answer eager fp32).
 """
 
@@ -82,12 +84,13 @@ def _phase(url: str, users: int, requests: int, model: str, variant: str) -> dic
     lock = threading.Lock()
     threads = [threading.Thread(target=user, args=(url, model, variant, requests, record, lock))
                for _ in range(users)]
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     record["wall_s"] = time.perf_counter() - start
+    record["visitors_cpu_s"] = time.process_time() - cpu_start  # what real visitors would spend on their own machines
     return record
 
 
@@ -167,7 +170,9 @@ def main() -> int:
                      "images per pass (mean, max)": f"{sum(rec['batch']) / max(1, len(rec['batch'])):.1f}, "
                                                     f"{max(rec['batch'], default=0)}",
                      "wall s": round(rec["wall_s"], 1),
-                     "model's share of wall time": f"{rec['forward_ms'] / 1000 / rec['wall_s']:.0%}"})
+                     "model's share of wall time": f"{rec['forward_ms'] / 1000 / rec['wall_s']:.0%}",
+                     "ms per image in the model": round(rec["forward_ms"] / max(1, rec["ok"]), 1),
+                     "simulated visitors' CPU": f"{rec['visitors_cpu_s'] / (rec['wall_s'] * bench.usable_cpus()):.0%}"})
     print(to_markdown(rows))
     print(f"\npeak RSS of the server process: {rss.peak / 2**20:.0f} MiB")
     for message in (baseline["messages"] + loaded["messages"])[:5]:

@@ -271,6 +271,7 @@ def test_bf16_attention_rewrite_replaces_every_attention_and_keeps_answers_close
         assert got.dtype == torch.float32 and (got - want).abs().max() < 0.05
     with pytest.raises(ValueError):
         bf16_attention(q, k, v, is_causal=True)
+    assert bf16_attention(q.bfloat16(), k.bfloat16(), v.bfloat16()).dtype == torch.bfloat16  # compiled_bf16's graph
 
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
     for model in (tiny.model, ToMe(tiny.model, 4).eval()):
