@@ -1,10 +1,13 @@
 """Load test of the app: N simulated users classify the examples while one DeiT-B benchmark runs.
 
     python benchmarks/load.py [--users 8] [--requests 6] [--model deit_base] [--variant auto] [--bench-model deit_base]
+                              [--client http|gradio_client] [--visitors-nice 19]
 
 Starts the app in this process on 127.0.0.1 (random weights, offline; traffic never leaves loopback), waits until
 Auto has prepared its variant for the model (what a Space does in the background after start), then:
-  1. baseline: every user (one gradio_client each) classifies the examples with no benchmark running;
+  1. baseline: every user classifies the examples with no benchmark running; by default each user talks to Gradio's
+     plain HTTP API as a browser does (upload, join the queue, read the event stream), in a child process that
+     yields the CPUs to the server, since real visitors' clients run on their own machines;
   2. under load: the same while one user runs a benchmark of the bench model (original, scripted_int8, onnx_int8).
 Reports success rate, p50/p95 classification latency in both phases, queue-full rejections, whether every user got
 the same top-1 for the same image, how many visitors shared each forward pass, the model's time per image, the share
@@ -33,17 +36,62 @@ def percentile(values: list[float], q: float) -> float:
     return bench.LatencyStats(values).percentile(q) if values else float("nan")
 
 
-def user(url: str, model: str, variant: str, requests: int, record: dict, lock: threading.Lock) -> None:
+def gradio_client_predict(url: str):
+    """One visitor through gradio_client (what a Python user of the app runs): ~100 ms of client CPU per request."""
     from gradio_client import Client, handle_file
 
     client = Client(url, verbose=False)
+
+    def predict(image, model: str, variant: str) -> list:
+        return client.predict(handle_file(str(image)), "", model, variant, api_name="/classify")
+    return predict
+
+
+def http_predict(url: str):
+    """One visitor through Gradio's plain HTTP API, as a browser would: upload the image, join the queue, read the
+    answer from the event stream. Little client CPU, so the simulated visitors take less of the server's CPUs."""
+    import json
+
+    import httpx
+
+    http = httpx.Client(base_url=url.rstrip("/") + "/gradio_api", timeout=120)
+
+    def predict(image, model: str, variant: str) -> list:
+        with open(image, "rb") as handle:
+            uploaded = http.post("/upload", files={"files": (image.name, handle)})
+        uploaded.raise_for_status()
+        file = {"path": uploaded.json()[0], "meta": {"_type": "gradio.FileData"}}
+        joined = http.post("/call/classify", json={"data": [file, "", model, variant]})
+        if joined.status_code == 503:
+            raise RuntimeError(f"queue full: {joined.text[:80]}")
+        joined.raise_for_status()
+        event = None
+        with http.stream("GET", f"/call/classify/{joined.json()['event_id']}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    data = json.loads(line.split(":", 1)[1])
+                    if event == "error":
+                        raise RuntimeError(f"error: {data}")
+                    return data
+        raise RuntimeError("the event stream ended without an answer")
+    return predict
+
+
+CLIENTS = {"http": http_predict, "gradio_client": gradio_client_predict}
+
+
+def user(url: str, model: str, variant: str, requests: int, record: dict, lock: threading.Lock,
+         client: str = "http") -> None:
+    predict = CLIENTS[client](url)
     images = example_images()
     for i in range(requests):
         image = images[i % len(images)]
         start = time.perf_counter()
         try:
-            out = client.predict(handle_file(str(image)), "", model, variant, api_name="/classify")
-            main = out[2].get("value", out[2]) if isinstance(out[2], dict) else out[2]
+            out = predict(image, model, variant)
+            main = out[2].get("value", out[2]) if isinstance(out[2], dict) and "value" in out[2] else out[2]
             shared = re.search(r"(\d+) visitors' images", out[1])
             forward = float(re.search(r"\*\*([\d.]+) ms\*\* for the forward pass", out[1]).group(1))
             with lock:
@@ -60,29 +108,35 @@ def user(url: str, model: str, variant: str, requests: int, record: dict, lock: 
                 record["messages"].append(f"{type(err).__name__}: {str(err)[:120]}")
 
 
-def phase(url: str, users: int, requests: int, model: str, variant: str) -> dict:
+def phase(url: str, users: int, requests: int, model: str, variant: str, nice: int = 0,
+          client: str = "http") -> dict:
     """The users run in a child process, as real visitors run on other machines: in the server's own process their
-    clients would compete with it for the GIL and make it look slower than it is."""
+    clients would compete with it for the GIL and make it look slower than it is. With `nice` > 0 the child also
+    yields the CPUs to the server whenever both want them (real visitors' clients run on their own CPUs); their
+    latency still counts any time their client waited for a CPU."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    child = context.Process(target=_phase_child, args=(url, users, requests, model, variant, results))
+    child = context.Process(target=_phase_child, args=(url, users, requests, model, variant, results, nice, client))
     child.start()
     record = results.get()
     child.join()
     return record
 
 
-def _phase_child(url: str, users: int, requests: int, model: str, variant: str, results) -> None:
-    results.put(_phase(url, users, requests, model, variant))
+def _phase_child(url: str, users: int, requests: int, model: str, variant: str, results, nice: int,
+                 client: str) -> None:
+    if nice:
+        os.nice(nice)
+    results.put(_phase(url, users, requests, model, variant, client))
 
 
-def _phase(url: str, users: int, requests: int, model: str, variant: str) -> dict:
+def _phase(url: str, users: int, requests: int, model: str, variant: str, client: str) -> dict:
     record = {"latency_ms": [], "top1": {}, "ok": 0, "errors": 0, "queue_full": 0, "messages": [], "batch": [],
               "served_by": set(), "forward_ms": 0.0}
     lock = threading.Lock()
-    threads = [threading.Thread(target=user, args=(url, model, variant, requests, record, lock))
+    threads = [threading.Thread(target=user, args=(url, model, variant, requests, record, lock, client))
                for _ in range(users)]
     start, cpu_start = time.perf_counter(), time.process_time()
     for thread in threads:
@@ -105,6 +159,12 @@ def main() -> int:
     parser.add_argument("--bench-runs", type=int, default=10)
     parser.add_argument("--classify-threads", type=int, default=None, help="override AppConfig.classify_threads")
     parser.add_argument("--classify-concurrency", type=int, default=None, help="override AppConfig's limit")
+    parser.add_argument("--client", choices=sorted(CLIENTS), default="http",
+                        help="how each visitor talks to the app: Gradio's plain HTTP API, as a browser does (default), "
+                             "or gradio_client (about 100 ms of client CPU per request, taken from the server here)")
+    parser.add_argument("--visitors-nice", type=int, default=19,
+                        help="niceness of the simulated visitors' process (19, the default: they yield the CPUs to "
+                             "the server, as visitors on their own machines would; 0: they compete with it)")
     args = parser.parse_args()
 
     from gradio_client import Client
@@ -129,7 +189,7 @@ def main() -> int:
         bench_args = (args.bench_model, ["original", "scripted_int8", "onnx_int8"], 2, 1, bench.usable_cpus(), "1")
         Client(url, verbose=False).predict(*bench_args, api_name="/benchmark")  # converts once, untimed
 
-        baseline = phase(url, args.users, args.requests, args.model, args.variant)
+        baseline = phase(url, args.users, args.requests, args.model, args.variant, args.visitors_nice, args.client)
         bench_out: dict = {}
 
         def run_benchmark() -> None:
@@ -145,7 +205,7 @@ def main() -> int:
         bench_thread = threading.Thread(target=run_benchmark)
         bench_thread.start()
         time.sleep(2.0)  # let the benchmark get going
-        loaded = phase(url, args.users, args.requests, args.model, args.variant)
+        loaded = phase(url, args.users, args.requests, args.model, args.variant, args.visitors_nice, args.client)
         bench_thread.join()
     demo.close()
 
@@ -153,7 +213,7 @@ def main() -> int:
           f"benchmark of {args.bench_model}: {bench_out.get('status')} in {bench_out.get('seconds', 0):.0f} s; "
           f"usable CPUs {bench.usable_cpus()}; classification: concurrency {config.classify_concurrency}, threads "
           f"{config.classify_threads or 'all free'}, max batch {config.max_batch_size}; queue size "
-          f"{config.queue_size}; {machine_line(bench.machine_info())}")
+          f"{config.queue_size}; simulated visitors: {args.client}, niceness {args.visitors_nice}; {machine_line(bench.machine_info())}")
     if choice is not None:
         print(f"{choice.sentence()} (prepared in {choice.seconds:.0f} s; batch-1 medians {choice.median_ms}; "
               f"not used: {choice.rejected or 'none'})")

@@ -283,3 +283,48 @@ def test_bf16_attention_rewrite_replaces_every_attention_and_keeps_answers_close
         with torch.inference_mode():
             got = graph(x)
         assert (got - want).abs().max() < 0.1 and torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_a_trace_on_one_thread_never_reaches_a_forward_pass_on_another():
+    # While tracing, torch.fx patches nn.Module.__call__ for the whole process; a visitor served the eager original
+    # while Auto converted in the background got "NameError: module is not installed as a submodule" (1215 of 2032
+    # eager calls failed while deit_tiny's Auto candidates were prepared on another thread).
+    import threading
+
+    from deit_demo.variants.base import FX_PATCHES_CONFINED
+
+    assert FX_PATCHES_CONFINED
+    inside, release = threading.Event(), threading.Event()
+
+    class Traced(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            inside.set()
+            release.wait(30)  # hold the trace open: the patches are in place now
+            return self.linear(x)
+
+    errors = []
+
+    def trace():
+        try:
+            torch.fx.symbolic_trace(Traced())
+        except Exception as err:
+            errors.append(err)
+
+    served = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()).eval()
+    x = torch.randn(3, 4)
+    with torch.inference_mode():
+        want = served(x)
+    thread = threading.Thread(target=trace)
+    thread.start()
+    try:
+        assert inside.wait(30)
+        with torch.inference_mode():
+            got = served(x)
+    finally:
+        release.set()
+        thread.join(60)
+    assert torch.equal(got, want) and not errors

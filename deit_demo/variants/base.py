@@ -6,6 +6,8 @@ never the package `__init__`, so the package has no import cycle.
 
 from __future__ import annotations
 
+import builtins
+import functools
 import importlib.util
 import threading
 import time
@@ -23,6 +25,51 @@ MAX_BATCH = 64  # exported variants take any batch from 1 to this
 # torch.export, dynamo and inductor are not thread-safe, and the app converts on several threads (a visitor's Convert,
 # Auto's background preparation, a benchmark compiling a new batch size): one export, load or compile at a time.
 COMPILE_LOCK = threading.RLock()
+
+
+def confine_fx_patches_to_their_thread() -> bool:
+    """Make torch.fx's tracing patches apply only on the thread that traces; False where torch lacks the hook.
+
+    While it traces, torch.fx's tracer (used by torch.export, by aot_autograd inside torch.compile, and by NNCF)
+    replaces `torch.nn.Module.__call__` and `__getattr__` for the whole process. A visitor's eager forward pass on
+    another thread then ran through the tracer and failed ("module is not installed as a submodule"): seen when
+    visitors were served the original while Auto converted in the background. Each patch now dispatches to the
+    tracer on the tracing thread and to what it replaced everywhere else. COMPILE_LOCK keeps traces one at a time,
+    so patches are still undone in the order they were made.
+    """
+    try:
+        from torch.fx._symbolic_trace import _Patcher
+    except ImportError:
+        return False
+    if getattr(_Patcher, "confined_to_thread", False):
+        return True
+    if not all(callable(getattr(_Patcher, name, None)) for name in ("patch", "patch_method")):
+        return False
+    patch, patch_method = _Patcher.patch, _Patcher.patch_method
+
+    def confined(new_fn: Callable, old_fn: Callable) -> Callable:
+        owner = threading.get_ident()
+
+        @functools.wraps(new_fn)
+        def dispatch(*args, **kwargs):
+            return (new_fn if threading.get_ident() == owner else old_fn)(*args, **kwargs)
+        return dispatch
+
+    def confined_patch(self, frame_dict, name, new_fn, deduplicate=True):
+        old_fn = frame_dict[name] if name in frame_dict else getattr(builtins, name, None)
+        if callable(old_fn):
+            new_fn = confined(new_fn, old_fn)
+        return patch(self, frame_dict, name, new_fn, deduplicate)
+
+    def confined_patch_method(self, cls, name, new_fn, deduplicate=True):
+        return patch_method(self, cls, name, confined(new_fn, getattr(cls, name)), deduplicate)
+
+    _Patcher.patch, _Patcher.patch_method = confined_patch, confined_patch_method
+    _Patcher.confined_to_thread = True
+    return True
+
+
+FX_PATCHES_CONFINED = confine_fx_patches_to_their_thread()
 
 
 @dataclass
