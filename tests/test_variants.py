@@ -287,7 +287,7 @@ def test_bf16_attention_rewrite_replaces_every_attention_and_keeps_answers_close
 
 def test_a_trace_on_one_thread_never_reaches_a_forward_pass_on_another():
     # While tracing, torch.fx patches nn.Module.__call__ for the whole process; a visitor served the eager original
-    # while Auto converted in the background got "NameError: module is not installed as a submodule" (1215 of 2032
+    # while Auto converted in the background got "NameError: module is not installed as a submodule" (1215 of 2034
     # eager calls failed while deit_tiny's Auto candidates were prepared on another thread).
     import threading
 
