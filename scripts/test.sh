@@ -11,4 +11,4 @@ fi
 python3 -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 python3 -m pip install -q --disable-pip-version-check --no-deps -e .  # the deit-demo command; benchmarks import it
 export HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
-python3 -m pytest -q -p no:cacheprovider --timeout=600 "$@"
+python3 -m pytest -q -p no:cacheprovider --timeout=600 --durations=15 "$@"

@@ -42,10 +42,13 @@ def test_variant_converts_loads_and_agrees(key, rows, loaded_runners, tiny, stor
     artifact, reused = convert_variant(variant, tiny, store)
     assert reused and artifact.sha256 == row.sha256  # the store hands back the committed file
     runner = loaded_runners[key]  # loaded by load_verified from that file
-    batch = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    # One file serves any batch size. A new batch size is a new inductor compile (54 s for tome_int8): token merging's
+    # batches are tested in eager (test_tome), and its compiled load is pt2e_int8's, tested at batch 3 here.
+    rows_in = 1 if variant.lossy and variant.compiles_per_shape else 3
+    batch = torch.randn(rows_in, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
-        out = runner(batch).float()  # one file serves any batch size
-    assert out.shape == (3, 1000) and torch.isfinite(out).all()
+        out = runner(batch).float()
+    assert out.shape == (rows_in, 1000) and torch.isfinite(out).all()
     if variant.lossy:  # computes less on purpose: its accuracy cost is measured on deit_synth (test_synth)
         assert row.top1_agreement is not None and row.notes.get("r") == tiny.spec.tome_r
         return
