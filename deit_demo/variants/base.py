@@ -30,8 +30,8 @@ COMPILE_LOCK = threading.RLock()
 def confine_fx_patches_to_their_thread() -> bool:
     """Make torch.fx's tracing patches apply only on the thread that traces; False where torch lacks the hook.
 
-    While it traces, torch.fx's tracer (used by torch.export, by aot_autograd inside torch.compile, and by NNCF)
-    replaces `torch.nn.Module.__call__` and `__getattr__` for the whole process. A visitor's eager forward pass on
+    While it traces, torch.fx's tracer (symbolic_trace, and make_fx under torch.export and torch.compile) replaces
+    `torch.nn.Module.__call__` and `__getattr__` for the whole process. A visitor's eager forward pass on
     another thread then ran through the tracer and failed ("module is not installed as a submodule"): seen when
     visitors were served the original while Auto converted in the background. Each patch now dispatches to the
     tracer on the tracing thread and to what it replaced everywhere else. COMPILE_LOCK keeps traces one at a time,

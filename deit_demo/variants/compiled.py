@@ -102,8 +102,8 @@ def compile_frozen(module: nn.Module, example: torch.Tensor, cache_dir: Path) ->
 def bf16_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
                    enable_gqa=False):
     """`scaled_dot_product_attention` (inference: no dropout, not causal) with both products in bf16 and the
-    softmax in fp32; returns the query's dtype. On a ViT's 197 tokens, inductor's fp32 flash-attention kernel reached ~60 GFLOP/s here; two
-    bf16 batched GEMMs and a fused softmax take 40% less time (DeiT-B int8: 12.6 -> 7.6 ms of attention)."""
+    softmax in fp32; returns the query's dtype. On a ViT's 197 tokens inductor's fp32 flash-attention kernel reached
+    ~60 GFLOP/s here; two bf16 batched GEMMs and a fused softmax take 40% less (DeiT-B int8: 12.6 -> 7.6 ms)."""
     if dropout_p or is_causal or enable_gqa:
         raise ValueError("bf16_attention covers inference attention only")
     scale = query.shape[-1] ** -0.5 if scale is None else scale
@@ -115,7 +115,7 @@ def bf16_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=F
 
 def attention_in_bf16(graph_module: torch.fx.GraphModule) -> int:
     """Point the graph's attention calls at `bf16_attention`; returns how many. Done at load, not export, so the
-    saved program stays plain fp32 attention and only CPUs with native bf16 get the rewrite."""
+    saved program keeps its own attention and each CPU gets the rewrite only where it has native bf16."""
     count = 0
     for node in graph_module.graph.nodes:
         if node.op == "call_function" and node.target is torch.ops.aten.scaled_dot_product_attention.default:
