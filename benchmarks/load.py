@@ -213,7 +213,8 @@ def main() -> int:
           f"benchmark of {args.bench_model}: {bench_out.get('status')} in {bench_out.get('seconds', 0):.0f} s; "
           f"usable CPUs {bench.usable_cpus()}; classification: concurrency {config.classify_concurrency}, threads "
           f"{config.classify_threads or 'all free'}, max batch {config.max_batch_size}; queue size "
-          f"{config.queue_size}; simulated visitors: {args.client}, niceness {args.visitors_nice}; {machine_line(bench.machine_info())}")
+          f"{config.queue_size}; simulated visitors: {args.client}, niceness {args.visitors_nice}; "
+          f"{machine_line(bench.machine_info())}")
     if choice is not None:
         print(f"{choice.sentence()} (prepared in {choice.seconds:.0f} s; batch-1 medians {choice.median_ms}; "
               f"not used: {choice.rejected or 'none'})")
