@@ -74,11 +74,11 @@ class CompiledBf16(Variant):
 def compile_frozen(module: nn.Module, example: torch.Tensor, cache_dir: Path) -> Callable:
     """torch.compile with inductor freezing, one specialisation per batch size and thread count.
 
-    Compiled now for `example`'s shape so the first timed call is not a compile. Dynamo guards on the shape, the grad
-    mode and torch's thread count: a new combination recompiles on its first call (the benchmark's warm-up absorbs
-    it; serving keeps the thread count fixed), and must do so with freezing on: without it the int8 weights are not
-    prepacked and the graph ran at eager fp32 speed. (Freezing as a torch.compile option instead fails to lower the
-    int8 weight prepacking in torch 2.14.1.)
+    Compiled now for `example`'s shape so the first timed call is not a compile. Dynamo guards on the input's shape,
+    strides, dtype and dispatch keys, the grad mode and torch's thread count: a new combination recompiles on its first
+    call (the benchmark's warm-up absorbs it; serving keeps the thread count fixed), and must do so with freezing on:
+    without it the int8 weights are not prepacked and the graph ran at eager fp32 speed. (Freezing as a torch.compile
+    option instead fails to lower the int8 weight prepacking in torch 2.14.1.)
     """
     import torch._inductor.config as inductor_config
 
@@ -86,7 +86,9 @@ def compile_frozen(module: nn.Module, example: torch.Tensor, cache_dir: Path) ->
     seen: set[tuple] = set()
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        key = (tuple(x.shape), torch.is_grad_enabled(), torch.is_inference_mode_enabled(), torch.get_num_threads())
+        # What dynamo guards on: a tensor made inside inference_mode has other dispatch keys than one made outside.
+        key = (tuple(x.shape), x.stride(), x.dtype, x.requires_grad, x.is_inference(), torch.is_grad_enabled(),
+               torch.is_inference_mode_enabled(), torch.get_num_threads())
         if key in seen:
             return compiled(x)
         with COMPILE_LOCK, inductor_cache(cache_dir), inductor_config.patch(freezing=True):
