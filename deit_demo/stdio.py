@@ -12,7 +12,9 @@ import threading
 
 _LOCK = threading.Lock()
 
-PROFILER_NOISE = re.compile(r"^(USDT|STAGE):|gpuGetDeviceCount failed|Completed Stage:")
+# Kineto's "External init callback must run in same thread as registerClient": a profile on a thread other than the
+# first one's (every Gradio worker after the first); CPU events are recorded all the same.
+PROFILER_NOISE = re.compile(r"^(USDT|STAGE):|gpuGetDeviceCount failed|Completed Stage:|External init callback must run")
 EXECUTORCH_NOISE = re.compile(r"^\[(cpuinfo_utils|threadpool)\.cpp:\d+\]")
 
 

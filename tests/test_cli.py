@@ -180,3 +180,12 @@ def test_no_profiler_or_gpu_probe_noise_on_a_cpu_machine(capfd):
     total, ops = profile_once(lambda x: x @ x, torch.randn(32, 32))
     captured = capfd.readouterr()
     assert total > 0 and ops and "USDT" not in captured.err and "gpuGetDeviceCount" not in captured.err
+    # The app profiles on a Gradio worker thread: a process's first profile off the main thread made kineto print
+    # "ERROR: External init callback must run in same thread as registerClient" (once, harmlessly).
+    script = ("import threading, torch\nfrom deit_demo.bench import profile_once\nout = []\n"
+              "t = threading.Thread(target=lambda: out.append(profile_once(lambda x: x @ x, torch.randn(32, 32))))\n"
+              "t.start(); t.join(); print('ops', len(out[0][1]))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0 and "ops " in out.stdout and "ops 0" not in out.stdout, out.stderr[-2000:]
+    for noise in ("USDT", "gpuGetDeviceCount", "External init callback", "ERROR"):
+        assert noise not in out.stderr, out.stderr[-2000:]
