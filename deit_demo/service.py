@@ -19,7 +19,7 @@ from deit_demo import bench, charts
 from deit_demo.artifacts import DEFAULT_CAP_BYTES, ArtifactStore
 from deit_demo.cache import BoundedCache
 from deit_demo.classify import ClassifyResult, classify_tensors
-from deit_demo.cpus import CpuBudget, torch_threads
+from deit_demo.cpus import SERVING, CpuBudget, torch_threads
 from deit_demo.errors import DeitDemoError
 from deit_demo.evaluate import AccuracyResult, evaluate
 from deit_demo.images import ImageSource, load_image, preprocess
@@ -180,13 +180,17 @@ class Lab:
             raise DeitDemoError(f"top-k must be a whole number from 1 to 1000 (got {k!r}).")
         if variant_key == AUTO and wait_auto:
             self.auto.prepare(model_key)  # before taking CPUs for the answer: preparing takes its own share
-        with self.cpus.take(self.serve_threads(), timeout_s=60):
-            if progress:
-                progress(f"loading {model_key}", 0, 2)
-            loaded = self.model(model_key)
-            if progress:
-                progress("classifying", 1, 2)
-            result = self._classify_group(loaded, [source], variant_key, k=k, tome_r=tome_r)[0]
+
+        def serve() -> tuple[LoadedModel, ClassifyResult | DeitDemoError]:
+            with self.cpus.take(self.serve_threads(), timeout_s=60):
+                if progress:
+                    progress(f"loading {model_key}", 0, 2)
+                loaded = self.model(model_key)
+                if progress:
+                    progress("classifying", 1, 2)
+                return loaded, self._classify_group(loaded, [source], variant_key, k=k, tome_r=tome_r)[0]
+
+        loaded, result = SERVING.run(serve, timeout_s=60)
         if isinstance(result, Exception):
             raise result
         return loaded, result
@@ -199,16 +203,20 @@ class Lab:
         groups: dict[tuple[str, str], list[int]] = {}
         for i, (model_key, variant_key) in enumerate(zip(model_keys, variant_keys)):
             groups.setdefault((model_key, variant_key or AUTO), []).append(i)
-        with self.cpus.take(self.serve_threads(), timeout_s=60):
-            for (model_key, variant_key), items in groups.items():
-                try:
-                    loaded = self.model(model_key)
-                    answers = self._classify_group(loaded, [sources[i] for i in items], variant_key, k=k)
-                except DeitDemoError as err:
-                    answers, loaded = [err] * len(items), None
-                for i, answer in zip(items, answers):
-                    out[i] = answer if isinstance(answer, Exception) else (loaded, answer)
-        return out
+
+        def serve() -> list:
+            with self.cpus.take(self.serve_threads(), timeout_s=60):
+                for (model_key, variant_key), items in groups.items():
+                    try:
+                        loaded = self.model(model_key)
+                        answers = self._classify_group(loaded, [sources[i] for i in items], variant_key, k=k)
+                    except DeitDemoError as err:
+                        answers, loaded = [err] * len(items), None
+                    for i, answer in zip(items, answers):
+                        out[i] = answer if isinstance(answer, Exception) else (loaded, answer)
+            return out
+
+        return SERVING.run(serve, timeout_s=60)
 
     def _classify_group(self, loaded: LoadedModel, sources: list[ImageSource], variant_key: str, *, k: int,
                         tome_r: int | None = None) -> list[ClassifyResult | DeitDemoError]:

@@ -65,3 +65,70 @@ def test_budget_times_out_with_a_readable_error():
         t.start()
         t.join()
     assert "busy" in result["error"]
+
+
+def test_the_serving_thread_runs_every_pass_on_one_thread_in_the_callers_context():
+    # One OpenMP team per process: a pass on each of Gradio's workers built a team per worker, and libgomp stopped
+    # spin-waiting once the teams outnumbered the CPUs (DeiT-B pt2e_int8: 65 ms per image instead of 54).
+    import contextvars
+
+    from deit_demo.cpus import ServingThread
+
+    serving = ServingThread("test-serve")
+    request = contextvars.ContextVar("request", default=None)
+    seen = []
+
+    def visitor(name):
+        request.set(name)
+        seen.append(serving.run(lambda: (threading.get_ident(), request.get(), serving.run(threading.get_ident))))
+
+    visitors = [threading.Thread(target=visitor, args=(f"v{i}",)) for i in range(4)]
+    for t in visitors:
+        t.start()
+    for t in visitors:
+        t.join()
+    assert len({ident for ident, _, _ in seen}) == 1 and all(inner == ident for ident, _, inner in seen)
+    assert sorted(name for _, name, _ in seen) == ["v0", "v1", "v2", "v3"]  # each pass saw its own caller's context
+    assert seen[0][0] not in {t.ident for t in visitors}
+    try:
+        serving.run(lambda: 1 / 0)
+    except ZeroDivisionError:
+        pass
+    else:
+        raise AssertionError("the pass's error must reach its caller")
+    # A visitor who cannot get a turn in time gets a plain message, and their pass never runs later.
+    hold, release, ran = threading.Event(), threading.Event(), []
+    holder = threading.Thread(target=lambda: serving.run(lambda: (hold.set(), release.wait(10))))
+    holder.start()
+    assert hold.wait(10)
+    try:
+        serving.run(lambda: ran.append(1), timeout_s=0.1)
+    except DeitDemoError as err:
+        assert "busy" in str(err)
+    else:
+        raise AssertionError("expected a busy error")
+    release.set()
+    holder.join()
+    assert serving.run(lambda: 2) == 2 and ran == []
+
+
+def test_a_lab_serves_visitors_on_other_threads_from_the_serving_thread(monkeypatch):
+    from deit_demo import service
+    from deit_demo.cpus import SERVING
+    from deit_demo.pipeline import example_images
+    from deit_demo.service import AppConfig, Lab
+
+    lab = Lab(AppConfig(model="deit_digits", auto_prepare=False))
+    passes = []
+    real = service.classify_tensors
+    monkeypatch.setattr(service, "classify_tensors",
+                        lambda *a, **k: passes.append(threading.get_ident()) or real(*a, **k))
+    image = str(example_images()[0])
+    callers = [threading.Thread(target=lab.classify, args=(image, "deit_digits")),
+               threading.Thread(target=lab.classify_batch, args=([image, image], ["deit_digits"] * 2, ["original"] * 2))]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    lab.classify(image, "deit_digits")
+    assert len(passes) == 3 and set(passes) == {SERVING.run(threading.get_ident)}
