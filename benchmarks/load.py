@@ -6,8 +6,8 @@
 Starts the app in this process on 127.0.0.1 (random weights, offline; traffic never leaves loopback), waits until
 Auto has prepared its variant for the model (what a Space does in the background after start), then:
   1. baseline: every user classifies the examples with no benchmark running; by default each user talks to Gradio's
-     plain HTTP API as a browser does (upload, join the queue, read the event stream), in a child process that
-     yields the CPUs to the server, since real visitors' clients run on their own machines;
+     HTTP queue as a browser tab does (one session; upload, join the queue, read the event stream), in a child
+     process that yields the CPUs to the server, since real visitors' clients run on their own machines;
   2. under load: the same while one user runs a benchmark of the bench model (original, scripted_int8, onnx_int8).
 Reports success rate, p50/p95 classification latency in both phases, queue-full rejections, whether every user got
 the same top-1 for the same image, how many visitors shared each forward pass, the model's time per image, the share
@@ -48,33 +48,40 @@ def gradio_client_predict(url: str):
 
 
 def http_predict(url: str):
-    """One visitor through Gradio's plain HTTP API, as a browser would: upload the image, join the queue, read the
-    answer from the event stream. Little client CPU, so the simulated visitors take less of the server's CPUs."""
+    """One visitor through Gradio's HTTP queue, as a browser tab does: one session for all its requests; upload the
+    image, join the queue, read the answer from the session's event stream. Little client CPU, so the simulated
+    visitors take less of the server's CPUs. (Gradio's `/call/` API instead opens a new session per request, and
+    the server builds each new session's state for every component of the app.)"""
     import json
+    import uuid
 
     import httpx
 
     http = httpx.Client(base_url=url.rstrip("/") + "/gradio_api", timeout=120)
+    config = httpx.get(url.rstrip("/") + "/config", timeout=60).json()
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "classify")
+    session = uuid.uuid4().hex
 
     def predict(image, model: str, variant: str) -> list:
         with open(image, "rb") as handle:
             uploaded = http.post("/upload", files={"files": (image.name, handle)})
         uploaded.raise_for_status()
         file = {"path": uploaded.json()[0], "meta": {"_type": "gradio.FileData"}}
-        joined = http.post("/call/classify", json={"data": [file, "", model, variant]})
+        joined = http.post("/queue/join", json={"data": [file, "", model, variant], "fn_index": fn_index,
+                                                "session_hash": session, "event_data": None, "trigger_id": None})
         if joined.status_code == 503:
             raise RuntimeError(f"queue full: {joined.text[:80]}")
         joined.raise_for_status()
-        event = None
-        with http.stream("GET", f"/call/classify/{joined.json()['event_id']}") as stream:
+        event_id = joined.json()["event_id"]
+        with http.stream("GET", "/queue/data", params={"session_hash": session}) as stream:
             for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    event = line.split(":", 1)[1].strip()
-                elif line.startswith("data:") and event in ("complete", "error"):
-                    data = json.loads(line.split(":", 1)[1])
-                    if event == "error":
-                        raise RuntimeError(f"error: {data}")
-                    return data
+                if not line.startswith("data:"):
+                    continue
+                message = json.loads(line[5:])
+                if message.get("event_id") == event_id and message.get("msg") == "process_completed":
+                    if not message.get("success"):
+                        raise RuntimeError(f"error: {message.get('output')}")
+                    return message["output"]["data"]
         raise RuntimeError("the event stream ended without an answer")
     return predict
 
@@ -160,7 +167,7 @@ def main() -> int:
     parser.add_argument("--classify-threads", type=int, default=None, help="override AppConfig.classify_threads")
     parser.add_argument("--classify-concurrency", type=int, default=None, help="override AppConfig's limit")
     parser.add_argument("--client", choices=sorted(CLIENTS), default="http",
-                        help="how each visitor talks to the app: Gradio's plain HTTP API, as a browser does (default), "
+                        help="how each visitor talks to the app: Gradio's HTTP queue, as a browser tab does (default), "
                              "or gradio_client (about 100 ms of client CPU per request, taken from the server here)")
     parser.add_argument("--visitors-nice", type=int, default=19,
                         help="niceness of the simulated visitors' process (19, the default: they yield the CPUs to "

@@ -13,13 +13,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
+
 from deit_demo import bench
 from deit_demo.artifacts import ArtifactStore
-from deit_demo.cpus import CpuBudget
+from deit_demo.cpus import CpuBudget, torch_threads
 from deit_demo.errors import describe, log_unexpected
 from deit_demo.models import LoadedModel
 from deit_demo.pipeline import check_inputs, run_conversion
-from deit_demo.variants import Runner
+from deit_demo.variants import Runner, get_variant
 
 AUTO = "auto"
 AUTO_TITLE = "Auto (fastest verified)"
@@ -54,6 +56,9 @@ class AutoChoice:
     rejected: dict[str, str] = field(default_factory=dict)  # candidate -> why Auto does not use it
     seconds: float = 0.0
     runner: Runner | None = field(default=None, repr=False)  # held here, so the LRU of variants never evicts it
+    # Thread counts the runner is ready for without compiling: the serving count, and the share left to a visitor
+    # while a convert or benchmark job holds the other CPUs (so the two never run more threads than there are CPUs)
+    warm_threads: frozenset[int] = frozenset()
 
     @property
     def speedup(self) -> float | None:
@@ -182,6 +187,13 @@ class AutoServe:
             # Loaded again for serving: runtimes fix their thread count when loaded (Lab.runner loads with the
             # serving threads); these were loaded with this job's share of the CPUs.
             choice.runner = self.lab.runner(loaded, fastest)
+            choice.warm_threads = frozenset({self.lab.serve_threads()})
+            if get_variant(fastest).compiles_per_shape and threads != self.lab.serve_threads():
+                # An inductor graph is compiled per thread count (DeiT-B: 15 s): compiled here for this job's share
+                # too, so that a visitor served during a benchmark runs on the CPUs left, not on all of them.
+                with torch_threads(threads), torch.inference_mode():
+                    choice.runner(next(iter(inputs.values())))
+                choice.warm_threads |= {threads}
         choice.median_ms = {name: round(ms, 2) for name, ms in medians.items()}
         choice.variant, choice.agreement = fastest, agreement.get(fastest)
         choice.checked = len(inputs)

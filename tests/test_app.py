@@ -35,6 +35,20 @@ def client(app):
     return Client(app.local_url, verbose=False)
 
 
+def test_modules_gradio_retries_are_marked_missing_only_where_they_are(monkeypatch):
+    import sys
+
+    from deit_demo.ui import mark_missing_imports
+
+    monkeypatch.delitem(sys.modules, "deit_demo_no_such_module", raising=False)
+    monkeypatch.setitem(sys.modules, "json", sys.modules["json"])  # restored after, whatever happens
+    assert mark_missing_imports(("json", "deit_demo_no_such_module")) == ["deit_demo_no_such_module"]
+    assert sys.modules["json"] is not None and sys.modules["deit_demo_no_such_module"] is None
+    with pytest.raises(ImportError):
+        import deit_demo_no_such_module  # noqa: F401
+    monkeypatch.delitem(sys.modules, "deit_demo_no_such_module")
+
+
 def test_no_model_loaded_before_first_request():
     demo = build_app(AppConfig(model="deit_tiny", auto_prepare=False))
     assert len(demo.lab.cache) == 0

@@ -206,6 +206,30 @@ def test_auto_serves_the_original_until_the_fast_variant_is_verified(store):
     assert served.top1.index == first.top1.index  # verified: the same answer as the original
 
 
+def test_auto_serves_a_compiled_variant_on_the_cpus_a_benchmark_leaves(store):
+    # A graph compiled for 2 threads still runs 2 while a benchmark holds one of the 2 CPUs: three threads on two
+    # cores. Auto's runner is compiled for the share left too, and runs with it, without compiling on a visitor's time.
+    from torch._dynamo.utils import counters
+
+    from deit_demo.cpus import CpuBudget
+
+    lab = Lab(AppConfig(model="deit_tiny", store_root=str(store.root), auto_variants=("pt2e_int8",),
+                        auto_prepare=False))
+    lab.cpus = CpuBudget(total=2)  # serving: 2 threads; a convert or benchmark job: 1
+    choice = lab.auto.prepare("deit_tiny")
+    assert choice.variant == "pt2e_int8", choice.sentence()
+    assert choice.warm_threads == {1, 2}
+    counts, fn = [], choice.runner.fn
+    choice.runner.fn = lambda x: counts.append(torch.get_num_threads()) or fn(x)
+    cat = str(example_images()[1])
+    _, alone = lab.classify(cat, "deit_tiny", AUTO)
+    graphs = counters["stats"]["unique_graphs"]
+    with lab.cpus.take(lab.heavy_cpus()):  # what a benchmark holds while it runs
+        _, shared = lab.classify(cat, "deit_tiny", AUTO)
+    assert counts == [2, 1] and counters["stats"]["unique_graphs"] == graphs  # no compile on the visitor's time
+    assert shared.top1.index == alone.top1.index
+
+
 def test_auto_never_serves_a_variant_that_disagrees(store, monkeypatch):
     def disagreeing(reference, candidate):
         return pipeline.AnswerCheck(top1_agreement=0.75, top5_overlap=1.0, max_abs_diff=1.0)
