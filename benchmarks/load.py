@@ -1,7 +1,7 @@
 """Load test of the app: N simulated users classify the examples while one DeiT-B benchmark runs.
 
     python benchmarks/load.py [--users 8] [--requests 6] [--model deit_base] [--variant auto] [--bench-model deit_base]
-                              [--client http|gradio_client] [--visitors-nice 19]
+                              [--client http|gradio_client] [--visitors-nice 19] [--idle-phases 1]
 
 Starts the app in this process on 127.0.0.1 (random weights, offline; traffic never leaves loopback), waits until
 Auto has prepared its variant for the model (what a Space does in the background after start), then:
@@ -162,6 +162,8 @@ def main() -> int:
     parser.add_argument("--model", default="deit_base", help="model the users classify with")
     parser.add_argument("--variant", default="auto", help="what the users ask for (auto: the app's default)")
     parser.add_argument("--max-batch-size", type=int, default=None, help="override AppConfig.max_batch_size")
+    parser.add_argument("--idle-phases", type=int, default=1,
+                        help="run the phase with no benchmark this many times, back to back (its spread)")
     parser.add_argument("--bench-model", default="deit_base")
     parser.add_argument("--bench-runs", type=int, default=10)
     parser.add_argument("--classify-threads", type=int, default=None, help="override AppConfig.classify_threads")
@@ -196,7 +198,9 @@ def main() -> int:
         bench_args = (args.bench_model, ["original", "scripted_int8", "onnx_int8"], 2, 1, bench.usable_cpus(), "1")
         Client(url, verbose=False).predict(*bench_args, api_name="/benchmark")  # converts once, untimed
 
-        baseline = phase(url, args.users, args.requests, args.model, args.variant, args.visitors_nice, args.client)
+        baselines = [phase(url, args.users, args.requests, args.model, args.variant, args.visitors_nice, args.client)
+                     for _ in range(max(1, args.idle_phases))]
+        baseline = baselines[0]
         bench_out: dict = {}
 
         def run_benchmark() -> None:
@@ -227,7 +231,8 @@ def main() -> int:
               f"not used: {choice.rejected or 'none'})")
     print()
     rows = []
-    for name, rec in (("no benchmark", baseline), ("benchmark running", loaded)):
+    idle = [("no benchmark" + (f" ({i + 1})" if len(baselines) > 1 else ""), rec) for i, rec in enumerate(baselines)]
+    for name, rec in idle + [("benchmark running", loaded)]:
         total = rec["ok"] + rec["errors"] + rec["queue_full"]
         consistent = all(len(labels) == 1 for labels in rec["top1"].values())
         rows.append({"phase": name, "success": f"{rec['ok']}/{total}",
@@ -243,7 +248,7 @@ def main() -> int:
                      "simulated visitors' CPU": f"{rec['visitors_cpu_s'] / (rec['wall_s'] * bench.usable_cpus()):.0%}"})
     print(to_markdown(rows))
     print(f"\npeak RSS of the server process: {rss.peak / 2**20:.0f} MiB")
-    for message in (baseline["messages"] + loaded["messages"])[:5]:
+    for message in ([m for rec in baselines for m in rec["messages"]] + loaded["messages"])[:5]:
         print(f"  error: {message}")
     if baseline["latency_ms"]:
         print(f"median slowdown under the benchmark: "

@@ -243,7 +243,8 @@ def build_decide_tab(lab: Lab) -> None:
 
 
 # Gradio tries these on every event (matplotlib) and for every plot of every new session (bokeh); where they are not
-# installed, each try walks sys.path: 16% of the event loop's time per classification here (py-spy, 8 visitors).
+# installed, each try walks sys.path: 16% of the event loop's time per classification through the /call/ API (a new
+# session per request), 5% with a session per visitor (py-spy, 8 visitors).
 GRADIO_RETRIED_IMPORTS = ("matplotlib", "bokeh")
 
 

@@ -238,3 +238,20 @@ def test_classify_defaults_to_auto_and_names_the_variant_it_used(app, client):
     choice = app.lab.auto.choice(app.lab.model("deit_tiny"))
     assert f"({choice.variant}, DeiT-Ti" in out[1] and choice.sentence() in out[1]
     assert "mobile_optimized" in choice.rejected
+
+
+def test_the_load_benchmarks_browser_like_visitor_gets_answers_in_one_session(app):
+    # benchmarks/load.py's default visitor speaks the browser's queue protocol (one session, join, event stream)
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "load.py"
+    spec = importlib.util.spec_from_file_location("load_benchmark", path)
+    load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load)
+    predict = load.http_predict(app.local_url)
+    for image in example_images()[:2]:
+        out = predict(image, "deit_tiny", "original")
+        assert "for the forward pass (original" in out[1] and len(confidences(out[2])) == 5
+    with pytest.raises(RuntimeError, match="error"):
+        predict(Path(__file__), "deit_tiny", "original")  # not an image: the visitor sees Gradio's error event
