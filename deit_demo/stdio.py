@@ -13,7 +13,7 @@ import threading
 _LOCK = threading.Lock()
 
 # Kineto's "External init callback must run in same thread as registerClient": printed once, when a process first
-# profiles on a thread other than its main thread (the app's benchmarks always do); CPU events are recorded all the same.
+# profiles on a thread other than its main thread (as the app's benchmarks do); CPU events are recorded all the same.
 PROFILER_NOISE = re.compile(r"^(USDT|STAGE):|gpuGetDeviceCount failed|Completed Stage:|External init callback must run")
 EXECUTORCH_NOISE = re.compile(r"^\[(cpuinfo_utils|threadpool)\.cpp:\d+\]")
 
