@@ -112,6 +112,20 @@ def test_the_serving_thread_runs_every_pass_on_one_thread_in_the_callers_context
     assert serving.run(lambda: 2) == 2 and ran == []
 
 
+def test_the_serving_thread_ends_when_idle_and_comes_back_on_demand():
+    # Its OpenMP team would otherwise slow every other thread's parallel regions for as long as the process lives
+    from deit_demo.cpus import ServingThread
+
+    serving = ServingThread("test-idle-serve", idle_s=0.2)
+    first = serving.run(threading.get_ident)
+    deadline = time.monotonic() + 10
+    while any(t.name == "test-idle-serve" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "test-idle-serve" for t in threading.enumerate())
+    second = serving.run(threading.get_ident)
+    assert serving.run(threading.get_ident) == second and second != threading.get_ident() and first
+
+
 def test_a_lab_serves_visitors_on_other_threads_from_the_serving_thread(monkeypatch):
     from deit_demo import service
     from deit_demo.cpus import SERVING
