@@ -3,14 +3,14 @@
     python benchmarks/explore_int8.py [--model deit_base] [--threads 2] [--runs 20] [--only NAME,...] [--store DIR]
 
 The pt2e_int8 graph (X86 inductor quantizer, calibrated on the example images), compiled several ways:
-  shipped         what pt2e_int8 does: dynamic-batch export, torch.compile(dynamic=False) with freezing, and (on CPUs
-                  with native bf16) attention's two products in bf16
+  shipped         what pt2e_int8 does: dynamic-batch export, torch.compile(dynamic=False) with freezing and inductor's
+                  C++ wrapper, and (on CPUs with native bf16) attention's two products in bf16
   fp32_attention  as shipped, with attention left as inductor's fp32 flash-attention kernel (shipped until 2026-11-26)
   no_freezing     the same without freezing: what constant folding and oneDNN weight prepacking give
   static_b1       exported with a static batch of 1 (no symbolic batch anywhere in the graph), then as shipped
   max_autotune    as shipped with mode="max-autotune": inductor times its C++ GEMM templates against oneDNN per shape
-  cpp_wrapper     as shipped, with inductor's C++ wrapper instead of its Python one (less per-kernel call overhead;
-                  about twice the compile time)
+  python_wrapper  as shipped, with inductor's Python wrapper instead of its C++ one (shipped until 2026-11-26): a
+                  Python call per kernel, and the GIL taken back between kernels
   int8_attention  q·kᵀ and attn·v quantized too (timm's fused attention off, the X86 quantizer's matmul recipe), with
                   torchao's int8 SDPA fusion pass registered; reports whether the fusion matched
 Peers from the artifact store: openvino_int8 and onnx_int8 (converted on first use). Prints medians, p90s, top-1
@@ -35,7 +35,7 @@ from deit_demo.variants.base import export_dynamic_batch
 from deit_demo.cpus import native_bf16
 from deit_demo.variants.compiled import attention_in_bf16, drop_unused_parameters
 
-KNOBS = ["shipped", "fp32_attention", "no_freezing", "static_b1", "max_autotune", "cpp_wrapper", "int8_attention"]
+KNOBS = ["shipped", "fp32_attention", "no_freezing", "static_b1", "max_autotune", "python_wrapper", "int8_attention"]
 PEERS = ["openvino_int8", "onnx_int8"]
 
 
@@ -64,7 +64,7 @@ def quantize(model: torch.nn.Module, ctx, *, static_batch: bool, matmul: bool) -
 
 
 def compile_knob(graph: torch.fx.GraphModule, x: torch.Tensor, *, freezing: bool = True, mode: str | None = None,
-                 cpp_wrapper: bool = False):
+                 cpp_wrapper: bool = True):
     import torch._inductor.config as inductor_config
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401  (inductor's int8 passes)
 
@@ -89,7 +89,7 @@ def build(knob: str, model, ctx, x):
         attention_in_bf16(graph)
     counters.clear()
     fn = compile_knob(graph, x, freezing=knob != "no_freezing", mode="max-autotune" if knob == "max_autotune" else None,
-                      cpp_wrapper=knob == "cpp_wrapper")
+                      cpp_wrapper=knob != "python_wrapper")
     fused = {k: v for k, v in counters["inductor"].items() if k.endswith("_count") and ("sdpa" in k or "qlinear" in k)}
     if knob == "int8_attention":
         torch._inductor.config.post_grad_custom_pre_pass = None

@@ -337,14 +337,40 @@ def test_a_compiled_int8_runner_runs_its_prepacked_kernels_for_every_kind_of_inp
     # A tensor made inside inference_mode differs from one made outside only in its dispatch keys; dynamo recompiles
     # for it, and that compile must be frozen too. It was not (the runner's own guard ignored the difference): DeiT-B
     # pt2e_int8 then ran at 262 ms per image instead of 54 whenever its input was made inside inference_mode.
-    from torch.profiler import ProfilerActivity, profile
+    # The int8 linears fuse into prepacked oneDNN kernels only in a frozen compile (the pattern matcher's qlinear
+    # counters); the C++ wrapper calls them directly, so a profile no longer lists them.
+    from torch._dynamo.utils import counters
 
-    runner = loaded_runners["pt2e_int8"]
+    runner, compiled = loaded_runners["pt2e_int8"], []
     made_outside = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():
         for x in (torch.randn(1, 3, 224, 224), made_outside):
+            counters.clear()
             runner(x)  # compiles, where this kind of input is new
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                runner(x)
-            ops = {e.key for e in prof.key_averages()}
-            assert "onednn::qlinear_pointwise" in ops, sorted(ops)[:20]
+            if counters["stats"]["unique_graphs"]:
+                compiled.append(x.is_inference())
+                fused = sum(v for k, v in counters["inductor"].items() if "qlinear" in k and k.endswith("_count"))
+                assert fused >= 12 * 4, dict(counters["inductor"])  # every block's 4 linears at least
+    assert True in compiled  # the input made inside inference_mode is new to the runner
+
+
+@pytest.mark.parametrize("key", [k for k, v in VARIANTS.items() if v.compiles_per_shape])
+def test_a_compiled_pass_runs_in_cpp_not_a_python_call_per_kernel(key, rows, loaded_runners, store):
+    # Inductor's Python wrapper calls each kernel from Python and takes the GIL back between kernels, so any other
+    # Python thread (Gradio's event loop) stalled the pass at every kernel: DeiT-B pt2e_int8 served at 70-81 ms per
+    # image instead of 58-62. Its C++ wrapper runs the whole pass in one call without the GIL.
+    import sys
+
+    if rows[key].status != "ok":
+        pytest.skip(rows[key].reason)
+    runner, x, calls = loaded_runners[key], torch.randn(1, 3, 224, 224), []
+    with torch.inference_mode():
+        runner(x)
+        sys.setprofile(lambda frame, event, _: calls.append(frame.f_code) if event == "call" else None)
+        try:
+            runner(x)
+        finally:
+            sys.setprofile(None)
+    generated = [c.co_name for c in calls if c.co_filename.startswith(str(store.root))]
+    per_kernel = [c for c in calls if c.co_name == "__call__" and c.co_filename.endswith("torch/_ops.py")]
+    assert generated and "call" not in generated and not per_kernel, (generated, len(per_kernel))

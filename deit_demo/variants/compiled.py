@@ -79,6 +79,10 @@ def compile_frozen(module: nn.Module, example: torch.Tensor, cache_dir: Path) ->
     call (the benchmark's warm-up absorbs it; serving keeps the thread count fixed), and must do so with freezing on:
     without it the int8 weights are not prepacked and the graph ran at eager fp32 speed. (Freezing as a torch.compile
     option instead fails to lower the int8 weight prepacking in torch 2.14.1.)
+
+    With inductor's C++ wrapper, a call is one C++ function that releases the GIL for the whole pass. Its Python
+    wrapper takes the GIL back between kernels, so any other Python thread stalled it at each kernel: in the app,
+    Gradio's event loop took DeiT-B pt2e_int8 from 58-62 to 70-81 ms per image (benchmarks/load.py, same sitting).
     """
     import torch._inductor.config as inductor_config
 
@@ -91,7 +95,7 @@ def compile_frozen(module: nn.Module, example: torch.Tensor, cache_dir: Path) ->
                torch.is_inference_mode_enabled(), torch.get_num_threads())
         if key in seen:
             return compiled(x)
-        with COMPILE_LOCK, inductor_cache(cache_dir), inductor_config.patch(freezing=True):
+        with COMPILE_LOCK, inductor_cache(cache_dir), inductor_config.patch(freezing=True, cpp_wrapper=True):
             out = compiled(x)
         seen.add(key)
         return out
