@@ -11,8 +11,9 @@ T = TypeVar("T")
 
 
 class BoundedCache(Generic[T]):
-    """Keeps the `max_items` most recently used values; `get(key, make)` builds a missing one under the lock, so two
-    threads asking for the same model never build it twice."""
+    """Keeps the `max_items` most recently used values. `get(key, make)` builds a missing value once however many
+    threads ask for it, and holds no lock that others need meanwhile: a cached value is handed out at once while
+    another key is built (a compile of minutes must not stall every visitor)."""
 
     def __init__(self, max_items: int):
         if max_items < 1:
@@ -20,17 +21,31 @@ class BoundedCache(Generic[T]):
         self.max_items = max_items
         self._items: OrderedDict[Hashable, T] = OrderedDict()
         self._lock = threading.Lock()
+        self._building: dict[Hashable, threading.Lock] = {}
 
     def get(self, key: Hashable, make: Callable[[], T]) -> T:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            value = make()
-            self._items[key] = value
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
-            return value
+        while True:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+                build = self._building.setdefault(key, threading.Lock())
+            with build:
+                with self._lock:
+                    if self._building.get(key) is not build:
+                        continue  # built (or failed) while this thread waited: look again
+                try:
+                    value = make()
+                except BaseException:
+                    with self._lock:
+                        del self._building[key]
+                    raise
+                with self._lock:
+                    del self._building[key]
+                    self._items[key] = value
+                    while len(self._items) > self.max_items:
+                        self._items.popitem(last=False)
+                return value
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items

@@ -124,6 +124,24 @@ class CpuBudget:
                 self._cond.notify_all()
 
 
+def on_own_thread(fn: Callable[[], T], *, name: str = "deit-job") -> T:
+    """`fn()` on a new thread that ends with it (in the caller's context), for work whose OpenMP team should not
+    outlive it: libgomp keeps a team for every thread that ran a parallel region, for as long as that thread lives."""
+    future: Future = Future()
+    context = contextvars.copy_context()
+
+    def work() -> None:
+        try:
+            future.set_result(context.run(fn))
+        except BaseException as err:  # the caller re-raises it
+            future.set_exception(err)
+
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    return future.result()
+
+
 class ServingThread:
     """One thread for every forward pass that answers a visitor, whichever thread asked for it.
 

@@ -21,12 +21,13 @@ from deit_demo import bench, charts
 from deit_demo.artifacts import DEFAULT_CAP_BYTES, ArtifactStore
 from deit_demo.cache import BoundedCache
 from deit_demo.classify import ClassifyResult, classify_tensors
-from deit_demo.cpus import SERVING, CpuBudget, torch_threads
+from deit_demo.cpus import SERVING, CpuBudget, on_own_thread, torch_threads
 from deit_demo.errors import DeitDemoError
 from deit_demo.evaluate import AccuracyResult, evaluate
 from deit_demo.images import ImageSource, load_image, preprocess
 from deit_demo.models import DEFAULT_MODEL, MODELS, LoadedModel, ModelCache, get_spec
-from deit_demo.pipeline import ConversionResult, ProgressFn, prepare, run_conversion, variant_context
+from deit_demo.pipeline import (ConversionResult, ProgressFn, check_inputs, prepare, run_conversion,
+                                variant_context)
 from deit_demo.report import weights_banner
 from deit_demo.serving import AUTO, AUTO_CANDIDATES, AutoServe
 from deit_demo.variants import Runner, VariantContext, get_variant, parse_variant_keys
@@ -127,8 +128,10 @@ class Lab:
     def banner(self, loaded: LoadedModel, *, markdown: bool = True) -> str:
         return weights_banner(loaded, self.fallbacks.get(loaded.spec.key, ""), markdown=markdown)
 
-    def runner(self, loaded: LoadedModel, key: str, tome_r: int | None = None) -> Runner:
-        """A loaded variant for classification, converted on first use and kept in a small LRU."""
+    def runner(self, loaded: LoadedModel, key: str, tome_r: int | None = None, *,
+               adopt: Runner | None = None) -> Runner:
+        """A loaded variant for classification, converted on first use and kept in a small LRU. `adopt`: a runner
+        already loaded from the verified file (Auto's check of an inductor graph), kept instead of compiling again."""
         variant = get_variant(key)
         # The cache key needs only the spec and r; the full context (preprocessed calibration images) is built only
         # when the runner must be prepared, not on every classification.
@@ -137,10 +140,27 @@ class Lab:
         def load() -> Runner:
             # Loaded with the serving thread count: ONNX Runtime and OpenVINO fix theirs at load, and an inductor
             # graph is compiled for the thread count it is first called with.
+            if adopt is not None:
+                example = next(iter(check_inputs(loaded.spec, noise=1).values()))  # made as a visitor's image is
+                with torch_threads(self.serve_threads()), torch.inference_mode():
+                    adopt(example)  # compiled for the serving threads now, not on a visitor's time
+                return adopt
             with torch_threads(self.serve_threads()):
                 return prepare(variant, loaded, self.store, variant_context(loaded.spec, self.store, tome_r))[2]
 
         return self._runners.get((loaded.spec.key, loaded.weights_id, name), load)
+
+    def _load_for(self, model_key: str, variant_keys: set[str], tome_r: int | None) -> None:
+        """The model and the named variants loaded before the visitor's turn on the serving thread, on a thread of
+        their own: a compile or conversion there would hold up every other visitor (DeiT-B pt2e_int8: 15 s and more),
+        and a compile on a thread that outlives it would keep an OpenMP team that slows the serving thread's."""
+        def load() -> None:
+            loaded = self.model(model_key)
+            for key in variant_keys - {AUTO, "original"}:
+                with self.cpus.take(self.heavy_cpus(), timeout_s=60):
+                    self.runner(loaded, key, tome_r)
+
+        on_own_thread(load, name="deit-load")
 
     # ---------------------------------------------------------------------------------------------- visitors
 
@@ -184,6 +204,7 @@ class Lab:
             raise DeitDemoError(f"top-k must be a whole number from 1 to 1000 (got {k!r}).")
         if variant_key == AUTO and wait_auto:
             self.auto.prepare(model_key)  # before taking CPUs for the answer: preparing takes its own share
+        self._load_for(model_key, {variant_key}, tome_r)
 
         def serve() -> tuple[LoadedModel, ClassifyResult | DeitDemoError]:
             with self.cpus.take(self.serve_threads(), timeout_s=60):
@@ -207,6 +228,11 @@ class Lab:
         groups: dict[tuple[str, str], list[int]] = {}
         for i, (model_key, variant_key) in enumerate(zip(model_keys, variant_keys)):
             groups.setdefault((model_key, variant_key or AUTO), []).append(i)
+        for model_key in {m for m, _ in groups}:
+            try:
+                self._load_for(model_key, {v for m, v in groups if m == model_key}, None)
+            except DeitDemoError:
+                pass  # answered per item on the serving thread, which meets the same error
 
         def serve() -> list:
             with self.cpus.take(self.serve_threads(), timeout_s=60):

@@ -13,11 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import torch
 
 from deit_demo import bench
 from deit_demo.artifacts import ArtifactStore
-from deit_demo.cpus import CpuBudget, torch_threads
+from deit_demo.cpus import CpuBudget
 from deit_demo.errors import describe, log_unexpected
 from deit_demo.models import LoadedModel
 from deit_demo.pipeline import check_inputs, run_conversion
@@ -37,7 +36,8 @@ class Lab(Protocol):
     cpus: CpuBudget
 
     def model(self, key: str) -> LoadedModel: ...
-    def runner(self, loaded: LoadedModel, key: str, tome_r: int | None = None) -> Runner: ...
+    def runner(self, loaded: LoadedModel, key: str, tome_r: int | None = None, *,
+               adopt: Runner | None = None) -> Runner: ...
     def heavy_cpus(self, requested: int | None = None) -> int: ...
     def serve_threads(self) -> int: ...
 
@@ -184,16 +184,17 @@ class AutoServe:
         medians = {name: bench.LatencyStats(s).median_ms for name, s in samples.items() if s and name not in failed}
         fastest = min(medians, key=medians.get) if medians else "original"
         if fastest != "original":
-            # Loaded again for serving: runtimes fix their thread count when loaded (Lab.runner loads with the
-            # serving threads); these were loaded with this job's share of the CPUs.
-            choice.runner = self.lab.runner(loaded, fastest)
-            choice.warm_threads = frozenset({self.lab.serve_threads()})
-            if get_variant(fastest).compiles_per_shape and threads != self.lab.serve_threads():
-                # An inductor graph is compiled per thread count (DeiT-B: 15 s): compiled here for this job's share
-                # too, so that a visitor served during a benchmark runs on the CPUs left, not on all of them.
-                with torch_threads(threads), torch.inference_mode():
-                    choice.runner(next(iter(inputs.values())))
-                choice.warm_threads |= {threads}
+            if get_variant(fastest).compiles_per_shape:
+                # The checked inductor graph is already compiled for this job's share of the CPUs, so that a visitor
+                # served during a benchmark runs on the CPUs left, not on all of them; Lab.runner compiles it for the
+                # serving threads as well (DeiT-B: 15 s a compile), here rather than on a visitor's time.
+                choice.runner = self.lab.runner(loaded, fastest, adopt=runners[fastest])
+                choice.warm_threads = frozenset({self.lab.serve_threads(), threads})
+            else:
+                # Loaded again for serving: runtimes fix their thread count when loaded (Lab.runner loads with the
+                # serving threads); this one was loaded with this job's share of the CPUs.
+                choice.runner = self.lab.runner(loaded, fastest)
+                choice.warm_threads = frozenset({self.lab.serve_threads()})
         choice.median_ms = {name: round(ms, 2) for name, ms in medians.items()}
         choice.variant, choice.agreement = fastest, agreement.get(fastest)
         choice.checked = len(inputs)

@@ -1,6 +1,7 @@
 import threading
 import time
 
+import pytest
 import torch
 
 from deit_demo import DeitDemoError
@@ -146,3 +147,63 @@ def test_a_lab_serves_visitors_on_other_threads_from_the_serving_thread(monkeypa
         t.join()
     lab.classify(image, "deit_digits")
     assert len(passes) == 3 and set(passes) == {SERVING.run(threading.get_ident)}
+
+
+def test_a_cache_hands_out_what_it_has_while_another_key_builds_and_builds_each_once():
+    from deit_demo.cache import BoundedCache
+
+    cache: BoundedCache[str] = BoundedCache(4)
+    cache.get("ready", lambda: "r")
+    started, release, builds = threading.Event(), threading.Event(), []
+
+    def slow() -> str:
+        builds.append(1)
+        started.set()
+        assert release.wait(10)
+        return "slow"
+
+    got = []
+    builders = [threading.Thread(target=lambda: got.append(cache.get("slow", slow))) for _ in range(3)]
+    for t in builders:
+        t.start()
+    assert started.wait(10)
+    assert cache.get("ready", lambda: "other") == "r"  # not held up by the build in progress
+    release.set()
+    for t in builders:
+        t.join()
+    assert got == ["slow"] * 3 and builds == [1]
+    with pytest.raises(ValueError):
+        cache.get("bad", lambda: int("x"))
+    assert cache.get("bad", lambda: "fine") == "fine"  # a failed build leaves nothing behind
+
+
+def test_a_variant_loads_off_the_serving_thread_so_other_visitors_are_served_meanwhile(monkeypatch):
+    # A visitor who picks a compiled variant by name waits for its compile (DeiT-B: 15 s and more); the others must
+    # not, and the compile's OpenMP team must not outlive it on a long-lived thread.
+    from deit_demo import service
+    from deit_demo.pipeline import example_images
+    from deit_demo.service import AppConfig, Lab
+
+    lab = Lab(AppConfig(model="deit_digits", auto_prepare=False))
+    loading, release, loaders = threading.Event(), threading.Event(), []
+
+    def slow_prepare(variant, loaded, store, ctx):
+        loaders.append(threading.current_thread())
+        loading.set()
+        assert release.wait(30)
+        return None, None, loaded.model
+
+    monkeypatch.setattr(service, "prepare", slow_prepare)
+    image = str(example_images()[0])
+    picked = []
+    visitor = threading.Thread(target=lambda: picked.append(lab.classify(image, "deit_digits", "onnx_fp32")[1]))
+    visitor.start()
+    assert loading.wait(30)
+    try:
+        _, other = lab.classify(image, "deit_digits", "original")  # served while the load is under way
+        assert other.variant == "original"
+    finally:
+        release.set()
+        visitor.join()
+    assert picked[0].variant == "onnx_fp32" and picked[0].top1.index == other.top1.index
+    assert loaders[0].name == "deit-load" and not loaders[0].is_alive()

@@ -222,8 +222,8 @@ def test_auto_serves_a_compiled_variant_on_the_cpus_a_benchmark_leaves(store):
     counts, fn = [], choice.runner.fn
     choice.runner.fn = lambda x: counts.append(torch.get_num_threads()) or fn(x)
     cat = str(example_images()[1])
-    _, alone = lab.classify(cat, "deit_tiny", AUTO)
     graphs = counters["stats"]["unique_graphs"]
+    _, alone = lab.classify(cat, "deit_tiny", AUTO)
     with lab.cpus.take(lab.heavy_cpus()):  # what a benchmark holds while it runs
         _, shared = lab.classify(cat, "deit_tiny", AUTO)
     assert counts == [2, 1] and counters["stats"]["unique_graphs"] == graphs  # no compile on the visitor's time
