@@ -128,15 +128,9 @@ def on_own_thread(fn: Callable[[], T], *, name: str = "deit-job") -> T:
     """`fn()` on a new thread that ends with it (in the caller's context), for work whose OpenMP team should not
     outlive it: libgomp keeps a team for every thread that ran a parallel region, for as long as that thread lives."""
     future: Future = Future()
-    context = contextvars.copy_context()
-
-    def work() -> None:
-        try:
-            future.set_result(context.run(fn))
-        except BaseException as err:  # the caller re-raises it
-            future.set_exception(err)
-
-    thread = threading.Thread(target=work, name=name, daemon=True)
+    future.set_running_or_notify_cancel()
+    thread = threading.Thread(target=_settle, args=(future, functools.partial(contextvars.copy_context().run, fn)),
+                              name=name, daemon=True)
     thread.start()
     thread.join()
     return future.result()
@@ -192,10 +186,15 @@ class ServingThread:
                         return
                 continue
             if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as err:  # the caller re-raises it
-                    future.set_exception(err)
+                _settle(future, fn)
+
+
+def _settle(future: Future, fn: Callable[[], T]) -> None:
+    """`fn()`'s result or exception into a running `future` (its caller re-raises an exception)."""
+    try:
+        future.set_result(fn())
+    except BaseException as err:
+        future.set_exception(err)
 
 
 SERVING = ServingThread()  # one per process: the point is one OpenMP team per process

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-
 from deit_demo import bench
 from deit_demo.artifacts import ArtifactStore
 from deit_demo.cpus import CpuBudget
@@ -189,7 +188,9 @@ class AutoServe:
                 # served during a benchmark runs on the CPUs left, not on all of them; Lab.runner compiles it for the
                 # serving threads as well (DeiT-B: 15 s a compile), here rather than on a visitor's time.
                 choice.runner = self.lab.runner(loaded, fastest, adopt=runners[fastest])
-                choice.warm_threads = frozenset({self.lab.serve_threads(), threads})
+                # (One a visitor had loaded by name meanwhile is served instead: compiled for the serving threads only.)
+                adopted = choice.runner is runners[fastest]
+                choice.warm_threads = frozenset({self.lab.serve_threads()} | ({threads} if adopted else set()))
             else:
                 # Loaded again for serving: runtimes fix their thread count when loaded (Lab.runner loads with the
                 # serving threads); this one was loaded with this job's share of the CPUs.
