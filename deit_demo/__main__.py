@@ -43,7 +43,8 @@ def _lab(args):
     from deit_demo.service import AppConfig, Lab
 
     return Lab(AppConfig(model=args.model, weights=args.weights, store_root=args.store, reserved_cpus=0,
-                         fallback_to_random=False, eval_data=getattr(args, "data", None)))
+                         fallback_to_random=False, eval_data=getattr(args, "data", None),
+                         isolate_conversions=False))  # one user: nothing to stall, and tracebacks stay whole
 
 
 def _emit(args, text: str = "") -> None:
@@ -207,7 +208,7 @@ def cmd_sweep(args) -> int:
                                     budget_mb=args.budget_mb, min_top1=args.min_top1,
                                     min_agreement=args.min_agreement)
     lab = Lab(AppConfig(model=settings.models[0], weights=args.weights, store_root=args.store, reserved_cpus=0,
-                        fallback_to_random=False))
+                        fallback_to_random=False, isolate_conversions=False))
     progress = TqdmProgress()
     rows = decide.run_sweep(settings, lambda key: lab.cache.get(key, settings.weights), lab.store, progress=progress)
     progress.close()

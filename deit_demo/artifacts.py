@@ -63,9 +63,10 @@ def sha256_file(path: Path) -> str:
 class ArtifactStore:
     """A folder of verified artifacts with a size cap and least-recently-used eviction."""
 
-    def __init__(self, root: Path | str | None = None, cap_bytes: int = DEFAULT_CAP_BYTES):
+    def __init__(self, root: Path | str | None = None, cap_bytes: int = DEFAULT_CAP_BYTES, *, isolate: bool = False):
         self.root = Path(root) if root else default_root()
         self.cap_bytes = cap_bytes
+        self.isolate = isolate  # convert in a child process (deit_demo.converter): what a shared server's store does
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from deit_demo.artifacts import Artifact, ArtifactStore
+from deit_demo.converter import convert_in_child
 from deit_demo.errors import DeitDemoError, check_cancel, describe
 from deit_demo.models import DEFAULT_MODEL, MODELS, LoadedModel, ModelSpec, get_spec
 from deit_demo.variants import Runner, Variant, VariantContext, get_variant
@@ -117,9 +118,13 @@ def convert_variant(variant: Variant, loaded: LoadedModel, store: ArtifactStore,
         return found, True
     workdir = store.new_workdir()
     try:
-        # A copy: exporters patch the module while tracing (non-strict torch.export swaps in fake parameters), and the
-        # same module answers visitors on other threads meanwhile; they saw fake tensors and failed.
-        artifact = variant.convert(copy.deepcopy(loaded.model), workdir, ctx, weights_id=loaded.weights_id)
+        if store.isolate:
+            artifact = convert_in_child(variant.key, loaded.model, workdir, ctx, loaded.weights_id)
+        else:
+            # A copy: exporters patch the module while tracing (non-strict torch.export swaps in fake parameters), and
+            # the same module may answer on other threads meanwhile; they saw fake tensors and failed.
+            with COMPILE_LOCK:
+                artifact = variant.convert(copy.deepcopy(loaded.model), workdir, ctx, weights_id=loaded.weights_id)
         return store.commit(workdir, artifact), False
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -136,8 +141,8 @@ def prepare(variant: Variant, loaded: LoadedModel, store: ArtifactStore,
     """Convert (or reuse) and load one variant: (artifact, reused, runner). Raises if it cannot be prepared."""
     require_available(variant)
     ctx = ctx or variant_context(loaded.spec, store)
+    artifact, reused = convert_variant(variant, loaded, store, ctx)
     with COMPILE_LOCK:
-        artifact, reused = convert_variant(variant, loaded, store, ctx)
         return artifact, reused, load_verified(variant, artifact, store, ctx)
 
 

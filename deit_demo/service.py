@@ -56,6 +56,7 @@ class AppConfig:
     auto_prepare: bool = True  # the app prepares Auto for `model` in the background as soon as it starts
     max_batch_size: int = 8  # visitors' classifications that share one forward pass
     cache_examples: bool = True  # the gallery's answers are cached lazily (for everyone, after a first click)
+    isolate_conversions: bool = True  # convert in a child process, so a conversion never stalls an answer
 
     def __post_init__(self) -> None:
         get_spec(self.model)
@@ -93,7 +94,8 @@ class Lab:
     def __init__(self, config: AppConfig | None = None):
         self.config = config or AppConfig()
         self.cache = ModelCache(self.config.max_models)
-        self.store = ArtifactStore(self.config.store_root, cap_bytes=self.config.store_cap_bytes)
+        self.store = ArtifactStore(self.config.store_root, cap_bytes=self.config.store_cap_bytes,
+                                   isolate=self.config.isolate_conversions)
         self.cpus = CpuBudget()
         self.fallbacks: dict[str, str] = {}
         self._cancels: dict[str, threading.Event] = {}
