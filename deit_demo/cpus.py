@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import gc
 import os
 import queue
 import threading
@@ -122,6 +123,19 @@ class CpuBudget:
             with self._cond:
                 self._free += granted
                 self._cond.notify_all()
+
+
+def settle_heap() -> None:
+    """After a load: one full collection, then what is alive moves out of the collector's sight (`gc.freeze`).
+
+    A loaded DeiT-B with its compiled graphs is millions of Python objects, and every full collection walked them all
+    while holding the GIL: up to a second in which no visitor's answer could be sent (measured in load.py's idle
+    phases). Frozen, later collections walk only what came after. Unfrozen first, so that what died since the last
+    load (an evicted runner's reference cycles) is collected, not kept for good.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def on_own_thread(fn: Callable[[], T], *, name: str = "deit-job") -> T:

@@ -21,7 +21,7 @@ from deit_demo import bench, charts
 from deit_demo.artifacts import DEFAULT_CAP_BYTES, ArtifactStore
 from deit_demo.cache import BoundedCache
 from deit_demo.classify import ClassifyResult, classify_tensors
-from deit_demo.cpus import SERVING, CpuBudget, on_own_thread, torch_threads
+from deit_demo.cpus import SERVING, CpuBudget, on_own_thread, settle_heap, torch_threads
 from deit_demo.errors import DeitDemoError
 from deit_demo.evaluate import AccuracyResult, evaluate
 from deit_demo.images import ImageSource, load_image, preprocess
@@ -148,7 +148,9 @@ class Lab:
                     adopt(example)  # compiled for the serving threads now, not on a visitor's time
                 return adopt
             with torch_threads(self.serve_threads()):
-                return prepare(variant, loaded, self.store, variant_context(loaded.spec, self.store, tome_r))[2]
+                runner = prepare(variant, loaded, self.store, variant_context(loaded.spec, self.store, tome_r))[2]
+            settle_heap()
+            return runner
 
         return self._runners.get((loaded.spec.key, loaded.weights_id, name), load)
 

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from deit_demo import bench
 from deit_demo.artifacts import ArtifactStore
-from deit_demo.cpus import CpuBudget
+from deit_demo.cpus import CpuBudget, settle_heap
 from deit_demo.errors import describe, log_unexpected
 from deit_demo.models import LoadedModel
 from deit_demo.pipeline import check_inputs, run_conversion
@@ -161,6 +161,7 @@ class AutoServe:
                 choice.state = "failed"
                 raise
             choice.seconds = time.perf_counter() - start
+            settle_heap()
             return choice
 
     def _choose(self, loaded: LoadedModel, choice: AutoChoice, threads: int) -> None:

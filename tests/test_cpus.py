@@ -207,3 +207,33 @@ def test_a_variant_loads_off_the_serving_thread_so_other_visitors_are_served_mea
         visitor.join()
     assert picked[0].variant == "onnx_fp32" and picked[0].top1.index == other.top1.index
     assert loaders[0].name == "deit-load" and not loaders[0].is_alive()
+
+
+def test_after_a_load_the_heap_is_out_of_the_collectors_sight_and_what_died_before_is_freed(monkeypatch):
+    import gc
+    import weakref
+
+    from deit_demo import cpus
+    from deit_demo.service import AppConfig, Lab
+
+    class Node:
+        pass
+
+    gc.collect()
+    node = Node()
+    node.cycle = node
+    gc.freeze()  # as after an earlier load
+    gone = weakref.ref(node)
+    del node
+    gc.collect()
+    assert gone() is not None  # frozen cyclic garbage outlives a normal collection...
+    cpus.settle_heap()
+    assert gone() is None  # ...until the next load settles the heap
+    gc.unfreeze()
+    calls = []
+    monkeypatch.setattr("deit_demo.service.settle_heap", lambda: calls.append(1))
+    lab = Lab(AppConfig(model="deit_digits", auto_prepare=False))
+    loaded = lab.model("deit_digits")
+    lab.runner(loaded, "scripted")
+    lab.runner(loaded, "scripted")  # a hit: nothing loaded, nothing to settle
+    assert calls == [1]
