@@ -12,7 +12,6 @@ One spawned worker converts, at a lower CPU priority, and ends when it has been 
 from __future__ import annotations
 
 import concurrent.futures
-import copy
 import multiprocessing
 import os
 import pickle
@@ -99,7 +98,7 @@ def _stop_if_idle(pool: concurrent.futures.ProcessPoolExecutor) -> None:
 
 
 def shutdown() -> None:
-    """End the worker now (tests, and a server that stops)."""
+    """End the worker now (tests; at exit, concurrent.futures ends it by itself)."""
     global _pool
     with _lock:
         pool, _pool = _pool, None
@@ -125,8 +124,7 @@ def convert_in_child(variant_key: str, model: torch.nn.Module, workdir: Path, ct
         pool = _pool_for_job()
         broken = False
         try:
-            return pool.submit(_convert_here, variant_key, str(model_file), str(workdir), copy.copy(ctx),
-                               weights_id).result()
+            return pool.submit(_convert_here, variant_key, str(model_file), str(workdir), ctx, weights_id).result()
         except BrokenProcessPool:
             broken = True
             raise DeitDemoError("The conversion process ended before it finished (it was killed, or ran out of "

@@ -13,4 +13,4 @@ python3 -m pip install -q --disable-pip-version-check --no-deps -e .  # the deit
 export HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 # Two worker processes (pytest-xdist), one test file each at a time: most of the time goes to conversions and
 # compiles, which are single-threaded Python, so a second process uses the second core (16 -> 10 minutes here).
-python3 -m pytest -q -p no:cacheprovider --timeout=600 --durations=15 -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
+python3 -m pytest -q -p no:cacheprovider --timeout=600 --durations=15 -p no:benchmark -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
