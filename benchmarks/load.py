@@ -2,6 +2,7 @@
 
     python benchmarks/load.py [--users 8] [--requests 6] [--model deit_base] [--variant auto] [--bench-model deit_base]
                               [--client http|gradio_client] [--visitors-nice 19] [--idle-phases 1]
+                              [--visitor-processes each|one]
 
 Starts the app in this process on 127.0.0.1 (random weights, offline; traffic never leaves loopback), waits until
 Auto has prepared its variant for the model (what a Space does in the background after start), then:
@@ -87,11 +88,10 @@ def http_predict(url: str):
 
 
 CLIENTS = {"http": http_predict, "gradio_client": gradio_client_predict}
+PROCESSES = {"each": "a process each", "one": "one process"}
 
 
-def user(url: str, model: str, variant: str, requests: int, record: dict, lock: threading.Lock,
-         client: str = "http") -> None:
-    predict = CLIENTS[client](url)
+def user(predict, model: str, variant: str, requests: int, record: dict, lock: threading.Lock) -> None:
     images = example_images()
     for i in range(requests):
         image = images[i % len(images)]
@@ -115,44 +115,70 @@ def user(url: str, model: str, variant: str, requests: int, record: dict, lock: 
                 record["messages"].append(f"{type(err).__name__}: {str(err)[:120]}")
 
 
+def new_record() -> dict:
+    return {"latency_ms": [], "top1": {}, "ok": 0, "errors": 0, "queue_full": 0, "messages": [], "batch": [],
+            "served_by": set(), "forward_ms": 0.0, "visitors_cpu_s": 0.0}
+
+
+def merge(records: list[dict]) -> dict:
+    out = new_record()
+    for rec in records:
+        for name in ("latency_ms", "messages", "batch"):
+            out[name] += rec[name]
+        for name in ("ok", "errors", "queue_full", "forward_ms", "visitors_cpu_s"):
+            out[name] += rec[name]
+        out["served_by"] |= rec["served_by"]
+        for image, labels in rec["top1"].items():
+            out["top1"].setdefault(image, set()).update(labels)
+    return out
+
+
 def phase(url: str, users: int, requests: int, model: str, variant: str, nice: int = 0,
-          client: str = "http") -> dict:
-    """The users run in a child process, as real visitors run on other machines: in the server's own process their
-    clients would compete with it for the GIL and make it look slower than it is. With `nice` > 0 the child also
-    yields the CPUs to the server whenever both want them (real visitors' clients run on their own CPUs); their
-    latency still counts any time their client waited for a CPU."""
+          client: str = "http", processes: str = "each") -> dict:
+    """The users run in child processes, as real visitors run on other machines: in the server's own process their
+    clients would compete with it for the GIL and make it look slower than it is. By default each visitor has its own
+    process (`processes="each"`): in one shared process their clients' Python (reading the answer, uploading the next
+    image) took turns on one GIL, so after a shared forward pass the last of them rejoined the queue late.
+    With `nice` > 0 the children also yield the CPUs to the server whenever both want them (real visitors' clients run
+    on their own CPUs); their latency still counts any time their client waited for a CPU."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    child = context.Process(target=_phase_child, args=(url, users, requests, model, variant, results, nice, client))
-    child.start()
-    record = results.get()
-    child.join()
+    groups = [1] * users if processes == "each" else [users]
+    start = context.Barrier(len(groups) + 1)  # every visitor connected before any of them starts
+    children = [context.Process(target=_phase_child, args=(url, n, requests, model, variant, results, nice, client,
+                                                           start))
+                for n in groups]
+    for child in children:
+        child.start()
+    start.wait(timeout=300)
+    began = time.perf_counter()
+    records = [results.get() for _ in children]
+    wall = time.perf_counter() - began
+    for child in children:
+        child.join()
+    record = merge(records)
+    record["wall_s"] = wall
     return record
 
 
-def _phase_child(url: str, users: int, requests: int, model: str, variant: str, results, nice: int,
-                 client: str) -> None:
+def _phase_child(url: str, users: int, requests: int, model: str, variant: str, results, nice: int, client: str,
+                 start) -> None:
     if nice:
         os.nice(nice)
-    results.put(_phase(url, users, requests, model, variant, client))
-
-
-def _phase(url: str, users: int, requests: int, model: str, variant: str, client: str) -> dict:
-    record = {"latency_ms": [], "top1": {}, "ok": 0, "errors": 0, "queue_full": 0, "messages": [], "batch": [],
-              "served_by": set(), "forward_ms": 0.0}
-    lock = threading.Lock()
-    threads = [threading.Thread(target=user, args=(url, model, variant, requests, record, lock, client))
-               for _ in range(users)]
-    start, cpu_start = time.perf_counter(), time.process_time()
+    record, lock = new_record(), threading.Lock()
+    predicts = [CLIENTS[client](url) for _ in range(users)]
+    start.wait(timeout=300)
+    cpu_start = time.process_time()
+    threads = [threading.Thread(target=user, args=(predict, model, variant, requests, record, lock))
+               for predict in predicts]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    record["wall_s"] = time.perf_counter() - start
     record["visitors_cpu_s"] = time.process_time() - cpu_start  # what real visitors would spend on their own machines
-    return record
+    results.put(record)
 
 
 def main() -> int:
@@ -174,6 +200,10 @@ def main() -> int:
     parser.add_argument("--visitors-nice", type=int, default=19,
                         help="niceness of the simulated visitors' process (19, the default: they yield the CPUs to "
                              "the server, as visitors on their own machines would; 0: they compete with it)")
+    parser.add_argument("--visitor-processes", choices=("each", "one", "both"), default="each",
+                        help="each: one process per simulated visitor (default; real visitors' clients do not share "
+                             "a GIL); one: all of them in one process, as this script did before 2026-11-27; both: "
+                             "idle phases alternate the two (each first), to compare them in one sitting")
     args = parser.parse_args()
 
     from gradio_client import Client
@@ -198,8 +228,10 @@ def main() -> int:
         bench_args = (args.bench_model, ["original", "scripted_int8", "onnx_int8"], 2, 1, bench.usable_cpus(), "1")
         Client(url, verbose=False).predict(*bench_args, api_name="/benchmark")  # converts once, untimed
 
-        baselines = [phase(url, args.users, args.requests, args.model, args.variant, args.visitors_nice, args.client)
-                     for _ in range(max(1, args.idle_phases))]
+        modes = ["each", "one"] if args.visitor_processes == "both" else [args.visitor_processes]
+        idle_modes = [modes[i % len(modes)] for i in range(max(1, args.idle_phases))]
+        baselines = [phase(url, args.users, args.requests, args.model, args.variant, args.visitors_nice, args.client,
+                           mode) for mode in idle_modes]
         baseline = baselines[0]
         bench_out: dict = {}
 
@@ -216,7 +248,8 @@ def main() -> int:
         bench_thread = threading.Thread(target=run_benchmark)
         bench_thread.start()
         time.sleep(2.0)  # let the benchmark get going
-        loaded = phase(url, args.users, args.requests, args.model, args.variant, args.visitors_nice, args.client)
+        loaded = phase(url, args.users, args.requests, args.model, args.variant, args.visitors_nice, args.client,
+                       modes[0])
         bench_thread.join()
     demo.close()
 
@@ -224,18 +257,23 @@ def main() -> int:
           f"benchmark of {args.bench_model}: {bench_out.get('status')} in {bench_out.get('seconds', 0):.0f} s; "
           f"usable CPUs {bench.usable_cpus()}; classification: concurrency {config.classify_concurrency}, threads "
           f"{config.classify_threads or 'all free'}, max batch {config.max_batch_size}; queue size "
-          f"{config.queue_size}; simulated visitors: {args.client}, niceness {args.visitors_nice}; "
+          f"{config.queue_size}; simulated visitors: {args.client}, niceness {args.visitors_nice}, "
+          f"processes: {args.visitor_processes}; "
           f"{machine_line(bench.machine_info())}")
     if choice is not None:
         print(f"{choice.sentence()} (prepared in {choice.seconds:.0f} s; batch-1 medians {choice.median_ms}; "
               f"not used: {choice.rejected or 'none'})")
     print()
     rows = []
-    idle = [("no benchmark" + (f" ({i + 1})" if len(baselines) > 1 else ""), rec) for i, rec in enumerate(baselines)]
-    for name, rec in idle + [("benchmark running", loaded)]:
+
+    def name(what: str, mode: str) -> str:
+        return what + (f", visitors in {PROCESSES[mode]}" if len(modes) > 1 else "")
+    idle = [(name("no benchmark" + (f" ({i + 1})" if len(baselines) > 1 else ""), mode), rec)
+            for i, (mode, rec) in enumerate(zip(idle_modes, baselines))]
+    for phase_name, rec in idle + [(name("benchmark running", modes[0]), loaded)]:
         total = rec["ok"] + rec["errors"] + rec["queue_full"]
         consistent = all(len(labels) == 1 for labels in rec["top1"].values())
-        rows.append({"phase": name, "success": f"{rec['ok']}/{total}",
+        rows.append({"phase": phase_name, "success": f"{rec['ok']}/{total}",
                      "p50 ms": round(percentile(rec["latency_ms"], 50)),
                      "p95 ms": round(percentile(rec["latency_ms"], 95)), "queue full": rec["queue_full"],
                      "other errors": rec["errors"], "same top-1 for same image": "yes" if consistent else "NO",
