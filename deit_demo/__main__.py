@@ -44,7 +44,7 @@ def _lab(args):
 
     return Lab(AppConfig(model=args.model, weights=args.weights, store_root=args.store, reserved_cpus=0,
                          fallback_to_random=False, eval_data=getattr(args, "data", None),
-                         isolate_conversions=False))  # one user: nothing to stall, and tracebacks stay whole
+                         isolate_conversions=False, heavy_niceness=0))  # one user: nothing to stall; whole tracebacks
 
 
 def _emit(args, text: str = "") -> None:

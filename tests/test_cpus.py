@@ -237,3 +237,39 @@ def test_after_a_load_the_heap_is_out_of_the_collectors_sight_and_what_died_befo
     lab.runner(loaded, "scripted")
     lab.runner(loaded, "scripted")  # a hit: nothing loaded, nothing to settle
     assert calls == [1]
+
+
+def _niceness() -> int:
+    import os
+
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def test_a_heavy_job_runs_on_its_own_nicer_thread_and_the_callers_priority_stays(monkeypatch):
+    # Linux niceness is per thread: a benchmark's thread yields the CPUs to visitors' answers, the server does not
+    from deit_demo import bench
+    from deit_demo.service import AppConfig, Lab
+
+    before = _niceness()
+    lab = Lab(AppConfig(model="deit_digits", auto_prepare=False, heavy_niceness=7))
+    seen = {}
+
+    def fake_benchmark(loaded, settings, store, **kwargs):
+        seen.update(niceness=_niceness(), thread=threading.get_ident(), threads=torch.get_num_threads())
+        return []
+
+    monkeypatch.setattr(bench, "run_benchmark", fake_benchmark)
+    lab.benchmark("deit_digits", bench.BenchSettings(variants=["original"], runs=1, warmup=0, threads=1))
+    assert seen["niceness"] == min(19, before + 7) and seen["thread"] != threading.get_ident()
+    assert seen["threads"] == 1 and _niceness() == before  # the budget's thread count is set on the job's thread
+
+    lab = Lab(AppConfig(model="deit_digits", auto_prepare=False, heavy_niceness=0))  # the CLI's: same thread, as is
+    lab.benchmark("deit_digits", bench.BenchSettings(variants=["original"], runs=1, warmup=0, threads=1))
+    assert seen["niceness"] == before and seen["thread"] == threading.get_ident()
+
+
+def test_niceness_is_a_setting_that_cannot_be_negative():
+    from deit_demo.service import AppConfig
+
+    with pytest.raises(DeitDemoError, match="heavy_niceness"):
+        AppConfig(model="deit_digits", heavy_niceness=-1)
