@@ -139,9 +139,10 @@ class Lab:
         return weights_banner(loaded, self.fallbacks.get(loaded.spec.key, ""), markdown=markdown)
 
     def runner(self, loaded: LoadedModel, key: str, tome_r: int | None = None, *,
-               adopt: Runner | None = None) -> Runner:
+               adopt: Runner | None = None, settle: bool = True) -> Runner:
         """A loaded variant for classification, converted on first use and kept in a small LRU. `adopt`: a runner
-        already loaded from the verified file (Auto's check of an inductor graph), kept instead of compiling again."""
+        already loaded from the verified file (Auto's check of an inductor graph), kept instead of compiling again.
+        `settle=False`: the caller settles the heap itself once its whole operation is done (Auto's preparation)."""
         variant = get_variant(key)
         # The cache key needs only the spec and r; the full context (preprocessed calibration images) is built only
         # when the runner must be prepared, not on every classification.
@@ -157,7 +158,8 @@ class Lab:
                 return adopt
             with torch_threads(self.serve_threads()):
                 runner = prepare(variant, loaded, self.store, variant_context(loaded.spec, self.store, tome_r))[2]
-            settle_heap()
+            if settle:
+                settle_heap()
             return runner
 
         return self._runners.get((loaded.spec.key, loaded.weights_id, name), load)

@@ -36,7 +36,7 @@ class Lab(Protocol):
 
     def model(self, key: str) -> LoadedModel: ...
     def runner(self, loaded: LoadedModel, key: str, tome_r: int | None = None, *,
-               adopt: Runner | None = None) -> Runner: ...
+               adopt: Runner | None = None, settle: bool = True) -> Runner: ...
     def heavy_cpus(self, requested: int | None = None) -> int: ...
     def serve_threads(self) -> int: ...
 
@@ -195,7 +195,7 @@ class AutoServe:
             else:
                 # Loaded again for serving: runtimes fix their thread count when loaded (Lab.runner loads with the
                 # serving threads); this one was loaded with this job's share of the CPUs.
-                choice.runner = self.lab.runner(loaded, fastest)
+                choice.runner = self.lab.runner(loaded, fastest, settle=False)  # prepare settles once, at its end
                 choice.warm_threads = frozenset({self.lab.serve_threads()})
         choice.median_ms = {name: round(ms, 2) for name, ms in medians.items()}
         choice.variant, choice.agreement = fastest, agreement.get(fastest)

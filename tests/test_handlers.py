@@ -249,10 +249,15 @@ def test_auto_candidates_are_validated_and_never_lossy():
         AppConfig(auto_variants=["nope"])
 
 
-def test_the_cli_way_of_auto_prepares_first_then_answers(store):
+def test_the_cli_way_of_auto_prepares_first_then_answers(store, monkeypatch):
     # It used to deadlock: the answer held every CPU while the preparation waited for one.
+    settles = []
+    for where in ("deit_demo.service.settle_heap", "deit_demo.serving.settle_heap"):
+        monkeypatch.setattr(where, lambda: settles.append(1))
     lab = Lab(AppConfig(model="deit_tiny", store_root=str(store.root), auto_variants=("onnx_int8_static",),
                         reserved_cpus=0))
     _, result = lab.classify(str(example_images()[1]), "deit_tiny", AUTO, wait_auto=True)
     choice = lab.auto.choice(lab.model("deit_tiny"))
     assert choice.state == "ready" and result.variant == choice.variant and result.note == choice.sentence()
+    assert choice.runner is not None or choice.variant == "original"
+    assert settles == [1]  # one full collection per preparation (about 1 s holding the GIL on DeiT-B), not two
