@@ -181,6 +181,30 @@ def _phase_child(url: str, users: int, requests: int, model: str, variant: str, 
     results.put(record)
 
 
+def model_alone_ms(lab, model: str, runs: int = 12) -> float:
+    """Median ms of one image through what Auto serves, on the serving thread with nothing else running: the host's
+    speed at that moment (on a shared VM it moved 55-70 ms for DeiT-B pt2e_int8 within an evening)."""
+    import torch
+
+    from deit_demo.cpus import SERVING, torch_threads
+    from deit_demo.images import load_image, preprocess
+
+    loaded = lab.model(model)
+    choice = lab.auto.choice(loaded)
+    runner = choice.runner if choice is not None and choice.runner is not None else loaded.model
+    x = preprocess(load_image(example_images()[0]), loaded.spec)
+
+    def timed() -> list[float]:
+        out = []
+        with torch_threads(lab.serve_threads()), torch.inference_mode():
+            for _ in range(runs + 2):
+                start = time.perf_counter()
+                runner(x)
+                out.append((time.perf_counter() - start) * 1000)
+        return out[2:]
+    return percentile(SERVING.run(timed), 50)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=8)
@@ -230,6 +254,7 @@ def main() -> int:
 
         modes = ["each", "one"] if args.visitor_processes == "both" else [args.visitor_processes]
         idle_modes = [modes[i % len(modes)] for i in range(max(1, args.idle_phases))]
+        alone = [model_alone_ms(demo.lab, args.model)]
         baselines = [phase(url, args.users, args.requests, args.model, args.variant, args.visitors_nice, args.client,
                            mode) for mode in idle_modes]
         baseline = baselines[0]
@@ -251,6 +276,7 @@ def main() -> int:
         loaded = phase(url, args.users, args.requests, args.model, args.variant, args.visitors_nice, args.client,
                        modes[0])
         bench_thread.join()
+        alone.append(model_alone_ms(demo.lab, args.model))
     demo.close()
 
     print(f"\n{args.users} users x {args.requests} classifications of {args.model} (random weights) per phase; "
@@ -263,6 +289,8 @@ def main() -> int:
     if choice is not None:
         print(f"{choice.sentence()} (prepared in {choice.seconds:.0f} s; batch-1 medians {choice.median_ms}; "
               f"not used: {choice.rejected or 'none'})")
+    print(f"the served variant alone, one image on the serving thread (the host's speed): {alone[0]:.1f} ms before "
+          f"the phases, {alone[1]:.1f} ms after")
     print()
     rows = []
 
