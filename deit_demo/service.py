@@ -267,7 +267,7 @@ class Lab:
         note, agreement, runner, warm = "", None, None, {self.serve_threads()}
         if variant_key == AUTO:
             choice = self.auto.resolve(loaded)
-            variant_key, note, agreement, runner = choice.variant, choice.sentence(), choice.agreement, choice.runner
+            variant_key, runner, agreement, note = choice.serving()
             warm |= choice.warm_threads
         elif variant_key != "original":
             runner = self.runner(loaded, variant_key, tome_r)

@@ -20,6 +20,7 @@ from deit_demo.errors import describe, log_unexpected
 from deit_demo.models import LoadedModel
 from deit_demo.pipeline import check_inputs, run_conversion
 from deit_demo.variants import Runner, get_variant
+from deit_demo.variants.base import compiling_elsewhere
 
 AUTO = "auto"
 AUTO_TITLE = "Auto (fastest verified)"
@@ -58,6 +59,21 @@ class AutoChoice:
     # Thread counts the runner is ready for without compiling: the serving count, and the share left to a visitor
     # while a convert or benchmark job holds the other CPUs (so the two never run more threads than there are CPUs)
     warm_threads: frozenset[int] = frozenset()
+    # What serves while another thread compiles, when `variant` is a compiled graph: a call into one can then wait for
+    # dynamo's process-wide compile lock (8 visitors on DeiT-B during a benchmark of pt2e_int8: answers of 26-60 s).
+    # The fastest verified variant that compiles nothing, or the original.
+    fallback: str = "original"
+    fallback_agreement: float | None = None
+    fallback_runner: Runner | None = field(default=None, repr=False)
+
+    def serving(self) -> tuple[str, Runner | None, float | None, str]:
+        """(variant, runner, agreement, sentence) to serve with now."""
+        if self.runner is not None and get_variant(self.variant).compiles_per_shape and compiling_elsewhere():
+            agree = round((self.fallback_agreement or 0) * self.checked)
+            checked = f": same top-1 as the original on {agree}/{self.checked} check inputs" if self.fallback_runner else ""
+            return (self.fallback, self.fallback_runner, self.fallback_agreement,
+                    f"Auto → {self.fallback}{checked} (another job is compiling, and {self.variant} could wait for it)")
+        return self.variant, self.runner, self.agreement, self.sentence()
 
     @property
     def speedup(self) -> float | None:
@@ -192,6 +208,11 @@ class AutoServe:
                 # (One a visitor had loaded by name meanwhile is served instead: compiled for the serving threads only.)
                 adopted = choice.runner is runners[fastest]
                 choice.warm_threads = frozenset({self.lab.serve_threads()} | ({threads} if adopted else set()))
+                plain = [k for k in sorted(medians, key=medians.get)
+                         if k in agreement and not get_variant(k).compiles_per_shape]
+                if plain:
+                    choice.fallback, choice.fallback_agreement = plain[0], agreement[plain[0]]
+                    choice.fallback_runner = self.lab.runner(loaded, plain[0], settle=False)
             else:
                 # Loaded again for serving: runtimes fix their thread count when loaded (Lab.runner loads with the
                 # serving threads); this one was loaded with this job's share of the CPUs.

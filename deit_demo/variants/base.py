@@ -27,6 +27,14 @@ MAX_BATCH = 64  # exported variants take any batch from 1 to this
 COMPILE_LOCK = threading.RLock()
 
 
+def compiling_elsewhere() -> bool:
+    """Whether another thread holds COMPILE_LOCK (an export, load or compile is under way there)."""
+    if COMPILE_LOCK.acquire(blocking=False):
+        COMPILE_LOCK.release()
+        return False
+    return True
+
+
 def confine_fx_patches_to_their_thread() -> bool:
     """Make torch.fx's tracing patches apply only on the thread that traces; False where torch lacks the hook.
 
