@@ -138,9 +138,8 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-# How much a timing job's thread (benchmark, sweep, r sweep) yields to visitors' answers: with the benchmark's thread
-# at 10, 8 visitors' DeiT-B p95 during a benchmark fell from 1.22-1.42 s to 1.09-1.26 s (3 phases each, alternating,
-# one sitting), and the benchmark took as long as before.
+# How much a benchmark's timing thread yields to visitors' answers: at 10, 8 visitors' DeiT-B p95 during a benchmark
+# fell from 1.22-1.42 s to 1.09-1.26 s (3 phases each, alternating, one sitting), and the benchmark took as long.
 HEAVY_NICENESS = 10
 
 

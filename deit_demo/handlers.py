@@ -270,11 +270,9 @@ def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup
     cancel.clear()
 
     def job(publish):
-        def sweep_now():
-            with lab.cpus.take(lab.heavy_cpus()):
-                return decide.run_sweep(settings, lab.model, lab.store, progress=gradio_progress(progress),
-                                        cancel=cancel, on_update=publish)
-        return lab.heavy(sweep_now)
+        with lab.cpus.take(lab.heavy_cpus()):
+            return decide.run_sweep(settings, lab.model, lab.store, progress=gradio_progress(progress), cancel=cancel,
+                                    on_update=publish)
 
     def view(rows, message):
         dicts = [r.to_row() for r in rows]

@@ -12,10 +12,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 
@@ -33,8 +31,6 @@ from deit_demo.pipeline import (ConversionResult, ProgressFn, check_inputs, prep
 from deit_demo.report import weights_banner
 from deit_demo.serving import AUTO, AUTO_CANDIDATES, AutoServe
 from deit_demo.variants import Runner, VariantContext, get_variant, parse_variant_keys
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -61,9 +57,9 @@ class AppConfig:
     max_batch_size: int = 8  # visitors' classifications that share one forward pass
     cache_examples: bool = True  # the gallery's answers are cached lazily (for everyone, after a first click)
     isolate_conversions: bool = True  # convert in a child process, so a conversion never stalls an answer
-    # Benchmarks and sweeps run on a thread this much nicer than the server's, so visitors' answers come first (the
-    # CLI, with one user, passes 0). Not conversions: their in-server part is loads and compiles, Python that holds
-    # the GIL, and a descheduled holder would make every answer wait for it.
+    # A benchmark's timing runs on a thread this much nicer than the server's, so visitors' answers come first (the
+    # CLI, with one user, passes 0). Not its preparation, nor conversions or sweeps, which compile: Python holding
+    # the GIL, where a descheduled holder makes every answer wait (bench.run_benchmark).
     heavy_niceness: int = HEAVY_NICENESS
 
     def __post_init__(self) -> None:
@@ -322,30 +318,20 @@ class Lab:
     def benchmark(self, model_key: str, settings: bench.BenchSettings, *, progress: ProgressFn | None = None,
                   cancel: threading.Event | None = None, on_update=None) -> tuple[LoadedModel, list[bench.BenchResult]]:
         """Time the variants in `settings` on this lab's CPUs (a job takes at most `heavy_cpus`)."""
-        def job():
-            with self.cpus.take(self.heavy_cpus(settings.resolved_threads())) as granted:
-                settings.threads = granted
-                loaded = self.model(model_key)
-                return loaded, bench.run_benchmark(loaded, settings, self.store, progress=progress, cancel=cancel,
-                                                   on_update=on_update)
-        return self.heavy(job)
+        with self.cpus.take(self.heavy_cpus(settings.resolved_threads())) as granted:
+            settings.threads = granted
+            loaded = self.model(model_key)
+            return loaded, bench.run_benchmark(loaded, settings, self.store, progress=progress, cancel=cancel,
+                                               on_update=on_update, timing_niceness=self.config.heavy_niceness)
 
     def tome_sweep(self, model_key: str, rs: list[int], settings: bench.BenchSettings, *, int8: bool = False,
                    progress: ProgressFn | None = None, cancel: threading.Event | None = None):
         """Token merging at each r: latency, accuracy on built-in data, agreement with r = 0."""
-        def job():
-            with self.cpus.take(self.heavy_cpus(settings.resolved_threads())) as granted:
-                settings.threads = granted
-                loaded = self.model(model_key)
-                return loaded, bench.tome_sweep(loaded, rs, settings, self.store, int8=int8, progress=progress,
-                                                cancel=cancel)
-        return self.heavy(job)
-
-    def heavy(self, job: Callable[[], T]) -> T:
-        """`job()` as a timing job: on a thread of its own at `heavy_niceness`, so visitors' answers come first."""
-        if not self.config.heavy_niceness:
-            return job()
-        return on_own_thread(job, name="deit-heavy", niceness=self.config.heavy_niceness)
+        with self.cpus.take(self.heavy_cpus(settings.resolved_threads())) as granted:
+            settings.threads = granted
+            loaded = self.model(model_key)
+            return loaded, bench.tome_sweep(loaded, rs, settings, self.store, int8=int8, progress=progress,
+                                            cancel=cancel)
 
     def save_benchmark(self, loaded: LoadedModel, results: list[bench.BenchResult], folder: Path) -> list[Path]:
         """JSON, CSV and standalone HTML charts of a benchmark, written into `folder`."""

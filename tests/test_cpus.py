@@ -245,27 +245,35 @@ def _niceness() -> int:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
-def test_a_heavy_job_runs_on_its_own_nicer_thread_and_the_callers_priority_stays(monkeypatch):
-    # Linux niceness is per thread: a benchmark's thread yields the CPUs to visitors' answers, the server does not
+def test_a_benchmarks_timing_runs_on_its_own_nicer_thread_and_the_callers_priority_stays(monkeypatch):
+    # Linux niceness is per thread: a benchmark's timing yields the CPUs to visitors' answers, the server does not,
+    # and neither does its preparation (compiles hold the GIL: a descheduled holder makes every answer wait)
     from deit_demo import bench
     from deit_demo.service import AppConfig, Lab
 
     before = _niceness()
-    lab = Lab(AppConfig(model="deit_digits", auto_prepare=False, heavy_niceness=7))
     seen = {}
+    real_prepare = bench.prepare_variants
 
-    def fake_benchmark(loaded, settings, store, **kwargs):
+    def preparing(*args, **kwargs):
+        seen["prepared at"] = _niceness()
+        yield from real_prepare(*args, **kwargs)
+
+    def timing(runners, x, settings, **kwargs):
         seen.update(niceness=_niceness(), thread=threading.get_ident(), threads=torch.get_num_threads())
-        return []
+        return {key: [1.0] * settings.runs for key in runners}, {key: 0 for key in runners}
 
-    monkeypatch.setattr(bench, "run_benchmark", fake_benchmark)
-    lab.benchmark("deit_digits", bench.BenchSettings(variants=["original"], runs=1, warmup=0, threads=1))
+    monkeypatch.setattr(bench, "prepare_variants", preparing)
+    monkeypatch.setattr(bench, "time_interleaved", timing)
+    settings = bench.BenchSettings(variants=["original"], runs=2, warmup=0, threads=1)
+    _, results = Lab(AppConfig(model="deit_digits", auto_prepare=False, heavy_niceness=7)).benchmark("deit_digits",
+                                                                                                  settings)
+    assert results[0].status == "ok" and results[0].latency.median_ms == 1.0
     assert seen["niceness"] == min(19, before + 7) and seen["thread"] != threading.get_ident()
-    assert seen["threads"] == 1 and _niceness() == before  # the budget's thread count is set on the job's thread
+    assert seen["threads"] == 1 and seen["prepared at"] == before and _niceness() == before
 
-    lab = Lab(AppConfig(model="deit_digits", auto_prepare=False, heavy_niceness=0))  # the CLI's: same thread, as is
-    lab.benchmark("deit_digits", bench.BenchSettings(variants=["original"], runs=1, warmup=0, threads=1))
-    assert seen["niceness"] == before and seen["thread"] == threading.get_ident()
+    Lab(AppConfig(model="deit_digits", auto_prepare=False, heavy_niceness=0)).benchmark("deit_digits", settings)
+    assert seen["niceness"] == before and seen["thread"] == threading.get_ident()  # the CLI's: this thread, as is
 
 
 def test_niceness_is_a_setting_that_cannot_be_negative():
