@@ -70,9 +70,11 @@ class AutoChoice:
         """(variant, runner, agreement, sentence) to serve with now."""
         if self.runner is not None and get_variant(self.variant).compiles_per_shape and compiling_elsewhere():
             agree = round((self.fallback_agreement or 0) * self.checked)
-            checked = f": same top-1 as the original on {agree}/{self.checked} check inputs" if self.fallback_runner else ""
-            return (self.fallback, self.fallback_runner, self.fallback_agreement,
-                    f"Auto → {self.fallback}{checked} (another job is compiling, and {self.variant} could wait for it)")
+            checked = (f": same top-1 as the original on {agree}/{self.checked} check inputs"
+                       if self.fallback_runner else "")
+            why = f"another job is compiling, and {self.variant} could wait for it"
+            sentence = f"Auto → {self.fallback}{checked} ({why})"
+            return self.fallback, self.fallback_runner, self.fallback_agreement, sentence
         return self.variant, self.runner, self.agreement, self.sentence()
 
     @property
