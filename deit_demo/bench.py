@@ -372,8 +372,8 @@ def run_benchmark(loaded, settings: BenchSettings, store, *, progress: ProgressF
             set_threads(threads)  # a count per thread: this may be a new one
             return time_interleaved(live, x, settings, progress=progress, cancel=cancel, on_round=publish,
                                     failed=broken)
-        samples, peaks = on_own_thread(timed, name="deit-timing", niceness=timing_niceness) if timing_niceness \
-            else timed()
+        samples, peaks = (on_own_thread(timed, name="deit-timing", niceness=timing_niceness) if timing_niceness
+                          else timed())
         publish(samples)
         for key, reason in broken.items():
             batch_results[key].status, batch_results[key].reason, batch_results[key].latency = "failed", reason, None

@@ -69,13 +69,14 @@ class AutoChoice:
     def serving(self) -> tuple[str, Runner | None, float | None, str]:
         """(variant, runner, agreement, sentence) to serve with now."""
         if self.runner is not None and get_variant(self.variant).compiles_per_shape and compiling_elsewhere():
-            agree = round((self.fallback_agreement or 0) * self.checked)
-            checked = (f": same top-1 as the original on {agree}/{self.checked} check inputs"
-                       if self.fallback_runner else "")
+            checked = f": {self._agreed(self.fallback_agreement)}" if self.fallback_runner else ""
             why = f"another job is compiling, and {self.variant} could wait for it"
             sentence = f"Auto → {self.fallback}{checked} ({why})"
             return self.fallback, self.fallback_runner, self.fallback_agreement, sentence
         return self.variant, self.runner, self.agreement, self.sentence()
+
+    def _agreed(self, agreement: float | None) -> str:
+        return f"same top-1 as the original on {round((agreement or 0) * self.checked)}/{self.checked} check inputs"
 
     @property
     def speedup(self) -> float | None:
@@ -88,9 +89,8 @@ class AutoChoice:
         if self.state == "preparing":
             return "Auto → original (the fast variants are being converted and checked in the background)"
         if self.variant != "original":
-            agree = round((self.agreement or 0) * self.checked)
-            return (f"Auto → {self.variant}: same top-1 as the original on {agree}/{self.checked} check inputs, "
-                    f"{self.speedup:.1f}× faster than the original here")
+            return (f"Auto → {self.variant}: {self._agreed(self.agreement)}, {self.speedup:.1f}× faster than the "
+                    "original here")
         if self.state == "failed":
             return f"Auto → original ({self.rejected.get('*', 'preparing the fast variants failed')})"
         slower = {k: v for k, v in self.median_ms.items() if k != "original"}
