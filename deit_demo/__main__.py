@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("convert", cmd_convert, "convert a model into deployment variants and check their answers")
     add_model(p)
     p.add_argument("--variants", default="all", help="all or a comma list of variant keys")
-    p = add("evaluate", cmd_evaluate, "top-1/top-5 accuracy of each variant on labelled data, with 95% intervals")
+    p = add("evaluate", cmd_evaluate, "top-1/top-5 accuracy of each variant on labelled data, with 95%% intervals")
     add_model(p, default="deit_synth")
     p.add_argument("--variants", default="all")
     p.add_argument("--data", default=None, help="image folder (sub-folders = synset ids or class indices); "

@@ -189,3 +189,16 @@ def test_no_profiler_or_gpu_probe_noise_on_a_cpu_machine(capfd):
     assert out.returncode == 0 and "ops " in out.stdout and "ops 0" not in out.stdout, out.stderr[-2000:]
     for noise in ("USDT", "gpuGetDeviceCount", "External init callback", "ERROR"):
         assert noise not in out.stderr, out.stderr[-2000:]
+
+
+def test_help_of_the_cli_and_every_command_renders():
+    import argparse
+
+    from deit_demo.__main__ import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"classify", "evaluate", "bench", "sweep"} <= set(commands)
+    assert "95% intervals" in parser.format_help()  # a bare % in a help string crashed `--help` (argparse formats it)
+    for name, sub in commands.items():
+        assert sub.format_help().startswith("usage:"), name
