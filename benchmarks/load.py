@@ -218,6 +218,7 @@ def main() -> int:
     parser.add_argument("--bench-runs", type=int, default=10)
     parser.add_argument("--classify-threads", type=int, default=None, help="override AppConfig.classify_threads")
     parser.add_argument("--classify-concurrency", type=int, default=None, help="override AppConfig's limit")
+    parser.add_argument("--classify-lanes", type=int, default=None, help="override AppConfig.classify_lanes")
     parser.add_argument("--client", choices=sorted(CLIENTS), default="http",
                         help="how each visitor talks to the app: Gradio's HTTP queue, as a browser tab does (default), "
                              "or gradio_client (about 100 ms of client CPU per request, taken from the server here)")
@@ -241,6 +242,8 @@ def main() -> int:
         config.classify_concurrency = args.classify_concurrency
     if args.max_batch_size is not None:
         config.max_batch_size = args.max_batch_size
+    if args.classify_lanes is not None:
+        config.classify_lanes = args.classify_lanes
     demo = build_app(config)
     demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs(demo.lab))
     url = demo.local_url

@@ -143,16 +143,16 @@ def settle_heap() -> None:
 HEAVY_NICENESS = 10
 
 
-def lower_thread_priority(niceness: int = HEAVY_NICENESS) -> bool:
+def lower_thread_priority(niceness: int) -> None:
     """Raise the calling thread's niceness by `niceness`, for the rest of its life: on Linux niceness belongs to each
     thread, and an unprivileged one cannot lower it again, so call this only on a thread made for one heavy job (its
-    OpenMP team, and the pools of runtimes it loads, inherit it when created). False where not supported."""
+    OpenMP team, and the pools of runtimes it loads, inherit it when created). Where that is not supported, the
+    thread keeps its priority (a slower answer, not a wrong one)."""
     try:
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + niceness)
-        return True
     except (AttributeError, OSError):
-        return False
+        pass
 
 
 def on_own_thread(fn: Callable[[], T], *, name: str = "deit-job", niceness: int = 0) -> T:

@@ -77,8 +77,10 @@ def _classify_outputs(lab: Lab, loaded, result, extra: str = "") -> list:
     else:
         labels = [_label_value(heads["logits"]), gr.update(value=None, visible=False),
                   gr.update(value=None, visible=False)]
-    shared = ("" if result.batch_size == 1 else f", one pass for {result.batch_size} visitors' images"
-              if result.one_pass else f", {result.batch_size} visitors' images one at a time")
+    n = result.batch_size
+    shared = ("" if n == 1 else f", one pass for {n} visitors' images" if result.one_pass
+              else f", {n} visitors' images one at a time" if result.lanes == 1
+              else f", {n} visitors' images one at a time, {result.lanes} side by side")
     timing = (f"**{result.elapsed_ms:.1f} ms** for the forward pass ({result.variant}, {loaded.spec.label}{shared}); "
               f"top-1: **{html.escape(result.top1.label)}**")
     notes = " · ".join(html.escape(n, quote=False) for n in (result.note, extra) if n)

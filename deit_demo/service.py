@@ -55,6 +55,9 @@ class AppConfig:
     auto_variants: tuple[str, ...] = AUTO_CANDIDATES  # what Auto may serve, once converted and verified
     auto_prepare: bool = True  # the app prepares Auto for `model` in the background as soon as it starts
     max_batch_size: int = 8  # visitors' classifications that share one forward pass
+    # Where Auto serves a compiled graph (one pass per image in a batch), a batch runs this many passes side by side,
+    # each on a copy compiled for its share of the serving threads (classify.run_in_lanes).
+    classify_lanes: int = 2
     cache_examples: bool = True  # the gallery's answers are cached lazily (for everyone, after a first click)
     isolate_conversions: bool = True  # convert in a child process, so a conversion never stalls an answer
     # A benchmark's timing runs on a thread this much nicer than the server's, so visitors' answers come first (the
@@ -71,7 +74,7 @@ class AppConfig:
             raise DeitDemoError(f"Auto serves only variants meant to give the original's answers; {', '.join(lossy)} "
                                 "compute less on purpose (choose them by name instead).")
         for name in ("max_models", "classify_concurrency", "queue_size", "max_runners", "store_cap_bytes",
-                     "max_batch_size"):
+                     "max_batch_size", "classify_lanes"):
             if getattr(self, name) < 1:
                 raise DeitDemoError(f"{name} must be at least 1 (got {getattr(self, name)}).")
         for name in ("classify_threads", "reserved_cpus", "heavy_niceness"):
@@ -109,7 +112,7 @@ class Lab:
         # another's by path. Each server has its own folder.
         self.sessions_root = Path(tempfile.mkdtemp(prefix="deit-demo-sessions-"))
         self._runners: BoundedCache[Runner] = BoundedCache(self.config.max_runners)
-        self.auto = AutoServe(self, self.config.auto_variants)
+        self.auto = AutoServe(self, self.config.auto_variants, lanes=self.config.classify_lanes)
 
     # ---------------------------------------------------------------------------------------------- models
 
@@ -260,11 +263,12 @@ class Lab:
 
     def _classify_group(self, loaded: LoadedModel, sources: list[ImageSource], variant_key: str, *, k: int,
                         tome_r: int | None = None) -> list[ClassifyResult | DeitDemoError]:
-        note, agreement, runner, warm = "", None, None, {self.serve_threads()}
+        note, agreement, runner, warm, lanes = "", None, None, {self.serve_threads()}, ()
         if variant_key == AUTO:
             choice = self.auto.resolve(loaded)
             variant_key, runner, agreement, note = choice.serving()
             warm |= choice.warm_threads
+            lanes = (runner, *choice.lane_runners) if choice.lane_runners and runner is choice.runner else ()
         elif variant_key != "original":
             runner = self.runner(loaded, variant_key, tome_r)
         answers: list = [None] * len(sources)
@@ -282,11 +286,14 @@ class Lab:
             # the share of the CPUs this request was granted only where it is compiled for it (Auto's runner is,
             # for the share a convert or benchmark job leaves), and otherwise with the serving thread count.
             granted = torch.get_num_threads()
-            threads = (torch_threads(self.serve_threads()) if variant.compiles_per_shape and granted not in warm
-                       else contextlib.nullcontext())
-            with threads:
+            recompiles = variant.compiles_per_shape and granted not in warm
+            threads = self.serve_threads() if recompiles else granted
+            # Several images on Auto's compiled graph run side by side, a copy of it per lane, each compiled for its
+            # share of the threads (and only with the threads it was compiled for).
+            lanes = lanes if threads == self.serve_threads() and threads // max(1, len(lanes)) in warm else ()
+            with torch_threads(threads) if recompiles else contextlib.nullcontext():
                 results = classify_tensors(loaded, tensors, k=min(k, loaded.spec.num_classes), runner=runner,
-                                           variant=variant_key, one_pass=one_pass)
+                                           variant=variant_key, one_pass=one_pass, lanes=lanes)
             for i, result in zip(slots, results):
                 result.note, result.agreement = note, agreement
                 answers[i] = result

@@ -13,12 +13,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
+
 from deit_demo import bench
 from deit_demo.artifacts import ArtifactStore
-from deit_demo.cpus import CpuBudget, settle_heap
+from deit_demo.cpus import CpuBudget, settle_heap, torch_threads
 from deit_demo.errors import describe, log_unexpected
 from deit_demo.models import LoadedModel
-from deit_demo.pipeline import check_inputs, run_conversion
+from deit_demo.pipeline import check_inputs, prepare, run_conversion, variant_context
 from deit_demo.variants import Runner, get_variant
 from deit_demo.variants.base import compiling_elsewhere
 
@@ -65,6 +67,10 @@ class AutoChoice:
     fallback: str = "original"
     fallback_agreement: float | None = None
     fallback_runner: Runner | None = field(default=None, repr=False)
+    # Where `runner` is a compiled graph: one more copy per lane beyond the first, each compiled for a lane's share of
+    # the serving threads, so that several visitors' images run side by side (`classify.run_in_lanes`). A copy each,
+    # because one compiled graph called from two threads at once recompiled (a dynamo guard raced), without freezing.
+    lane_runners: tuple[Runner, ...] = field(default=(), repr=False)
 
     def serving(self) -> tuple[str, Runner | None, float | None, str]:
         """(variant, runner, agreement, sentence) to serve with now."""
@@ -105,9 +111,11 @@ class AutoChoice:
 class AutoServe:
     """Chooses, per model, the fastest verified variant; prepares on a background thread, one model at a time."""
 
-    def __init__(self, lab: Lab, candidates: tuple[str, ...] = AUTO_CANDIDATES, timing_runs: int = 6):
+    def __init__(self, lab: Lab, candidates: tuple[str, ...] = AUTO_CANDIDATES, timing_runs: int = 6,
+                 lanes: int = 1):
         self.lab = lab
         self.candidates = tuple(candidates)
+        self.lanes = lanes
         self.timing_runs = timing_runs
         self._choices: dict[tuple[str, str], AutoChoice] = {}
         self._lock = threading.Lock()
@@ -182,6 +190,16 @@ class AutoServe:
             settle_heap()
             return choice
 
+    def _lane_runner(self, loaded: LoadedModel, key: str, threads: int) -> Runner:
+        """Another copy of the verified variant, loaded from its file and compiled for `threads` (DeiT-B pt2e_int8:
+        about 90 MB and a compile of 15-30 s, here rather than on a visitor's time)."""
+        example = next(iter(check_inputs(loaded.spec, noise=1).values()))  # made as a visitor's image is
+        with torch_threads(threads):
+            runner = prepare(get_variant(key), loaded, self.lab.store, variant_context(loaded.spec, self.lab.store))[2]
+            with torch.inference_mode():
+                runner(example)
+        return runner
+
     def _choose(self, loaded: LoadedModel, choice: AutoChoice, threads: int) -> None:
         runners = {"original": loaded.model}
         rows = run_conversion(loaded, self.candidates, self.lab.store, keep=runners.__setitem__)
@@ -210,6 +228,13 @@ class AutoServe:
                 # (One a visitor had loaded by name meanwhile is served instead: compiled for the serving threads only.)
                 adopted = choice.runner is runners[fastest]
                 choice.warm_threads = frozenset({self.lab.serve_threads()} | ({threads} if adopted else set()))
+                share = self.lab.serve_threads() // self.lanes
+                if self.lanes > 1 and share in choice.warm_threads:
+                    try:
+                        choice.lane_runners = tuple(self._lane_runner(loaded, fastest, share)
+                                                    for _ in range(self.lanes - 1))
+                    except Exception as err:  # serving one image at a time is slower, not wrong
+                        choice.rejected["lanes"] = f"a copy of {fastest} for side-by-side passes: {describe(err)}"
                 plain = [k for k in sorted(medians, key=medians.get)
                          if k in agreement and not get_variant(k).compiles_per_shape]
                 if plain:

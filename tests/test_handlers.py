@@ -189,6 +189,32 @@ def test_dynamic_int8_and_per_shape_compiles_run_each_image_alone_in_a_batch(tin
     assert seen == [1, 1, 1, 3]
 
 
+def test_lanes_run_images_side_by_side_on_a_share_of_the_threads_in_order():
+    import threading
+
+    from deit_demo.classify import run_in_lanes
+    from deit_demo.cpus import torch_threads
+
+    calls = []
+
+    def lane(name):
+        def runner(x):
+            calls.append((int(x.flatten()[0]), name, torch.get_num_threads(), threading.get_ident()))
+            return x.flatten()[:1].unsqueeze(0)
+        return runner
+
+    images = [torch.full((1, 3, 4, 4), float(i)) for i in range(5)]
+    with torch_threads(4):
+        out = run_in_lanes([lane("a"), lane("b")], images)
+        assert torch.get_num_threads() == 4  # the caller's count, restored
+    assert [int(t) for t in out] == [0, 1, 2, 3, 4]
+    by_image = {i: (name, n) for i, name, n, _ in calls}
+    # each lane calls only its own copy, on half the threads; the odd one out runs on all four with the first
+    assert by_image == {0: ("a", 2), 1: ("b", 2), 2: ("a", 2), 3: ("b", 2), 4: ("a", 4)}
+    threads = {name: {ident for _, n, _, ident in calls if n == name} for name in "ab"}
+    assert threads["a"] == {threading.get_ident()} and len(threads["b"]) == 1 and threads["a"] != threads["b"]
+
+
 def test_auto_serves_the_original_until_the_fast_variant_is_verified(store):
     lab = Lab(AppConfig(model="deit_tiny", store_root=str(store.root),
                         auto_variants=("onnx_int8_static", "mobile_optimized")))
@@ -258,6 +284,16 @@ def test_auto_serves_a_compiled_variant_on_the_cpus_a_benchmark_leaves_and_anoth
     assert (alone.variant, during.variant, after.variant) == ("pt2e_int8", "onnx_int8_static", "pt2e_int8")
     assert "another job is compiling" in during.note and "same top-1 as the original on" in during.note
     assert during.top1.index == alone.top1.index and counts == [2, 1, 2]
+
+    # Several visitors' images on the compiled graph: two 1-thread passes side by side, the second on a copy compiled
+    # for 1 thread at preparation; the odd one out on both threads; still no compile on a visitor's time.
+    (copy,) = choice.lane_runners
+    assert copy is not choice.runner
+    copy_counts, copy_fn = [], copy.fn
+    copy.fn = lambda x: copy_counts.append(torch.get_num_threads()) or copy_fn(x)
+    answers = lab.classify_batch([cat] * 3, ["deit_tiny"] * 3, [AUTO] * 3)
+    assert counts[3:] == [1, 2] and copy_counts == [1] and counters["stats"]["unique_graphs"] == graphs
+    assert [r.lanes for _, r in answers] == [2] * 3 and {r.top1.index for _, r in answers} == {alone.top1.index}
 
 
 def test_auto_never_serves_a_variant_that_disagrees(store, monkeypatch):
