@@ -17,6 +17,7 @@ from pathlib import Path
 
 from deit_demo import bench, charts, decide
 from deit_demo.errors import Cancelled, DeitDemoError, log_unexpected
+from deit_demo.images import fetch_image_file
 from deit_demo.report import (CONVERT_COLUMNS, REDUCTION_COLUMNS, conversion_rows, machine_line, profiler_markdown,
                               reduction_table, sweep_rows, to_markdown, tome_rows, write_conversion_csv)
 from deit_demo.serving import AUTO
@@ -90,6 +91,17 @@ def _classify_outputs(lab: Lab, loaded, result, extra: str = "") -> list:
 def _failed_outputs(message: str) -> list:
     hidden = gr.update(value=None, visible=False)
     return ["", f"⚠️ {html.escape(message, quote=False)}", None, hidden, hidden]
+
+
+@boundary("Fetching the image URL")
+def fetch_url_input(lab: Lab, url: str, request: gr.Request = None) -> tuple:
+    """The step before Classify: an image URL is fetched into this visitor's folder and shown in the image box, so
+    the batched classification that every visitor shares never waits on one visitor's host (up to 10 s)."""
+    url = (url or "").strip()
+    if not url:
+        return gr.skip(), gr.skip()
+    path = fetch_image_file(url, lab.session_dir(_session(request)), lab.fetch)
+    return str(path), ""
 
 
 @boundary("Classification")

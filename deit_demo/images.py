@@ -7,6 +7,7 @@ byte cap and a total deadline while streaming.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import ipaddress
 import re
@@ -245,6 +246,9 @@ def _read_capped(response, deadline: float, settings: FetchSettings) -> bytes:
 # ---------------------------------------------------------------------------------------------------- decoding
 
 
+_WARNINGS_LOCK = threading.Lock()
+
+
 def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode `data` into an upright RGB image, refusing anything unsafe or unsupported."""
     if not data:
@@ -253,7 +257,8 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
         raise DeitDemoError(f"The image is larger than the {MAX_IMAGE_BYTES // 2**20} MB limit.")
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        with warnings.catch_warnings():
+        # catch_warnings swaps the process's filter list: two threads inside at once could restore each other's
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
             if image.width * image.height > max_pixels:
@@ -291,6 +296,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def fetch_image_file(url: str, folder: Path, settings: FetchSettings = FetchSettings()) -> Path:
+    """The image at `url` fetched and checked as `load_image` would, then kept as it came in `folder`, named by its
+    content (so fetching it twice keeps one file)."""
+    data = fetch_url(url, settings)
+    decode_image(data)  # refuses what is not a supported, safe image before anything is written
+    kind = Image.open(io.BytesIO(data)).format.lower()
+    path = Path(folder) / f"url-{hashlib.sha256(data).hexdigest()[:16]}.{'jpg' if kind == 'jpeg' else kind}"
+    path.write_bytes(data)
+    return path
+
+
+def is_url(source: ImageSource) -> bool:
+    """Whether `load_image` would fetch `source` (any scheme://; fetch_url refuses all but http and https)."""
+    return isinstance(source, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", source) is not None
+
+
 def load_image(source: ImageSource, *, fetch: FetchSettings = FetchSettings()) -> Image.Image:
     """An RGB image from a path, bytes, a PIL image or an http(s) URL."""
     if isinstance(source, Image.Image):
@@ -300,7 +321,7 @@ def load_image(source: ImageSource, *, fetch: FetchSettings = FetchSettings()) -
     if isinstance(source, (bytes, bytearray)):
         return decode_image(bytes(source))
     text = str(source)
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
+    if is_url(text):
         return decode_image(fetch_url(text, fetch))
     shown = text if len(text) <= 80 else text[:77] + "..."
     try:

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from deit_demo.classify import ClassifyResult, classify_tensors
 from deit_demo.cpus import HEAVY_NICENESS, SERVING, CpuBudget, on_own_thread, settle_heap, torch_threads
 from deit_demo.errors import DeitDemoError
 from deit_demo.evaluate import AccuracyResult, evaluate
-from deit_demo.images import ImageSource, load_image, preprocess
+from deit_demo.images import FetchSettings, ImageSource, fetch_url, is_url, load_image, preprocess
 from deit_demo.models import DEFAULT_MODEL, MODELS, LoadedModel, ModelCache, get_spec
 from deit_demo.pipeline import (ConversionResult, ProgressFn, check_inputs, prepare, run_conversion,
                                 variant_context)
@@ -104,6 +105,7 @@ class Lab:
         self.store = ArtifactStore(self.config.store_root, cap_bytes=self.config.store_cap_bytes,
                                    isolate=self.config.isolate_conversions)
         self.cpus = CpuBudget()
+        self.fetch = FetchSettings()  # limits for image URLs (tests that serve on 127.0.0.1 allow loopback)
         self.fallbacks: dict[str, str] = {}
         self._cancels: dict[str, threading.Event] = {}
         self._sessions_lock = threading.Lock()
@@ -217,6 +219,9 @@ class Lab:
             raise DeitDemoError(f"top-k must be a whole number from 1 to 1000 (got {k!r}).")
         if variant_key == AUTO and wait_auto:
             self.auto.prepare(model_key)  # before taking CPUs for the answer: preparing takes its own share
+        source = self._fetched([source])[0]
+        if isinstance(source, DeitDemoError):
+            raise source
         self._load_for(model_key, {variant_key}, tome_r)
 
         def serve() -> tuple[LoadedModel, ClassifyResult | DeitDemoError]:
@@ -237,10 +242,12 @@ class Lab:
                        k: int = 5) -> list[tuple[LoadedModel, ClassifyResult] | DeitDemoError]:
         """Several visitors' images at once: one forward pass per (model, variant) among them. Each item gets its
         answer or its own error, so one visitor's bad upload never fails the others."""
-        out: list = [None] * len(sources)
+        sources = self._fetched(sources)
+        out: list = [s if isinstance(s, DeitDemoError) else None for s in sources]
         groups: dict[tuple[str, str], list[int]] = {}
         for i, (model_key, variant_key) in enumerate(zip(model_keys, variant_keys)):
-            groups.setdefault((model_key, variant_key or AUTO), []).append(i)
+            if out[i] is None:
+                groups.setdefault((model_key, variant_key or AUTO), []).append(i)
         for model_key in {m for m, _ in groups}:
             try:
                 self._load_for(model_key, {v for m, v in groups if m == model_key}, None)
@@ -259,7 +266,28 @@ class Lab:
                         out[i] = answer if isinstance(answer, Exception) else (loaded, answer)
             return out
 
-        return SERVING.run(serve, timeout_s=60)
+        return SERVING.run(serve, timeout_s=60) if groups else out
+
+    def _fetched(self, sources: list[ImageSource]) -> list[ImageSource | DeitDemoError]:
+        """`sources` with each URL replaced by its bytes (or the error that fetching it met), fetched side by side on
+        the caller's thread: a slow host (up to `fetch.deadline_s`) must not hold the serving thread, and with it
+        every other visitor's answer."""
+        urls = [i for i, source in enumerate(sources) if is_url(source)]
+
+        def get(i: int) -> bytes | DeitDemoError:
+            try:
+                return fetch_url(str(sources[i]), self.fetch)
+            except DeitDemoError as err:
+                return err
+
+        out = list(sources)
+        if len(urls) == 1:
+            out[urls[0]] = get(urls[0])
+        elif urls:
+            with ThreadPoolExecutor(max_workers=min(8, len(urls)), thread_name_prefix="deit-fetch") as pool:
+                for i, got in zip(urls, pool.map(get, urls)):
+                    out[i] = got
+        return out
 
     def _classify_group(self, loaded: LoadedModel, sources: list[ImageSource], variant_key: str, *, k: int,
                         tome_r: int | None = None) -> list[ClassifyResult | DeitDemoError]:

@@ -126,10 +126,14 @@ def build_classify_tab(lab: Lab) -> None:
             with gr.Row():
                 for head in outputs[2:]:
                     head.render()
+    # A URL is fetched first, in a group of its own, into the image box: the shared batch never waits on a visitor's
+    # host. (Queued: Gradio shows an event's error message only for queued events.)
+    fetched = run.click(partial(handlers.fetch_url_input, lab), [url], [image, url], api_visibility="private",
+                        concurrency_limit=8, concurrency_id="fetch_url", show_progress="hidden")
     # Batched: visitors who classify at the same moment share one forward pass (see handlers.classify).
-    run.click(partial(handlers.classify, lab), [image, url, model, variant], outputs, api_name="classify",
-              concurrency_limit=lab.config.classify_concurrency, concurrency_id="classify", batch=True,
-              max_batch_size=lab.config.max_batch_size)
+    fetched.success(partial(handlers.classify, lab), [image, url, model, variant], outputs, api_name="classify",
+                    concurrency_limit=lab.config.classify_concurrency, concurrency_id="classify", batch=True,
+                    max_batch_size=lab.config.max_batch_size)
 
 
 @contextlib.contextmanager
@@ -276,8 +280,9 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             gr.Markdown(about_markdown(), elem_id="about")
         # For agents (MCP) and API clients: classification and the read-only catalog; convert and benchmark are not
         # tools (they take the server's CPUs for minutes).
+        # Its own group: it fetches a URL before it takes its turn on the serving thread, which every pass shares.
         gr.api(partial(agents.classify_image, lab, agent_tool=True), api_name="classify_image",
-               concurrency_limit=lab.config.classify_concurrency, concurrency_id="classify")
+               concurrency_limit=2, concurrency_id="classify_image")
         gr.api(partial(agents.list_models, lab, agent_tool=True), api_name="list_models")
 
         def visitor_left(request: gr.Request) -> None:

@@ -8,6 +8,8 @@ import pytest
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
+from deit_demo.images import FetchSettings  # noqa: E402
+from deit_demo.paths import ASSETS  # noqa: E402
 from deit_demo.ui import AppConfig, build_app, launch_kwargs  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -18,6 +20,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def app_url(store):
     demo = build_app(AppConfig(model="deit_tiny", store_root=str(store.root), auto_variants=("onnx_int8_static",)))
+    demo.lab.fetch = FetchSettings(allow_loopback=True, deadline_s=10.0)  # the image host below is on 127.0.0.1
     demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs(demo.lab))
     yield demo.local_url
     demo.close()
@@ -64,6 +67,45 @@ def test_classify_an_example(page):
     assert "ms for the forward pass" in page.locator("#classify-timing").inner_text()
     assert page.locator("#label-main").inner_text().count("%") >= 5
     page.screenshot(path=str(SHOTS / "classify.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def image_host():
+    """The bundled images over http on 127.0.0.1, as a visitor's image host."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(ASSETS)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_an_image_url_is_fetched_into_the_image_box_then_classified(page, image_host):
+    page.get_by_role("tab", name="Classify").click()
+    box = page.get_by_label("…or an image URL (http/https)")
+    timing = page.locator("#classify-timing")
+    before = timing.inner_text()
+    box.fill(f"{image_host}/coffee.jpg")
+    page.get_by_role("button", name="Classify").click()
+    # Fetched first, off the shared queue, into this visitor's image box; then classified like an upload.
+    page.wait_for_function("(old) => { const t = document.querySelector('#classify-timing'); "
+                           "return t && t.innerText !== old && t.innerText.includes('ms for the forward pass'); }",
+                           arg=before, timeout=60_000)
+    assert "url-" in page.locator("#classify-image img").first.get_attribute("src")
+    assert box.input_value() == ""
+    page.screenshot(path=str(SHOTS / "classify_url.png"), full_page=True)
+    answered = timing.inner_text()
+    box.fill(f"{image_host}/missing.jpg")
+    page.get_by_role("button", name="Classify").click()
+    page.get_by_text("HTTP 404").first.wait_for(timeout=30_000)  # a clear message, and no classification
+    assert timing.inner_text() == answered
 
 
 def test_convert_tiny(page):

@@ -80,6 +80,9 @@ def _png_bytes() -> bytes:
     return buf.getvalue()
 
 
+GATE = threading.Event()
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     hits: list[str] = []
 
@@ -115,6 +118,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     time.sleep(0.05)
             except OSError:
                 pass
+        elif self.path == "/gate.png":  # answers once the test opens the gate
+            GATE.wait(60)
+            self._send(200, "image/png", png)
         elif self.path == "/redirect-ok":
             self._redirect("/cat.png")
         elif self.path == "/redirect-metadata":
@@ -200,3 +206,31 @@ def test_trickling_server_hits_the_total_deadline(server):
 def test_http_error_status(server):
     with pytest.raises(DeitDemoError, match="HTTP 404"):
         fetch_url(f"{server}/missing", LOOPBACK_OK)
+
+
+def test_a_slow_url_never_holds_up_other_visitors_answers(server, store):
+    from deit_demo.pipeline import example_images
+    from deit_demo.service import AppConfig, Lab
+
+    lab = Lab(AppConfig(model="deit_tiny", offline=True, store_root=str(store.root), auto_prepare=False))
+    lab.fetch = FetchSettings(allow_loopback=True, deadline_s=30.0)
+    cat = str(example_images()[1])
+    GATE.clear()
+    batch: list = []
+    fetching = threading.Thread(target=lambda: batch.extend(lab.classify_batch(
+        [f"{server}/gate.png", f"{server}/html", cat], ["deit_tiny"] * 3, ["original"] * 3)))
+    fetching.start()
+    try:
+        for _ in range(300):
+            if "/gate.png" in Handler.hits and "/html" in Handler.hits:  # both URLs are being fetched, side by side
+                break
+            time.sleep(0.05)
+        assert "/html" in Handler.hits, "the batch's URLs are fetched side by side, not one after the other"
+        _, alone = lab.classify(cat, "deit_tiny", "original")  # another visitor, while that host keeps us waiting
+        assert fetching.is_alive(), "the answer waited for another visitor's URL"
+    finally:
+        GATE.set()
+        fetching.join(60)
+    (_, from_url), not_image, (_, same_cat) = batch
+    assert isinstance(not_image, DeitDemoError) and "image" in str(not_image)
+    assert from_url.top1.index >= 0 and same_cat.top1.index == alone.top1.index
