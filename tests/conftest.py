@@ -46,6 +46,17 @@ socket.socket.connect = _guarded_connect
 socket.socket.connect_ex = _guarded_connect_ex
 
 
+# The files with the longest module fixtures (every variant of deit_tiny converted; every variant of deit_synth
+# evaluated; Auto prepared with compiled graphs) start first: the scheduler hands out whole files in collection order
+# (`--dist loadfile`), and one that started last kept one worker busy while the other had finished.
+LONGEST_FIRST = ("test_variants.py", "test_synth.py", "test_handlers.py", "test_cli.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.getbasetemp() / "deit_home"
