@@ -129,7 +129,7 @@ def build_classify_tab(lab: Lab) -> None:
     # A URL is fetched first, in a group of its own, into the image box: the shared batch never waits on a visitor's
     # host. (Queued: Gradio shows an event's error message only for queued events.)
     fetched = run.click(partial(handlers.fetch_url_input, lab), [url], [image, url], api_visibility="private",
-                        concurrency_limit=8, concurrency_id="fetch_url", show_progress="hidden")
+                        concurrency_limit=8, concurrency_id="fetch_url", show_progress="minimal")
     # Batched: visitors who classify at the same moment share one forward pass (see handlers.classify).
     fetched.success(partial(handlers.classify, lab), [image, url, model, variant], outputs, api_name="classify",
                     concurrency_limit=lab.config.classify_concurrency, concurrency_id="classify", batch=True,
