@@ -27,10 +27,10 @@ from deit_demo.errors import DeitDemoError
 from deit_demo.evaluate import AccuracyResult, evaluate
 from deit_demo.images import FetchSettings, ImageSource, fetch_url, is_url, load_image, preprocess
 from deit_demo.models import DEFAULT_MODEL, MODELS, LoadedModel, ModelCache, get_spec
-from deit_demo.pipeline import (ConversionResult, ProgressFn, check_inputs, prepare, run_conversion,
+from deit_demo.pipeline import (ConversionResult, ProgressFn, prepare, run_conversion,
                                 variant_context)
 from deit_demo.report import weights_banner
-from deit_demo.serving import AUTO, AUTO_CANDIDATES, AutoServe
+from deit_demo.serving import AUTO, AUTO_CANDIDATES, AutoServe, warm_for_visitors
 from deit_demo.variants import Runner, VariantContext, get_variant, parse_variant_keys
 
 
@@ -153,10 +153,7 @@ class Lab:
             # Loaded with the serving thread count: ONNX Runtime and OpenVINO fix theirs at load, and an inductor
             # graph is compiled for the thread count it is first called with.
             if adopt is not None:
-                example = next(iter(check_inputs(loaded.spec, noise=1).values()))  # made as a visitor's image is
-                with torch_threads(self.serve_threads()), torch.inference_mode():
-                    adopt(example)  # compiled for the serving threads now, not on a visitor's time
-                return adopt
+                return warm_for_visitors(adopt, loaded, self.serve_threads())
             with torch_threads(self.serve_threads()):
                 runner = prepare(variant, loaded, self.store, variant_context(loaded.spec, self.store, tome_r))[2]
             if settle:

@@ -108,6 +108,15 @@ class AutoChoice:
         return f"Auto → original (no faster variant passed its answer check: {why})" if why else "Auto → original"
 
 
+def warm_for_visitors(runner: Runner, loaded: LoadedModel, threads: int) -> Runner:
+    """`runner` called once with `threads` and an input made as a visitor's image is, so that an inductor graph is
+    compiled for what visitors send now, not on a visitor's time."""
+    example = next(iter(check_inputs(loaded.spec, noise=1).values()))
+    with torch_threads(threads), torch.inference_mode():
+        runner(example)
+    return runner
+
+
 class AutoServe:
     """Chooses, per model, the fastest verified variant; prepares on a background thread, one model at a time."""
 
@@ -193,12 +202,9 @@ class AutoServe:
     def _lane_runner(self, loaded: LoadedModel, key: str, threads: int) -> Runner:
         """Another copy of the verified variant, loaded from its file and compiled for `threads` (DeiT-B pt2e_int8:
         about 90 MB and a compile of 15-30 s, here rather than on a visitor's time)."""
-        example = next(iter(check_inputs(loaded.spec, noise=1).values()))  # made as a visitor's image is
         with torch_threads(threads):
             runner = prepare(get_variant(key), loaded, self.lab.store, variant_context(loaded.spec, self.lab.store))[2]
-            with torch.inference_mode():
-                runner(example)
-        return runner
+        return warm_for_visitors(runner, loaded, threads)
 
     def _choose(self, loaded: LoadedModel, choice: AutoChoice, threads: int) -> None:
         runners = {"original": loaded.model}
