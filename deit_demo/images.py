@@ -268,8 +268,8 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
                 )
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)  # animated: classify the first frame
-            image.load()
-            image = ImageOps.exif_transpose(image)
+        image.load()  # the decoding itself, outside the lock: a batch's images decode side by side
+        image = ImageOps.exif_transpose(image)
     except DeitDemoError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):

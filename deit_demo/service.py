@@ -216,31 +216,28 @@ class Lab:
             raise DeitDemoError(f"top-k must be a whole number from 1 to 1000 (got {k!r}).")
         if variant_key == AUTO and wait_auto:
             self.auto.prepare(model_key)  # before taking CPUs for the answer: preparing takes its own share
-        source = self._fetched([source])[0]
-        if isinstance(source, DeitDemoError):
-            raise source
+        x = self._inputs([source], [model_key])[0]
+        if isinstance(x, DeitDemoError):
+            raise x
         self._load_for(model_key, {variant_key}, tome_r)
 
-        def serve() -> tuple[LoadedModel, ClassifyResult | DeitDemoError]:
+        def serve() -> tuple[LoadedModel, ClassifyResult]:
             with self.cpus.take(self.serve_threads(), timeout_s=60):
                 if progress:
                     progress(f"loading {model_key}", 0, 2)
                 loaded = self.model(model_key)
                 if progress:
                     progress("classifying", 1, 2)
-                return loaded, self._classify_group(loaded, [source], variant_key, k=k, tome_r=tome_r)[0]
+                return loaded, self._classify_group(loaded, [x], variant_key, k=k, tome_r=tome_r)[0]
 
-        loaded, result = SERVING.run(serve, timeout_s=60)
-        if isinstance(result, Exception):
-            raise result
-        return loaded, result
+        return SERVING.run(serve, timeout_s=60)
 
     def classify_batch(self, sources: list[ImageSource], model_keys: list[str], variant_keys: list[str], *,
                        k: int = 5) -> list[tuple[LoadedModel, ClassifyResult] | DeitDemoError]:
         """Several visitors' images at once: one forward pass per (model, variant) among them. Each item gets its
         answer or its own error, so one visitor's bad upload never fails the others."""
-        sources = self._fetched(sources)
-        out: list = [s if isinstance(s, DeitDemoError) else None for s in sources]
+        inputs = self._inputs(sources, model_keys)
+        out: list = [x if isinstance(x, DeitDemoError) else None for x in inputs]
         groups: dict[tuple[str, str], list[int]] = {}
         for i, (model_key, variant_key) in enumerate(zip(model_keys, variant_keys)):
             if out[i] is None:
@@ -256,19 +253,20 @@ class Lab:
                 for (model_key, variant_key), items in groups.items():
                     try:
                         loaded = self.model(model_key)
-                        answers = self._classify_group(loaded, [sources[i] for i in items], variant_key, k=k)
+                        answers = self._classify_group(loaded, [inputs[i] for i in items], variant_key, k=k)
                     except DeitDemoError as err:
                         answers, loaded = [err] * len(items), None
                     for i, answer in zip(items, answers):
-                        out[i] = answer if isinstance(answer, Exception) else (loaded, answer)
+                        out[i] = answer if isinstance(answer, DeitDemoError) else (loaded, answer)
             return out
 
         return SERVING.run(serve, timeout_s=60) if groups else out
 
-    def _fetched(self, sources: list[ImageSource]) -> list[ImageSource | DeitDemoError]:
-        """`sources` with each URL replaced by its bytes (or the error that fetching it met), fetched side by side on
-        the caller's thread: a slow host (up to `fetch.deadline_s`) must not hold the serving thread, and with it
-        every other visitor's answer."""
+    def _inputs(self, sources: list[ImageSource], model_keys: list[str]) -> list[torch.Tensor | DeitDemoError]:
+        """Each image decoded and preprocessed for its model (or the error that met it), before its turn on the
+        serving thread, which runs only forward passes: a bad upload is answered without waiting for that turn.
+        URLs are fetched first, several side by side (a slow host, up to `fetch.deadline_s`, holds up only its own
+        visitor); then the images decode side by side, one thread per CPU."""
         urls = [i for i, source in enumerate(sources) if is_url(source)]
 
         def get(i: int) -> bytes | DeitDemoError:
@@ -277,17 +275,30 @@ class Lab:
             except DeitDemoError as err:
                 return err
 
-        out = list(sources)
+        fetched = list(sources)
         if len(urls) == 1:
-            out[urls[0]] = get(urls[0])
+            fetched[urls[0]] = get(urls[0])
         elif urls:
             with ThreadPoolExecutor(max_workers=min(8, len(urls)), thread_name_prefix="deit-fetch") as pool:
                 for i, got in zip(urls, pool.map(get, urls)):
-                    out[i] = got
-        return out
+                    fetched[i] = got
 
-    def _classify_group(self, loaded: LoadedModel, sources: list[ImageSource], variant_key: str, *, k: int,
-                        tome_r: int | None = None) -> list[ClassifyResult | DeitDemoError]:
+        def read(source: ImageSource | DeitDemoError, model_key: str) -> torch.Tensor | DeitDemoError:
+            try:
+                if isinstance(source, DeitDemoError):
+                    raise source
+                return preprocess(load_image(source), get_spec(model_key))
+            except DeitDemoError as err:
+                return err
+
+        workers = min(len(sources), self.cpus.total)  # PIL decodes and resizes without the GIL
+        if workers <= 1:
+            return [read(source, model_key) for source, model_key in zip(fetched, model_keys)]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deit-read") as pool:
+            return list(pool.map(read, fetched, model_keys))
+
+    def _classify_group(self, loaded: LoadedModel, tensors: list[torch.Tensor], variant_key: str, *, k: int,
+                        tome_r: int | None = None) -> list[ClassifyResult]:
         note, agreement, runner, warm, lanes = "", None, None, {self.serve_threads()}, ()
         if variant_key == AUTO:
             choice = self.auto.resolve(loaded)
@@ -296,33 +307,23 @@ class Lab:
             lanes = (runner, *choice.lane_runners) if choice.lane_runners and runner is choice.runner else ()
         elif variant_key != "original":
             runner = self.runner(loaded, variant_key, tome_r)
-        answers: list = [None] * len(sources)
-        tensors, slots = [], []
-        for i, source in enumerate(sources):
-            try:
-                tensors.append(preprocess(load_image(source), loaded.spec))
-                slots.append(i)
-            except DeitDemoError as err:
-                answers[i] = err
-        if tensors:
-            variant = get_variant(variant_key)
-            one_pass = runner is None or (variant.batch_invariant and not variant.compiles_per_shape)
-            # A compiled graph recompiles (for a minute, on DeiT-B) when torch's thread count changes: it runs with
-            # the share of the CPUs this request was granted only where it is compiled for it (Auto's runner is,
-            # for the share a convert or benchmark job leaves), and otherwise with the serving thread count.
-            granted = torch.get_num_threads()
-            recompiles = variant.compiles_per_shape and granted not in warm
-            threads = self.serve_threads() if recompiles else granted
-            # Several images on Auto's compiled graph run side by side, a copy of it per lane, each compiled for its
-            # share of the threads (and only with the threads it was compiled for).
-            lanes = lanes if threads == self.serve_threads() and threads // max(1, len(lanes)) in warm else ()
-            with torch_threads(threads) if recompiles else contextlib.nullcontext():
-                results = classify_tensors(loaded, tensors, k=min(k, loaded.spec.num_classes), runner=runner,
-                                           variant=variant_key, one_pass=one_pass, lanes=lanes)
-            for i, result in zip(slots, results):
-                result.note, result.agreement = note, agreement
-                answers[i] = result
-        return answers
+        variant = get_variant(variant_key)
+        one_pass = runner is None or (variant.batch_invariant and not variant.compiles_per_shape)
+        # A compiled graph recompiles (for a minute, on DeiT-B) when torch's thread count changes: it runs with
+        # the share of the CPUs this request was granted only where it is compiled for it (Auto's runner is,
+        # for the share a convert or benchmark job leaves), and otherwise with the serving thread count.
+        granted = torch.get_num_threads()
+        recompiles = variant.compiles_per_shape and granted not in warm
+        threads = self.serve_threads() if recompiles else granted
+        # Several images on Auto's compiled graph run side by side, a copy of it per lane, each compiled for its
+        # share of the threads (and only with the threads it was compiled for).
+        lanes = lanes if threads == self.serve_threads() and threads // max(1, len(lanes)) in warm else ()
+        with torch_threads(threads) if recompiles else contextlib.nullcontext():
+            results = classify_tensors(loaded, tensors, k=min(k, loaded.spec.num_classes), runner=runner,
+                                       variant=variant_key, one_pass=one_pass, lanes=lanes)
+        for result in results:
+            result.note, result.agreement = note, agreement
+        return results
 
     def convert(self, model_key: str, keys, *, tome_r: int | None = None,
                 progress: ProgressFn | None = None) -> ConvertOutcome:

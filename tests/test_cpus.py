@@ -149,6 +149,53 @@ def test_a_lab_serves_visitors_on_other_threads_from_the_serving_thread(monkeypa
     assert len(passes) == 3 and set(passes) == {SERVING.run(threading.get_ident)}
 
 
+def test_images_are_read_off_the_serving_thread_and_a_bad_one_never_waits_for_it(monkeypatch, tmp_path):
+    # The serving thread runs only forward passes: a batch's images decode before its turn (side by side), and a
+    # bad upload is answered while another visitor's pass still holds that thread.
+    from deit_demo import service
+    from deit_demo.cpus import SERVING
+    from deit_demo.pipeline import example_images
+    from deit_demo.service import AppConfig, Lab
+
+    lab = Lab(AppConfig(model="deit_digits", auto_prepare=False))
+    lab.cpus = CpuBudget(2)
+    readers, real, together = [], service.load_image, threading.Barrier(2, timeout=10)
+
+    def load_image(source):
+        readers.append(threading.get_ident())
+        if len(readers) in (2, 3):  # the batch's first two images: both read at once, or this times out
+            together.wait()
+        return real(source)
+
+    monkeypatch.setattr(service, "load_image", load_image)
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_text("hello")
+    image = str(example_images()[0])
+    serving_thread = SERVING.run(threading.get_ident)
+    held, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=SERVING.run, args=(lambda: held.set() or release.wait(30),))
+    holder.start()
+    try:
+        assert held.wait(10)
+        with pytest.raises(DeitDemoError, match="not an image"):
+            lab.classify(str(bad), "deit_digits")
+        answers: list = []
+        batch = threading.Thread(target=lambda: answers.extend(lab.classify_batch(
+            [str(bad), image, image], ["deit_digits"] * 3, ["original"] * 3)))
+        batch.start()
+        for _ in range(200):  # its images are read while the serving thread is still held
+            if len(readers) == 4:
+                break
+            time.sleep(0.05)
+        assert len(readers) == 4 and not answers, "the batch's images are read before its turn, and it waits for that"
+    finally:
+        release.set()
+        holder.join()
+    batch.join(60)
+    assert isinstance(answers[0], DeitDemoError) and answers[1][1].top1.index == answers[2][1].top1.index
+    assert serving_thread not in readers and len(set(readers[1:3])) == 2, "a batch's images decode side by side"
+
+
 def test_a_cache_hands_out_what_it_has_while_another_key_builds_and_builds_each_once():
     from deit_demo.cache import BoundedCache
 
