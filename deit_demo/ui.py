@@ -113,8 +113,11 @@ def build_classify_tab(lab: Lab) -> None:
             timing = gr.Markdown(elem_id="classify-timing", render=False)
             head_a = gr.Label(num_top_classes=5, label="Prediction (class-token head for ⚗ models)",
                               elem_id="label-main", render=False)
-            head_b = gr.Label(num_top_classes=5, label=HEAD_TITLES["distillation"], visible=False, render=False)
-            head_c = gr.Label(num_top_classes=5, label=HEAD_TITLES["average"], visible=False, render=False)
+            distilled = MODELS[lab.config.model].distilled
+            head_b = gr.Label(num_top_classes=5, label=HEAD_TITLES["distillation"], visible=distilled,
+                              elem_id="label-distillation", render=False)
+            head_c = gr.Label(num_top_classes=5, label=HEAD_TITLES["average"], visible=distilled,
+                              elem_id="label-average", render=False)
             outputs = [banner, timing, head_a, head_b, head_c]
             with examples_cache(lab.sessions_root / "examples"):
                 gr.Examples(gallery(lab.config.model), inputs=[image, model], label="Examples", outputs=outputs,
@@ -126,6 +129,10 @@ def build_classify_tab(lab: Lab) -> None:
             with gr.Row():
                 for head in outputs[2:]:
                     head.render()
+    # Which heads show follows the model picked (an example sets it too), not each answer: see
+    # handlers._classify_outputs.
+    model.change(handlers.heads_for_model, [model], [head_b, head_c], queue=False, show_progress="hidden",
+                 api_visibility="private")
     # A URL is fetched first, in a group of its own, into the image box: the shared batch never waits on a visitor's
     # host. (Queued: Gradio shows an event's error message only for queued events.)
     fetched = run.click(partial(handlers.fetch_url_input, lab), [url], [image, url], api_visibility="private",

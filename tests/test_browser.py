@@ -107,6 +107,29 @@ def test_an_image_url_is_fetched_into_the_image_box_then_classified(page, app_ur
     assert box.input_value().endswith("/missing.jpg")  # the URL stays, to be mended
 
 
+def test_a_distilled_model_shows_its_three_heads_and_a_plain_one_only_its_own(page, app_url):
+    page.goto(app_url)  # a fresh page
+    page.get_by_role("tab", name="Classify").click()
+    distillation, average = page.locator("#label-distillation"), page.locator("#label-average")
+    assert not distillation.is_visible() and not average.is_visible()  # deit_tiny: one head
+    page.get_by_label("Model", exact=True).click()
+    page.get_by_role("option", name="(deit_tiny_distilled)").click()
+    distillation.wait_for(state="visible", timeout=10_000)  # the heads follow the model picked
+    page.locator("#classify-image input[type=file]").set_input_files(str(ASSETS / "coffee.jpg"))
+    page.locator("#classify-image img").first.wait_for(timeout=20_000)
+    page.get_by_role("button", name="Classify").click()
+    page.locator("#classify-timing").get_by_text("DeiT-Ti ⚗").wait_for(timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#label-average').innerText.split('%').length > 5",
+                           timeout=10_000)
+    for head in ("#label-main", "#label-distillation", "#label-average"):
+        assert page.locator(head).inner_text().count("%") >= 5, head
+    page.screenshot(path=str(SHOTS / "classify_distilled.png"), full_page=True)
+    page.get_by_label("Model", exact=True).click()
+    page.get_by_role("option", name="(deit_tiny)", exact=False).first.click()
+    distillation.wait_for(state="hidden", timeout=10_000)
+    assert not average.is_visible()
+
+
 def test_convert_tiny(page):
     page.get_by_role("tab", name="Convert").click()
     page.get_by_role("button", name="Convert", exact=True).click()

@@ -40,12 +40,15 @@ def test_classify_handler_returns_banner_timing_and_heads(lab):
     assert "RANDOM weights" in banner and "ms** for the forward pass (original, DeiT-Ti)" in timing
     probs = list(main.values())
     assert len(main) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
-    assert second["visible"] is False and third["visible"] is False
+    assert second is None and third is None  # plain values: no update that rebuilds a component's config
 
 
-def test_classify_handler_distilled_shows_three_heads(lab):
+def test_classify_handler_distilled_fills_three_heads_and_the_model_picks_which_show(lab):
     _, _, main, second, third = classify_one(lab, str(example_images()[0]), "", "deit_tiny_distilled", "original")
-    assert second["visible"] and third["visible"] and main != second["value"]
+    assert all(isinstance(head, dict) and len(head) == 5 for head in (main, second, third)) and main != second
+    assert [u["visible"] for u in handlers.heads_for_model("deit_tiny_distilled")] == [True, True]
+    assert [u["visible"] for u in handlers.heads_for_model("deit_tiny")] == [False, False]
+    assert [u["visible"] for u in handlers.heads_for_model("no_such_model")] == [False, False]
 
 
 def test_classify_handler_errors_are_gradio_errors(lab):
