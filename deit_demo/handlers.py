@@ -26,20 +26,23 @@ from deit_demo.service import Lab
 
 
 def user_error(err: Exception) -> gr.Error:
-    return gr.Error(html.escape(str(err), quote=False))  # quotes are harmless in text; <, > and & are not
+    # Quotes are harmless in text; <, > and & are not. No traceback in the server log for a visitor's mistake.
+    return gr.Error(html.escape(str(err), quote=False), print_exception=False)
 
 
 def boundary(what: str):
     """Every handler's edge: a project error shows its own message; anything unexpected shows one line with a
-    reference id while the traceback goes to the server log; the server keeps serving either way."""
+    reference id while the traceback goes to the server log, once; the server keeps serving either way. Gradio
+    would print a traceback for every gr.Error it sees, a visitor's typo included: the log would drown in them."""
 
     def wrap(handler):
         def translate(err: Exception) -> gr.Error:
             if isinstance(err, gr.Error):
+                err.print_exception = False
                 return err
             if isinstance(err, DeitDemoError):
                 return user_error(err)
-            return gr.Error(html.escape(log_unexpected(what, err), quote=False))
+            return gr.Error(html.escape(log_unexpected(what, err), quote=False), print_exception=False)
 
         if inspect.isgeneratorfunction(handler):
             @functools.wraps(handler)
