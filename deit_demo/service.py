@@ -65,6 +65,11 @@ class AppConfig:
     # CLI, with one user, passes 0). Not its preparation, nor conversions or sweeps, which compile: Python holding
     # the GIL, where a descheduled holder makes every answer wait (bench.run_benchmark).
     heavy_niceness: int = HEAVY_NICENESS
+    # How long a Python thread may hold the GIL while another waits for it (Python's default: 5 ms). A compile in the
+    # server (a benchmark of pt2e_int8) runs seconds of Python, and every answer takes the GIL many times on its way
+    # (event loop, handler, serving thread); the app sets this (ui.build_app). DeiT-B, 8 visitors while one compiled:
+    # p95 1.6 and 1.7 s at 1 ms against 3.8 and 3.6 s at 5 ms (the phase of the compile; 2 runs each, 2-core EPYC).
+    gil_switch_interval_s: float = 0.001
 
     def __post_init__(self) -> None:
         get_spec(self.model)

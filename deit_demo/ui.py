@@ -272,6 +272,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
     """The whole app. Nothing is loaded here; the first request loads and caches the model."""
     mark_missing_imports()
     lab = Lab(config or AppConfig())
+    sys.setswitchinterval(lab.config.gil_switch_interval_s)  # process-wide: see AppConfig
     with gr.Blocks(title="DeiT Deployment Lab", delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# DeiT Deployment Lab\nClassify with a Data-efficient Image Transformer, convert it into "
                     "deployment variants, and benchmark them live, honestly.")

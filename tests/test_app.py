@@ -49,9 +49,17 @@ def test_modules_gradio_retries_are_marked_missing_only_where_they_are(monkeypat
     monkeypatch.delitem(sys.modules, "deit_demo_no_such_module")
 
 
-def test_no_model_loaded_before_first_request():
-    demo = build_app(AppConfig(model="deit_tiny", auto_prepare=False))
-    assert len(demo.lab.cache) == 0
+def test_no_model_loaded_before_first_request_and_threads_take_turns_on_the_gil_every_ms():
+    import sys
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)  # Python's default
+        demo = build_app(AppConfig(model="deit_tiny", auto_prepare=False))
+        assert len(demo.lab.cache) == 0
+        assert sys.getswitchinterval() == pytest.approx(demo.lab.config.gil_switch_interval_s) == 0.001
+    finally:
+        sys.setswitchinterval(before)
 
 
 @pytest.mark.parametrize("path", example_images(), ids=lambda p: p.name)
