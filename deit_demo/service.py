@@ -272,21 +272,12 @@ class Lab:
         serving thread, which runs only forward passes: a bad upload is answered without waiting for that turn.
         URLs are fetched first, several side by side (a slow host, up to `fetch.deadline_s`, holds up only its own
         visitor); then the images decode side by side, one thread per CPU."""
-        urls = [i for i, source in enumerate(sources) if is_url(source)]
 
-        def get(i: int) -> bytes | DeitDemoError:
+        def get(source: ImageSource) -> ImageSource | DeitDemoError:
             try:
-                return fetch_url(str(sources[i]), self.fetch)
+                return fetch_url(str(source), self.fetch) if is_url(source) else source
             except DeitDemoError as err:
                 return err
-
-        fetched = list(sources)
-        if len(urls) == 1:
-            fetched[urls[0]] = get(urls[0])
-        elif urls:
-            with ThreadPoolExecutor(max_workers=min(8, len(urls)), thread_name_prefix="deit-fetch") as pool:
-                for i, got in zip(urls, pool.map(get, urls)):
-                    fetched[i] = got
 
         def read(source: ImageSource | DeitDemoError, model_key: str) -> torch.Tensor | DeitDemoError:
             try:
@@ -296,11 +287,9 @@ class Lab:
             except DeitDemoError as err:
                 return err
 
-        workers = min(len(sources), self.cpus.total)  # PIL decodes and resizes without the GIL
-        if workers <= 1:
-            return [read(source, model_key) for source, model_key in zip(fetched, model_keys)]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deit-read") as pool:
-            return list(pool.map(read, fetched, model_keys))
+        fetched = _side_by_side(get, sources, workers=min(8, sum(map(is_url, sources))), name="deit-fetch")
+        # PIL decodes and resizes without the GIL
+        return _side_by_side(read, fetched, model_keys, workers=self.cpus.total, name="deit-read")
 
     def _classify_group(self, loaded: LoadedModel, tensors: list[torch.Tensor], variant_key: str, *, k: int,
                         tome_r: int | None = None) -> list[ClassifyResult]:
@@ -379,6 +368,15 @@ class Lab:
         bench.save_csv(f"{stem}.csv", results)
         charts.write_html(results, f"{stem}.html", title=f"DeiT benchmark: {loaded.spec.key}")
         return [Path(f"{stem}.json"), Path(f"{stem}.csv"), Path(f"{stem}.html")]
+
+
+def _side_by_side(fn, *columns: list, workers: int, name: str) -> list:
+    """`fn` over the rows of `columns`, in order, on up to `workers` short-lived threads (inline for fewer than 2)."""
+    workers = min(workers, len(columns[0]))
+    if workers <= 1:
+        return [fn(*row) for row in zip(*columns)]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+        return list(pool.map(fn, *columns))
 
 
 def model_choices() -> list[tuple[str, str]]:
