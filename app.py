@@ -32,14 +32,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported
     from deit_demo import DeitDemoError
-    from deit_demo.ui import AppConfig, build_app, launch_kwargs
+    from deit_demo.app.process import configure_server_process
+    from deit_demo.app.ui import build_app, launch_kwargs
+    from deit_demo.serve.server import ServeSettings
+    from deit_demo.service.config import AppConfig
 
     try:
         auto = {} if args.auto is None else {"auto_variants": () if args.auto == "none" else args.auto.split(",")}
         config = AppConfig(model=args.model, weights=args.weights, offline=args.offline, store_root=args.store,
-                           eval_data=args.eval_data, **auto)
+                           eval_data=args.eval_data, serve=ServeSettings(**auto))
     except DeitDemoError as err:
         raise SystemExit(f"error: {err}") from None
+    # Process-wide settings (GIL switch interval, torch.fx's thread confinement, Gradio's retried imports): here,
+    # where the server's process starts, not as a side effect of building the app (see deit_demo/app/process.py).
+    configure_server_process()
     demo = build_app(config)
     # Gradio explains a failed tunnel in a dozen lines; we say it in one and keep serving.
     chatter = io.StringIO()

@@ -26,14 +26,14 @@ import time
 
 import torch
 
-from deit_demo import bench
-from deit_demo.artifacts import ArtifactStore
-from deit_demo.models import load_model
-from deit_demo.pipeline import check_inputs, compare_answers, prepare_variants, run_inputs, variant_context
-from deit_demo.report import machine_line, to_markdown
+from deit_demo.core.artifacts import ArtifactStore
+from deit_demo.core.cpus import machine_info, native_bf16
+from deit_demo.core.models import load_model
+from deit_demo.measure import bench, timing
+from deit_demo.measure.report import machine_line, to_markdown
 from deit_demo.variants.base import export_dynamic_batch
-from deit_demo.cpus import native_bf16
 from deit_demo.variants.compiled import attention_in_bf16, drop_unused_parameters
+from deit_demo.variants.pipeline import check_inputs, compare_answers, prepare_variants, run_inputs, variant_context
 
 KNOBS = ["shipped", "fp32_attention", "no_freezing", "static_b1", "max_autotune", "python_wrapper", "int8_attention"]
 PEERS = ["openvino_int8", "onnx_int8"]
@@ -108,7 +108,7 @@ def main() -> int:
     parser.add_argument("--store", default=None)
     args = parser.parse_args()
 
-    bench.set_threads(args.threads)
+    torch.set_num_threads(args.threads)
     loaded = load_model(args.model, args.weights)
     store = ArtifactStore(args.store)
     ctx = variant_context(loaded.spec, store)
@@ -136,12 +136,12 @@ def main() -> int:
 
     agreement = {name: compare_answers(reference, run_inputs(fn, inputs)) for name, fn in runners.items()}
     settings = bench.BenchSettings(runs=args.runs, warmup=args.warmup, block=args.block, threads=args.threads)
-    samples, _ = bench.time_interleaved(runners, x, settings)
-    medians = {name: bench.LatencyStats(v).median_ms for name, v in samples.items()}
+    samples, _ = timing.time_interleaved(runners, x, settings)
+    medians = {name: timing.LatencyStats(v).median_ms for name, v in samples.items()}
     print(f"\n{loaded.spec.label} ({loaded.weights} weights), batch 1, {args.threads} threads, {args.runs} runs after "
-          f"{args.warmup} warm-up, interleaved in blocks of {args.block}; {machine_line(bench.machine_info())}\n")
+          f"{args.warmup} warm-up, interleaved in blocks of {args.block}; {machine_line(machine_info())}\n")
     rows = [{"runner": name, "median ms": round(medians[name], 2),
-             "p90 ms": round(bench.LatencyStats(samples[name]).p90_ms, 2),
+             "p90 ms": round(timing.LatencyStats(samples[name]).p90_ms, 2),
              "vs shipped": f"{medians[name] / medians['shipped']:.2f}" if "shipped" in medians else "",
              "top-1 agree": f"{agreement[name].top1_agreement:.0%}", "notes": notes.get(name, "")}
             for name in sorted(samples, key=medians.get)]

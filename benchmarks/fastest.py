@@ -20,12 +20,15 @@ import os
 import sys
 import time
 
-from deit_demo import bench
-from deit_demo.artifacts import ArtifactStore
-from deit_demo.models import load_model
-from deit_demo.pipeline import check_inputs, compare_answers, prepare_variants, run_inputs
-from deit_demo.report import machine_line, to_markdown
+import torch
+
+from deit_demo.core.artifacts import ArtifactStore
+from deit_demo.core.cpus import machine_info
+from deit_demo.core.models import load_model
+from deit_demo.measure import bench, timing
+from deit_demo.measure.report import machine_line, to_markdown
 from deit_demo.variants import VARIANTS
+from deit_demo.variants.pipeline import check_inputs, compare_answers, prepare_variants, run_inputs
 
 OURS = ["original", "scripted_int8", "executorch_fp32", "executorch_int8", "compiled_bf16", "pt2e_int8", "tome_fp32",
         "tome_int8"]
@@ -49,7 +52,7 @@ def main() -> int:
 
     if args.pin:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.threads]))
-    bench.set_threads(args.threads)
+    torch.set_num_threads(args.threads)
     loaded = load_model(args.model, args.weights)
     store = ArtifactStore(args.store)
     inputs = check_inputs(loaded.spec)
@@ -73,13 +76,13 @@ def main() -> int:
 
     agreement = {name: compare_answers(reference, run_inputs(fn, inputs)) for name, fn in runners.items()}
     settings = bench.BenchSettings(runs=args.runs, warmup=args.warmup, block=args.block, threads=args.threads)
-    samples, _ = bench.time_interleaved(runners, x, settings)
+    samples, _ = timing.time_interleaved(runners, x, settings)
     print(f"\n{loaded.spec.label} ({loaded.weights} weights), batch 1, {args.threads} threads"
           f"{' (pinned)' if args.pin else ''}, {args.runs} runs after {args.warmup} warm-up, blocks of {args.block}; "
-          f"{machine_line(bench.machine_info())}\n")
+          f"{machine_line(machine_info())}\n")
     rows = []
     for name, values in samples.items():
-        stats = bench.LatencyStats(values)
+        stats = timing.LatencyStats(values)
         kind = "peer" if name in PEERS else ("ours, less work" if VARIANTS[name].lossy else "ours")
         rows.append({"runner": name, "kind": kind, "median ms": round(stats.median_ms, 2),
                      "p90 ms": round(stats.p90_ms, 2), "top-1 agree": f"{agreement[name].top1_agreement:.0%}",

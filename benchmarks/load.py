@@ -28,13 +28,14 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-from deit_demo import bench  # noqa: E402  (after the environment above)
-from deit_demo.report import machine_line, to_markdown  # noqa: E402
-from deit_demo.pipeline import example_images  # noqa: E402
+from deit_demo.core.cpus import machine_info, usable_cpus  # noqa: E402  (after the environment above)
+from deit_demo.measure import timing  # noqa: E402
+from deit_demo.measure.report import machine_line, to_markdown  # noqa: E402
+from deit_demo.variants.pipeline import example_images  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
-    return bench.LatencyStats(values).percentile(q) if values else float("nan")
+    return timing.LatencyStats(values).percentile(q) if values else float("nan")
 
 
 def gradio_client_predict(url: str):
@@ -181,22 +182,47 @@ def _phase_child(url: str, users: int, requests: int, model: str, variant: str, 
     results.put(record)
 
 
+class ServerRss:
+    """The server process's peak resident memory over the whole run, polled every 50 ms on a thread of its own (the
+    visitors' latency is measured in other processes; this is not inside any timed call)."""
+
+    def __init__(self, interval_s: float = 0.05):
+        import psutil
+
+        self._proc, self.interval_s, self.peak = psutil.Process(), interval_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def model_alone_ms(lab, model: str, runs: int = 12) -> float:
     """Median ms of one image through what Auto serves, on the serving thread with nothing else running: the host's
     speed at that moment (on a shared VM it moved 55-70 ms for DeiT-B pt2e_int8 within an evening)."""
     import torch
 
-    from deit_demo.cpus import SERVING, torch_threads
-    from deit_demo.images import load_image, preprocess
+    from deit_demo.core.cpus import torch_threads
+    from deit_demo.core.images import load_image, preprocess
+    from deit_demo.serve.threads import SERVING
 
     loaded = lab.model(model)
-    choice = lab.auto.choice(loaded)
+    choice = lab.server.auto.choice(loaded)
     runner = choice.runner if choice is not None and choice.runner is not None else loaded.model
     x = preprocess(load_image(example_images()[0]), loaded.spec)
 
     def timed() -> list[float]:
         out = []
-        with torch_threads(lab.serve_threads()), torch.inference_mode():
+        with torch_threads(lab.server.serve_threads()), torch.inference_mode():
             for _ in range(runs + 2):
                 start = time.perf_counter()
                 runner(x)
@@ -233,26 +259,29 @@ def main() -> int:
 
     from gradio_client import Client
 
-    from deit_demo.ui import AppConfig, build_app, launch_kwargs
+    from deit_demo.app.process import configure_server_process
+    from deit_demo.app.ui import build_app, launch_kwargs
+    from deit_demo.service.config import AppConfig
 
     config = AppConfig(model=args.model, offline=True)
     if args.classify_threads is not None:
-        config.classify_threads = args.classify_threads
+        config.serve.classify_threads = args.classify_threads
     if args.classify_concurrency is not None:
         config.classify_concurrency = args.classify_concurrency
     if args.max_batch_size is not None:
         config.max_batch_size = args.max_batch_size
     if args.classify_lanes is not None:
-        config.classify_lanes = args.classify_lanes
+        config.serve.classify_lanes = args.classify_lanes
+    configure_server_process()  # as app.py does: this script's process is the server's
     demo = build_app(config)
     demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs(demo.lab))
     url = demo.local_url
-    rss = bench.RssSampler(interval_s=0.05)
+    rss = ServerRss()
     with rss:
         print(f"app on {url}; warming up {args.model} and converting the benchmark's variants...", file=sys.stderr)
         phase(url, 1, 1, args.model, args.variant)
-        choice = demo.lab.auto.wait(args.model) if args.variant == "auto" else None
-        bench_args = (args.bench_model, ["original", "scripted_int8", "onnx_int8"], 2, 1, bench.usable_cpus(), "1")
+        choice = demo.lab.server.auto.wait(args.model) if args.variant == "auto" else None
+        bench_args = (args.bench_model, ["original", "scripted_int8", "onnx_int8"], 2, 1, usable_cpus(), "1")
         Client(url, verbose=False).predict(*bench_args, api_name="/benchmark")  # converts once, untimed
 
         modes = ["each", "one"] if args.visitor_processes == "both" else [args.visitor_processes]
@@ -267,7 +296,7 @@ def main() -> int:
             start = time.perf_counter()
             try:
                 Client(url, verbose=False).predict(args.bench_model, ["original", "scripted_int8", "onnx_int8"],
-                                                   args.bench_runs, 2, bench.usable_cpus(), "1", api_name="/benchmark")
+                                                   args.bench_runs, 2, usable_cpus(), "1", api_name="/benchmark")
                 bench_out["status"] = "ok"
             except Exception as err:
                 bench_out["status"] = f"{type(err).__name__}: {err}"
@@ -284,11 +313,11 @@ def main() -> int:
 
     print(f"\n{args.users} users x {args.requests} classifications of {args.model} (random weights) per phase; "
           f"benchmark of {args.bench_model}: {bench_out.get('status')} in {bench_out.get('seconds', 0):.0f} s; "
-          f"usable CPUs {bench.usable_cpus()}; classification: concurrency {config.classify_concurrency}, threads "
-          f"{config.classify_threads or 'all free'}, max batch {config.max_batch_size}; queue size "
+          f"usable CPUs {usable_cpus()}; classification: concurrency {config.classify_concurrency}, threads "
+          f"{config.serve.classify_threads or 'all free'}, max batch {config.max_batch_size}; queue size "
           f"{config.queue_size}; simulated visitors: {args.client}, niceness {args.visitors_nice}, "
           f"processes: {args.visitor_processes}; "
-          f"{machine_line(bench.machine_info())}")
+          f"{machine_line(machine_info())}")
     if choice is not None:
         print(f"{choice.sentence()} (prepared in {choice.seconds:.0f} s; batch-1 medians {choice.median_ms}; "
               f"not used: {choice.rejected or 'none'})")
@@ -314,7 +343,7 @@ def main() -> int:
                      "wall s": round(rec["wall_s"], 1),
                      "model's share of wall time": f"{rec['forward_ms'] / 1000 / rec['wall_s']:.0%}",
                      "ms per image in the model": round(rec["forward_ms"] / max(1, rec["ok"]), 1),
-                     "simulated visitors' CPU": f"{rec['visitors_cpu_s'] / (rec['wall_s'] * bench.usable_cpus()):.0%}"})
+                     "simulated visitors' CPU": f"{rec['visitors_cpu_s'] / (rec['wall_s'] * usable_cpus()):.0%}"})
     print(to_markdown(rows))
     print(f"\npeak RSS of the server process: {rss.peak / 2**20:.0f} MiB")
     for message in ([m for rec in baselines for m in rec["messages"]] + loaded["messages"])[:5]:

@@ -23,8 +23,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import psutil  # noqa: E402
 
-from deit_demo.pipeline import example_images  # noqa: E402
-from deit_demo.report import to_markdown  # noqa: E402
+from deit_demo.measure.report import to_markdown  # noqa: E402
+from deit_demo.variants.pipeline import example_images  # noqa: E402
 
 
 def open_fds() -> int:
@@ -42,7 +42,11 @@ def main() -> int:
 
     from gradio_client import Client, handle_file
 
-    from deit_demo.ui import AppConfig, build_app, launch_kwargs
+    from deit_demo.app.process import configure_server_process
+    from deit_demo.app.ui import build_app, launch_kwargs
+    from deit_demo.service.config import AppConfig
+
+    configure_server_process()  # as app.py does: this script's process is the server's
 
     # Classification memory only: no background conversions for Auto (the requests ask for the original).
     demo = build_app(AppConfig(model=args.model, offline=True, auto_prepare=False))

@@ -12,6 +12,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+
+def pytest_configure(config):
+    # The tests' process serves apps and converts beside them, as app.py's does: the same process-wide settings,
+    # set where it starts (the library never sets them on import).
+    from deit_demo.app.process import configure_server_process
+
+    configure_server_process()
+
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
 
@@ -65,13 +73,13 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny():
-    from deit_demo.models import load_model
+    from deit_demo.core.models import load_model
 
     return load_model("deit_tiny", "random")
 
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory):
-    from deit_demo.artifacts import ArtifactStore
+    from deit_demo.core.artifacts import ArtifactStore
 
     return ArtifactStore(tmp_path_factory.mktemp("store"))

@@ -5,18 +5,20 @@ import pytest
 gr = pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from deit_demo.pipeline import example_images  # noqa: E402
-from deit_demo.report import CONVERT_COLUMNS  # noqa: E402
-from deit_demo.ui import AppConfig, build_app, launch_kwargs  # noqa: E402
+from deit_demo.app.ui import build_app, launch_kwargs  # noqa: E402
+from deit_demo.measure.report import CONVERT_COLUMNS  # noqa: E402
+from deit_demo.serve.server import ServeSettings  # noqa: E402
+from deit_demo.service.config import AppConfig  # noqa: E402
+from deit_demo.variants.pipeline import example_images  # noqa: E402
 from deit_demo.variants.torchscript import xnnpack_enabled  # noqa: E402
-
 
 FAST = ("onnx_int8_static", "mobile_optimized")  # Auto's candidates here: quick on deit_tiny; the second unavailable
 
 
 @pytest.fixture(scope="module")
 def app(store):
-    config = AppConfig(model="deit_tiny", weights="hub", store_root=str(store.root), auto_variants=FAST)
+    config = AppConfig(model="deit_tiny", weights="hub", store_root=str(store.root),
+                       serve=ServeSettings(auto_variants=FAST))
     demo = build_app(config)
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
                 **launch_kwargs(demo.lab))
@@ -38,7 +40,7 @@ def client(app):
 def test_modules_gradio_retries_are_marked_missing_only_where_they_are(monkeypatch):
     import sys
 
-    from deit_demo.ui import mark_missing_imports
+    from deit_demo.app.process import mark_missing_imports
 
     monkeypatch.delitem(sys.modules, "deit_demo_no_such_module", raising=False)
     monkeypatch.setitem(sys.modules, "json", sys.modules["json"])  # restored after, whatever happens
@@ -49,15 +51,19 @@ def test_modules_gradio_retries_are_marked_missing_only_where_they_are(monkeypat
     monkeypatch.delitem(sys.modules, "deit_demo_no_such_module")
 
 
-def test_no_model_loaded_before_first_request_and_threads_take_turns_on_the_gil_every_ms():
+def test_no_model_loaded_before_first_request_and_building_the_app_changes_nothing_process_wide():
     import sys
+
+    from deit_demo.app.process import GIL_SWITCH_INTERVAL_S, configure_server_process
 
     before = sys.getswitchinterval()
     try:
         sys.setswitchinterval(0.005)  # Python's default
         demo = build_app(AppConfig(model="deit_tiny", auto_prepare=False))
         assert len(demo.lab.cache) == 0
-        assert sys.getswitchinterval() == pytest.approx(demo.lab.config.gil_switch_interval_s) == 0.001
+        assert sys.getswitchinterval() == 0.005  # the library leaves the process as it found it
+        configure_server_process()  # what app.py calls where the server's process starts
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL_S) == 0.001
     finally:
         sys.setswitchinterval(before)
 
@@ -241,9 +247,9 @@ def test_agents_get_classification_and_the_catalog_as_mcp_tools(app, monkeypatch
 
 
 def test_classify_defaults_to_auto_and_names_the_variant_it_used(app, client):
-    app.lab.auto.wait("deit_tiny", timeout_s=600)  # started in the background when the app was built
+    app.lab.server.auto.wait("deit_tiny", timeout_s=600)  # started in the background when the app was built
     out = client.predict(handle_file(str(example_images()[0])), "", "deit_tiny", "auto", api_name="/classify")
-    choice = app.lab.auto.choice(app.lab.model("deit_tiny"))
+    choice = app.lab.server.auto.choice(app.lab.model("deit_tiny"))
     assert f"({choice.variant}, DeiT-Ti" in out[1] and choice.sentence() in out[1]
     assert "mobile_optimized" in choice.rejected
 

@@ -1,4 +1,5 @@
 import csv
+import json
 import threading
 import time
 
@@ -6,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from deit_demo import bench, charts, report
-from deit_demo.bench import BenchResult, BenchSettings, LatencyStats
+from deit_demo.core.errors import Cancelled
+from deit_demo.measure import bench, charts, report, results, timing
+from deit_demo.measure.bench import BenchResult, BenchSettings
+from deit_demo.measure.timing import Entry, LatencyStats, TimingSettings, measure
+from deit_demo.variants.pipeline import AnswerCheck
 
 
 def test_latency_stats_against_hand_computed_samples():
@@ -28,7 +32,7 @@ def test_interleaving_runs_blocks_and_drops_the_first_call():
     calls = []
     runners = {name: (lambda x, n=name: calls.append(n)) for name in ("a", "b")}
     settings = BenchSettings(warmup=1, runs=4, block=3)
-    samples, peaks = bench.time_interleaved(runners, torch.zeros(1), settings)
+    samples, peaks = timing.time_interleaved(runners, torch.zeros(1), settings)
     assert calls[:2] == ["a", "b"]  # warm-up
     assert calls[2:] == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3  # two rounds of 3-call blocks
     assert {k: len(v) for k, v in samples.items()} == {"a": 4, "b": 4}
@@ -38,7 +42,7 @@ def test_interleaving_runs_blocks_and_drops_the_first_call():
 def test_interleaving_measures_with_the_given_clock():
     ticks = iter(range(0, 10_000, 1))
     clock = lambda: next(ticks) / 1000.0  # each reading advances 1 ms
-    samples, _ = bench.time_interleaved({"a": lambda x: None}, torch.zeros(1),
+    samples, _ = timing.time_interleaved({"a": lambda x: None}, torch.zeros(1),
                                         BenchSettings(warmup=0, runs=3, block=1), clock=clock)
     assert samples["a"] == pytest.approx([1.0, 1.0, 1.0])
 
@@ -49,8 +53,8 @@ def test_cancel_stops_promptly():
     timer = threading.Timer(0.2, cancel.set)
     timer.start()
     start = time.perf_counter()
-    with pytest.raises(bench.Cancelled):
-        bench.time_interleaved(runners, torch.zeros(1), BenchSettings(warmup=0, runs=10_000), cancel=cancel)
+    with pytest.raises(Cancelled):
+        timing.time_interleaved(runners, torch.zeros(1), BenchSettings(warmup=0, runs=10_000), cancel=cancel)
     assert time.perf_counter() - start < 1.0
 
 
@@ -73,20 +77,71 @@ def test_reduction_table_like_the_tutorial():
     assert markdown.splitlines()[0].startswith("| Model | batch | Inference Time | Reduction")
 
 
-def test_json_and_csv_round_trip(tmp_path):
-    results = _results()
-    bench.save_json(tmp_path / "r.json", "deit_tiny", results)
-    payload, back = bench.load_json(tmp_path / "r.json")
+def test_json_and_csv_round_trip(tmp_path, capsys):
+    rows = _results()
+    results.write_json(tmp_path / "r.json", results.results_payload(rows, model="deit_tiny"))
+    payload = results.load_results(tmp_path / "r.json")
     assert payload["machine"]["torch"] == torch.__version__ and "isa" in payload["machine"]
-    assert [r.variant for r in back] == [r.variant for r in results]
-    assert back[1].latency.samples_ms == [10.0, 11.0, 12.0] and back[1].latency.median_ms == 11.0
-    assert back[2].latency is None and back[2].reason == "no XNNPACK"
-    bench.save_csv(tmp_path / "r.csv", results)
-    rows = bench.load_csv(tmp_path / "r.csv")
-    assert rows[1]["variant"] == "scripted_int8" and float(rows[1]["median_ms"]) == 11.0
-    assert rows[1]["samples_ms"] == [10.0, 11.0, 12.0]
-    with open(tmp_path / "r.csv") as handle:
-        assert next(csv.reader(handle)) == bench.CSV_FIELDS
+    assert payload["model"] == "deit_tiny" and [r["variant"] for r in payload["rows"]] == [r.variant for r in rows]
+    assert payload["rows"][1]["samples_ms"] == [10.0, 11.0, 12.0] and payload["rows"][1]["median_ms"] == 11.0
+    assert "median_ms" not in payload["rows"][2] and payload["rows"][2]["reason"] == "no XNNPACK"
+    results.write_json("-", {"a": 1})  # the one writer: "-" is stdout
+    assert json.loads(capsys.readouterr().out) == {"a": 1}
+    results.save_csv(tmp_path / "r.csv", rows)
+    with open(tmp_path / "r.csv", newline="") as handle:
+        back = list(csv.DictReader(handle))
+    assert list(back[0]) == results.CSV_FIELDS
+    assert back[1]["variant"] == "scripted_int8" and float(back[1]["median_ms"]) == 11.0
+    assert [float(s) for s in back[1]["samples_ms"].split()] == [10.0, 11.0, 12.0]
+
+
+def test_the_one_timing_loop_checks_rejects_times_and_publishes():
+    good = AnswerCheck(top1_agreement=1.0, top5_overlap=1.0, max_abs_diff=0.0)
+    bad = AnswerCheck(top1_agreement=0.5, top5_overlap=0.5, max_abs_diff=3.0)
+    calls, rounds = {}, []
+
+    def runner(name, fail_after=None):
+        def run(x):
+            calls[name] = calls.get(name, 0) + 1
+            if fail_after is not None and calls[name] > fail_after:
+                raise RuntimeError("runtime fell over")
+            return x
+        return run
+
+    def broken_check(_runner):
+        raise ValueError("wrong shape")
+
+    entries = [Entry("a", runner("a"), check=lambda r: good),
+               Entry("wrong", runner("wrong"), check=lambda r: bad),
+               Entry("raises", runner("raises"), check=broken_check),
+               Entry("gone", None, status="unavailable", reason="not installed"),
+               Entry("dies", runner("dies", fail_after=3), check=lambda r: good),
+               Entry("own", runner("own"), x=torch.ones(2))]
+    done = measure(entries, torch.zeros(1), TimingSettings(runs=4, warmup=1, block=3), threads=1,
+                   min_agreement=1.0, on_round=lambda es: rounds.append({e.name: len(e.samples_ms) for e in es}))
+    by = {e.name: e for e in done}
+    assert [e.name for e in done] == ["a", "wrong", "raises", "gone", "dies", "own"]  # every row kept, in order
+    assert by["a"].ok and len(by["a"].samples_ms) == 4 and by["a"].answers is good and by["a"].peak_rss_bytes > 0
+    assert by["wrong"].status == "rejected" and "50%" in by["wrong"].reason and "wrong" not in calls
+    assert by["raises"].status == "failed" and "wrong shape" in by["raises"].reason and "raises" not in calls
+    assert (by["gone"].status, by["gone"].reason) == ("unavailable", "not installed")
+    assert by["dies"].status == "failed" and "runtime fell over" in by["dies"].reason and not by["dies"].samples_ms
+    assert by["own"].ok and len(by["own"].samples_ms) == 4
+    assert rounds and rounds[0]["a"] < rounds[-1]["a"] == 4  # published as it went
+
+
+def test_peak_memory_is_the_kernels_high_water_mark_of_the_block_not_a_sampler_thread():
+    import threading as threads
+
+    before = threads.active_count()
+    with timing.PeakRss() as outside:
+        pass
+    with timing.PeakRss() as block:
+        grown = bytearray(96 * 2**20)  # 96 MB touched inside the block, freed before it ends
+        grown[::4096] = b"x" * len(grown[::4096])
+        del grown
+    assert threads.active_count() == before  # nothing runs beside the timed calls
+    assert block.peak - outside.peak > 64 * 2**20
 
 
 def test_charts_have_one_point_per_variant_with_the_right_values(tmp_path):
@@ -115,18 +170,20 @@ def test_run_benchmark_end_to_end(tiny, store):
     updates = []
     settings = BenchSettings(variants=["original", "scripted_int8", "mobile_optimized"], runs=4, warmup=1,
                              threads=1, batch_sizes=[1, 2])
-    results = bench.run_benchmark(tiny, settings, store, on_update=lambda r: updates.append(len(r)))
-    timed = [r for r in results if r.latency]
+    rows = bench.run_benchmark(tiny, settings, store, on_update=lambda r: updates.append(len(r)))
+    timed = [r for r in rows if r.latency]
     assert {(r.variant, r.batch_size) for r in timed} == {(v, b) for v in ("original", "scripted_int8") for b in (1, 2)}
     assert all(len(r.latency.samples_ms) == 4 and r.threads == 1 for r in timed)
     assert all(r.profiler_self_cpu_ms > 0 and len(r.profiler_ops) == 10 for r in timed)
     assert all(r.peak_rss_bytes > 100e6 for r in timed)
     assert updates and len(updates) >= 3
-    unavailable = [r for r in results if r.variant == "mobile_optimized"]
+    unavailable = [r for r in rows if r.variant == "mobile_optimized"]
     assert unavailable and (unavailable[0].status == "unavailable") != bool(unavailable[0].latency)
 
 
 def test_usable_cpus_is_positive_and_bounded():
     import os
 
-    assert 1 <= bench.usable_cpus() <= (os.cpu_count() or 1)
+    from deit_demo.core.cpus import usable_cpus
+
+    assert 1 <= usable_cpus() <= (os.cpu_count() or 1)

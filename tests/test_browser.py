@@ -8,9 +8,11 @@ import pytest
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from deit_demo.images import FetchSettings  # noqa: E402
-from deit_demo.paths import ASSETS  # noqa: E402
-from deit_demo.ui import AppConfig, build_app, launch_kwargs  # noqa: E402
+from deit_demo.app.ui import build_app, launch_kwargs  # noqa: E402
+from deit_demo.core.paths import ASSETS  # noqa: E402
+from deit_demo.core.urls import FetchSettings  # noqa: E402
+from deit_demo.serve.server import ServeSettings  # noqa: E402
+from deit_demo.service.config import AppConfig  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
@@ -19,8 +21,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def app_url(store):
-    demo = build_app(AppConfig(model="deit_tiny", store_root=str(store.root), auto_variants=("onnx_int8_static",)))
-    demo.lab.fetch = FetchSettings(allow_loopback=True, deadline_s=10.0)  # the image host below is on 127.0.0.1
+    demo = build_app(AppConfig(model="deit_tiny", store_root=str(store.root),
+                               serve=ServeSettings(auto_variants=("onnx_int8_static",))))
+    demo.lab.server.fetch = FetchSettings(allow_loopback=True, deadline_s=10.0)  # the image host below is on 127.0.0.1
     demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs(demo.lab))
     yield demo.local_url
     demo.close()

@@ -174,15 +174,15 @@ def test_no_profiler_or_gpu_probe_noise_on_a_cpu_machine(capfd):
         assert noise not in out.stderr and noise not in out.stdout
     out = run_cli("classify", "assets/synth/dots.png", "--model", "deit_synth", "--variant", "executorch_fp32")
     assert out.returncode == 0 and "cpuinfo_utils" not in out.stderr and "threadpool.cpp" not in out.stderr, out.stderr
-    from deit_demo.bench import profile_once  # in-process too, as the app runs it
-
     import torch
+
+    from deit_demo.measure.bench import profile_once  # in-process too, as the app runs it
     total, ops = profile_once(lambda x: x @ x, torch.randn(32, 32))
     captured = capfd.readouterr()
     assert total > 0 and ops and "USDT" not in captured.err and "gpuGetDeviceCount" not in captured.err
     # The app profiles on a Gradio worker thread: a process's first profile off the main thread made kineto print
     # "ERROR: External init callback must run in same thread as registerClient" (once, harmlessly).
-    script = ("import threading, torch\nfrom deit_demo.bench import profile_once\nout = []\n"
+    script = ("import threading, torch\nfrom deit_demo.measure.bench import profile_once\nout = []\n"
               "t = threading.Thread(target=lambda: out.append(profile_once(lambda x: x @ x, torch.randn(32, 32))))\n"
               "t.start(); t.join(); print('ops', len(out[0][1]))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -194,7 +194,7 @@ def test_no_profiler_or_gpu_probe_noise_on_a_cpu_machine(capfd):
 def test_help_of_the_cli_and_every_command_renders():
     import argparse
 
-    from deit_demo.__main__ import build_parser
+    from deit_demo.cli import build_parser
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices

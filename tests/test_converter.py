@@ -8,11 +8,11 @@ import time
 import pytest
 import torch
 
-from deit_demo import converter
-from deit_demo.artifacts import ArtifactStore
-from deit_demo.pipeline import convert_variant, run_conversion
-from deit_demo.service import AppConfig, Lab
-from deit_demo.variants import VARIANTS, get_variant
+from deit_demo.core.artifacts import ArtifactStore
+from deit_demo.service.config import AppConfig
+from deit_demo.service.lab import Lab
+from deit_demo.variants import VARIANTS, converter, get_variant
+from deit_demo.variants.pipeline import convert_variant, run_conversion
 
 
 @pytest.fixture(autouse=True)
@@ -22,12 +22,18 @@ def _fresh_worker():
     converter.shutdown()
 
 
+def worker_pid() -> int | None:
+    """The conversion worker's process id, or None when no worker runs."""
+    with converter._lock:
+        processes = list((converter._pool._processes or {}).keys()) if converter._pool is not None else []
+    return processes[0] if processes else None
+
 def test_a_shared_store_converts_in_a_worker_and_loads_here(tiny, tmp_path, monkeypatch):
     # An export that fails in this process: only a conversion that runs elsewhere can succeed.
     monkeypatch.setattr(VARIANTS["scripted"], "export", lambda *a: (_ for _ in ()).throw(RuntimeError("ran here")))
     row, = run_conversion(tiny, ["scripted"], ArtifactStore(tmp_path / "shared", isolate=True))
     assert row.status == "ok" and row.top1_agreement == 1.0, row.reason
-    worker = converter.worker_pid()
+    worker = worker_pid()
     assert worker is not None and worker != os.getpid()
     row, = run_conversion(tiny, ["scripted"], ArtifactStore(tmp_path / "own"))
     assert row.status == "failed" and "ran here" in row.reason  # the CLI's store converts in its own process
@@ -58,29 +64,29 @@ def test_a_killed_worker_is_one_failed_row_and_the_next_conversion_gets_a_new_on
     thread = threading.Thread(target=lambda: rows.extend(run_conversion(tiny, ["onnx_fp32"], store)))
     thread.start()
     deadline = time.time() + 60
-    while converter.worker_pid() is None and time.time() < deadline:
+    while worker_pid() is None and time.time() < deadline:
         time.sleep(0.05)
-    first = converter.worker_pid()
+    first = worker_pid()
     time.sleep(1.0)  # into the conversion
     os.kill(first, signal.SIGKILL)
     thread.join(timeout=120)
     assert rows[0].status == "failed" and "conversion process ended" in rows[0].reason
     assert not list(tmp_path.glob(".tmp-*")) and store.artifacts() == []  # nothing half-made is kept
     row, = run_conversion(tiny, ["scripted"], store)
-    assert row.status == "ok" and converter.worker_pid() not in (None, first)
+    assert row.status == "ok" and worker_pid() not in (None, first)
 
 
 def test_an_idle_worker_exits(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(converter, "IDLE_S", 0.5)
     pids, done = [], converter._job_done
-    monkeypatch.setattr(converter, "_job_done", lambda *a: pids.append(converter.worker_pid()) or done(*a))
+    monkeypatch.setattr(converter, "_job_done", lambda *a: pids.append(worker_pid()) or done(*a))
     run_conversion(tiny, ["original"], ArtifactStore(tmp_path, isolate=True))
     worker, = pids  # seen as the job ended: the parent's check of the result may take longer than IDLE_S
     assert worker is not None
     deadline = time.time() + 30
-    while converter.worker_pid() is not None and time.time() < deadline:
+    while worker_pid() is not None and time.time() < deadline:
         time.sleep(0.1)
-    assert converter.worker_pid() is None
+    assert worker_pid() is None
     with pytest.raises(ProcessLookupError):
         for _ in range(100):  # the process is gone, not only forgotten
             os.kill(worker, 0)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from deit_demo import DeitDemoError
-from deit_demo.cpus import CpuBudget, cgroup_quota, usable_cpus
+from deit_demo.core.cpus import cgroup_quota, usable_cpus
+from deit_demo.serve.threads import CpuBudget
 
 
 def test_cgroup_v2_and_v1_quotas(tmp_path):
@@ -73,7 +74,7 @@ def test_the_serving_thread_runs_every_pass_on_one_thread_in_the_callers_context
     # spin-waiting once the teams outnumbered the CPUs (DeiT-B pt2e_int8: 65 ms per image instead of 54).
     import contextvars
 
-    from deit_demo.cpus import ServingThread
+    from deit_demo.serve.threads import ServingThread
 
     serving = ServingThread("test-serve")
     request = contextvars.ContextVar("request", default=None)
@@ -115,7 +116,7 @@ def test_the_serving_thread_runs_every_pass_on_one_thread_in_the_callers_context
 
 def test_the_serving_thread_ends_when_idle_and_comes_back_on_demand():
     # Its OpenMP team would otherwise slow every other thread's parallel regions for as long as the process lives
-    from deit_demo.cpus import ServingThread
+    from deit_demo.serve.threads import ServingThread
 
     serving = ServingThread("test-idle-serve", idle_s=0.2)
     first = serving.run(threading.get_ident)
@@ -128,15 +129,16 @@ def test_the_serving_thread_ends_when_idle_and_comes_back_on_demand():
 
 
 def test_a_lab_serves_visitors_on_other_threads_from_the_serving_thread(monkeypatch):
-    from deit_demo import service
-    from deit_demo.cpus import SERVING
-    from deit_demo.pipeline import example_images
-    from deit_demo.service import AppConfig, Lab
+    from deit_demo.serve import server
+    from deit_demo.serve.threads import SERVING
+    from deit_demo.service.config import AppConfig
+    from deit_demo.service.lab import Lab
+    from deit_demo.variants.pipeline import example_images
 
     lab = Lab(AppConfig(model="deit_digits", auto_prepare=False))
     passes = []
-    real = service.classify_tensors
-    monkeypatch.setattr(service, "classify_tensors",
+    real = server.classify_tensors
+    monkeypatch.setattr(server, "classify_tensors",
                         lambda *a, **k: passes.append(threading.get_ident()) or real(*a, **k))
     image = str(example_images()[0])
     callers = [threading.Thread(target=lab.classify, args=(image, "deit_digits")),
@@ -152,14 +154,15 @@ def test_a_lab_serves_visitors_on_other_threads_from_the_serving_thread(monkeypa
 def test_images_are_read_off_the_serving_thread_and_a_bad_one_never_waits_for_it(monkeypatch, tmp_path):
     # The serving thread runs only forward passes: a batch's images decode before its turn (side by side), and a
     # bad upload is answered while another visitor's pass still holds that thread.
-    from deit_demo import service
-    from deit_demo.cpus import SERVING
-    from deit_demo.pipeline import example_images
-    from deit_demo.service import AppConfig, Lab
+    from deit_demo.serve import server
+    from deit_demo.serve.server import ServeSettings
+    from deit_demo.serve.threads import SERVING
+    from deit_demo.service.config import AppConfig
+    from deit_demo.service.lab import Lab
+    from deit_demo.variants.pipeline import example_images
 
-    lab = Lab(AppConfig(model="deit_digits", auto_prepare=False))
-    lab.cpus = CpuBudget(2)
-    readers, real, together = [], service.load_image, threading.Barrier(2, timeout=10)
+    lab = Lab(AppConfig(model="deit_digits", auto_prepare=False, serve=ServeSettings(cpus=2)))
+    readers, real, together = [], server.load_image, threading.Barrier(2, timeout=10)
 
     def load_image(source):
         readers.append(threading.get_ident())
@@ -167,7 +170,7 @@ def test_images_are_read_off_the_serving_thread_and_a_bad_one_never_waits_for_it
             together.wait()
         return real(source)
 
-    monkeypatch.setattr(service, "load_image", load_image)
+    monkeypatch.setattr(server, "load_image", load_image)
     bad = tmp_path / "not_an_image.jpg"
     bad.write_text("hello")
     image = str(example_images()[0])
@@ -197,7 +200,7 @@ def test_images_are_read_off_the_serving_thread_and_a_bad_one_never_waits_for_it
 
 
 def test_a_cache_hands_out_what_it_has_while_another_key_builds_and_builds_each_once():
-    from deit_demo.cache import BoundedCache
+    from deit_demo.core.cache import BoundedCache
 
     cache: BoundedCache[str] = BoundedCache(4)
     cache.get("ready", lambda: "r")
@@ -227,9 +230,10 @@ def test_a_cache_hands_out_what_it_has_while_another_key_builds_and_builds_each_
 def test_a_variant_loads_off_the_serving_thread_so_other_visitors_are_served_meanwhile(monkeypatch):
     # A visitor who picks a compiled variant by name waits for its compile (DeiT-B: 15 s and more); the others must
     # not, and the compile's OpenMP team must not outlive it on a long-lived thread.
-    from deit_demo import service
-    from deit_demo.pipeline import example_images
-    from deit_demo.service import AppConfig, Lab
+    from deit_demo.serve import runners
+    from deit_demo.service.config import AppConfig
+    from deit_demo.service.lab import Lab
+    from deit_demo.variants.pipeline import example_images
 
     lab = Lab(AppConfig(model="deit_digits", auto_prepare=False))
     loading, release, loaders = threading.Event(), threading.Event(), []
@@ -240,7 +244,7 @@ def test_a_variant_loads_off_the_serving_thread_so_other_visitors_are_served_mea
         assert release.wait(30)
         return None, None, loaded.model
 
-    monkeypatch.setattr(service, "prepare", slow_prepare)
+    monkeypatch.setattr(runners, "prepare", slow_prepare)
     image = str(example_images()[0])
     picked = []
     visitor = threading.Thread(target=lambda: picked.append(lab.classify(image, "deit_digits", "onnx_fp32")[1]))
@@ -260,8 +264,9 @@ def test_after_a_load_the_heap_is_out_of_the_collectors_sight_and_what_died_befo
     import gc
     import weakref
 
-    from deit_demo import cpus
-    from deit_demo.service import AppConfig, Lab
+    from deit_demo.core import cpus
+    from deit_demo.service.config import AppConfig
+    from deit_demo.service.lab import Lab
 
     class Node:
         pass
@@ -278,11 +283,11 @@ def test_after_a_load_the_heap_is_out_of_the_collectors_sight_and_what_died_befo
     assert gone() is None  # ...until the next load settles the heap
     gc.unfreeze()
     calls = []
-    monkeypatch.setattr("deit_demo.service.settle_heap", lambda: calls.append(1))
+    monkeypatch.setattr("deit_demo.serve.runners.settle_heap", lambda: calls.append(1))
     lab = Lab(AppConfig(model="deit_digits", auto_prepare=False))
     loaded = lab.model("deit_digits")
-    lab.runner(loaded, "scripted")
-    lab.runner(loaded, "scripted")  # a hit: nothing loaded, nothing to settle
+    lab.server.runners.get(loaded, "scripted")
+    lab.server.runners.get(loaded, "scripted")  # a hit: nothing loaded, nothing to settle
     assert calls == [1]
 
 
@@ -295,8 +300,10 @@ def _niceness() -> int:
 def test_a_benchmarks_timing_runs_on_its_own_nicer_thread_and_the_callers_priority_stays(monkeypatch):
     # Linux niceness is per thread: a benchmark's timing yields the CPUs to visitors' answers, the server does not,
     # and neither does its preparation (compiles hold the GIL: a descheduled holder makes every answer wait)
-    from deit_demo import bench
-    from deit_demo.service import AppConfig, Lab
+    from deit_demo.measure import bench, timing
+    from deit_demo.serve.server import ServeSettings
+    from deit_demo.service.config import AppConfig
+    from deit_demo.service.lab import Lab
 
     before = _niceness()
     seen = {}
@@ -306,25 +313,27 @@ def test_a_benchmarks_timing_runs_on_its_own_nicer_thread_and_the_callers_priori
         seen["prepared at"] = _niceness()
         yield from real_prepare(*args, **kwargs)
 
-    def timing(runners, x, settings, **kwargs):
+    def timed(runners, x, settings, **kwargs):
         seen.update(niceness=_niceness(), thread=threading.get_ident(), threads=torch.get_num_threads())
         return {key: [1.0] * settings.runs for key in runners}, {key: 0 for key in runners}
 
     monkeypatch.setattr(bench, "prepare_variants", preparing)
-    monkeypatch.setattr(bench, "time_interleaved", timing)
+    monkeypatch.setattr(timing, "time_interleaved", timed)
     settings = bench.BenchSettings(variants=["original"], runs=2, warmup=0, threads=1)
-    _, results = Lab(AppConfig(model="deit_digits", auto_prepare=False, heavy_niceness=7)).benchmark("deit_digits",
-                                                                                                  settings)
+    niced = AppConfig(model="deit_digits", auto_prepare=False, serve=ServeSettings(heavy_niceness=7))
+    _, results = Lab(niced).benchmark("deit_digits", settings)
     assert results[0].status == "ok" and results[0].latency.median_ms == 1.0
     assert seen["niceness"] == min(19, before + 7) and seen["thread"] != threading.get_ident()
     assert seen["threads"] == 1 and seen["prepared at"] == before and _niceness() == before
 
-    Lab(AppConfig(model="deit_digits", auto_prepare=False, heavy_niceness=0)).benchmark("deit_digits", settings)
+    as_is = AppConfig(model="deit_digits", auto_prepare=False, serve=ServeSettings(heavy_niceness=0))
+    Lab(as_is).benchmark("deit_digits", settings)
     assert seen["niceness"] == before and seen["thread"] == threading.get_ident()  # the CLI's: this thread, as is
 
 
 def test_niceness_is_a_setting_that_cannot_be_negative():
-    from deit_demo.service import AppConfig
+    from deit_demo.serve.server import ServeSettings
+    from deit_demo.service.config import AppConfig
 
     with pytest.raises(DeitDemoError, match="heavy_niceness"):
-        AppConfig(model="deit_digits", heavy_niceness=-1)
+        AppConfig(model="deit_digits", serve=ServeSettings(heavy_niceness=-1))

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from deit_demo import decide
-from deit_demo.bench import RESULTS_SCHEMA, save_json
-from deit_demo.errors import DeitDemoError
-from deit_demo.models import load_model
+from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.models import load_model
+from deit_demo.measure import decide, results, sweep
+from deit_demo.measure.results import RESULTS_SCHEMA
 
 
 def row(model, variant, top1, ms, mb, **extra):
@@ -73,9 +73,9 @@ def test_pareto_front_keeps_only_undominated_pairs():
 
 @pytest.fixture(scope="module")
 def sweep_rows(store):
-    settings = decide.SweepSettings(models=["deit_tiny", "deit_tiny_distilled"], variants=["original", "scripted_int8"],
+    settings = sweep.SweepSettings(models=["deit_tiny", "deit_tiny_distilled"], variants=["original", "scripted_int8"],
                                     runs=2, warmup=1, threads=[1], weights="random")
-    return decide.run_sweep(settings, lambda key: load_model(key, "random"), store)
+    return sweep.run_sweep(settings, lambda key: load_model(key, "random"), store)
 
 
 def test_a_2x2_sweep_times_every_pair_together(sweep_rows):
@@ -91,9 +91,9 @@ def test_a_2x2_sweep_times_every_pair_together(sweep_rows):
 
 
 def test_thread_sweep_times_each_thread_count(store):
-    settings = decide.SweepSettings(models=["deit_tiny"], variants=["original"], runs=2, warmup=0, threads="1,2",
+    settings = sweep.SweepSettings(models=["deit_tiny"], variants=["original"], runs=2, warmup=0, threads="1,2",
                                     weights="random")
-    rows = decide.run_sweep(settings, lambda key: load_model(key, "random"), store)
+    rows = sweep.run_sweep(settings, lambda key: load_model(key, "random"), store)
     assert sorted(r.threads for r in rows) == [1, 2] and all(r.latency for r in rows)
 
 
@@ -105,17 +105,17 @@ def test_thread_sweep_times_each_thread_count(store):
 def test_sweep_settings_validate_themselves(kwargs, message):
     base = dict(models=["deit_tiny"], variants=["original"])
     with pytest.raises(DeitDemoError, match=message):
-        decide.SweepSettings(**{**base, **kwargs})
+        sweep.SweepSettings(**{**base, **kwargs})
 
 
 def test_saved_runs_compare_across_machines(sweep_rows, tmp_path):
-    save_json(tmp_path / "a.json", "deit_tiny", sweep_rows)
+    results.write_json(tmp_path / "a.json", results.results_payload(sweep_rows, model="deit_tiny"))
     other = json.loads((tmp_path / "a.json").read_text())
     other["machine"]["cpu"] = "Other CPU"
     for r in other["rows"]:
         r["median_ms"], r["threads"] = r["median_ms"] * 2, 8  # another machine, another thread count
     (tmp_path / "b.json").write_text(json.dumps(other))
-    payloads = [decide.load_results(tmp_path / "a.json"), decide.load_results(tmp_path / "b.json")]
+    payloads = [results.load_results(tmp_path / "a.json"), results.load_results(tmp_path / "b.json")]
     latency, machines = decide.compare(payloads)
     assert [m["cpu"] for m in machines][1] == "Other CPU" and len(latency) == 4
     assert all(r["speed-up b.json vs a.json"] == "0.50x" and r["threads"] == "1 / 8" for r in latency)
@@ -134,12 +134,12 @@ def test_files_that_are_not_results_are_refused(content, message, tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(content)
     with pytest.raises(DeitDemoError, match=message):
-        decide.load_results(path)
+        results.load_results(path)
 
 
 def test_huge_files_are_refused_before_reading(tmp_path):
     path = tmp_path / "huge.json"
     with open(path, "wb") as handle:
-        handle.truncate(decide.MAX_RESULTS_BYTES + 1)
+        handle.truncate(results.MAX_RESULTS_BYTES + 1)
     with pytest.raises(DeitDemoError, match="at most 20 MB"):
-        decide.load_results(path)
+        results.load_results(path)

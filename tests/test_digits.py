@@ -5,11 +5,10 @@ import shutil
 
 import pytest
 
-from deit_demo.evaluate import evaluate, folder_set
-from deit_demo.models import MODELS, load_model
-from deit_demo.paths import ASSETS
+from deit_demo.core.models import MODELS, load_model
+from deit_demo.core.paths import ASSETS
+from deit_demo.measure.evaluate import evaluate, folder_set
 from deit_demo.variants import VARIANTS
-
 
 # A few representatives; every variant's accuracy is measured on deit_synth (test_synth), the fixture that can tell
 # variants apart, so the digits model is not converted 17 times.
@@ -79,7 +78,7 @@ def test_image_folder_by_synset_and_bad_folder(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_training_script_runs_and_distills():
-    from deit_demo import train_digits
+    from deit_demo.train import digits as train_digits
 
     student, report = train_digits.run(epochs=2, teacher_epochs=5)
     assert report.teacher > 0.8  # a CNN learns digits in five epochs; the student gets its argmax as labels

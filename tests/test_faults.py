@@ -15,14 +15,16 @@ import torch
 
 gr = pytest.importorskip("gradio")
 
-from deit_demo import __main__ as cli  # noqa: E402
-from deit_demo import decide, handlers  # noqa: E402
-from deit_demo.artifacts import MANIFEST, ArtifactStore  # noqa: E402
-from deit_demo.errors import DeitDemoError  # noqa: E402
-from deit_demo.models import read_checkpoint  # noqa: E402
-from deit_demo.pipeline import convert_variant, example_images, run_conversion  # noqa: E402
-from deit_demo.service import AppConfig, Lab  # noqa: E402
+import deit_demo.cli as cli  # noqa: E402
+from deit_demo.app import handlers  # noqa: E402
+from deit_demo.core.artifacts import MANIFEST, ArtifactStore  # noqa: E402
+from deit_demo.core.errors import DeitDemoError  # noqa: E402
+from deit_demo.core.models import read_checkpoint  # noqa: E402
+from deit_demo.measure import decide
+from deit_demo.service.config import AppConfig  # noqa: E402
+from deit_demo.service.lab import Lab  # noqa: E402
 from deit_demo.variants import VARIANTS, get_variant  # noqa: E402
+from deit_demo.variants.pipeline import convert_variant, example_images, run_conversion  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CAT = str(example_images()[1])
@@ -59,7 +61,7 @@ HANDLER_CALLS = {
 @pytest.mark.parametrize("name", list(HANDLER_CALLS) + ["sweep", "compare"])
 def test_unexpected_errors_in_every_handler_are_one_line_with_a_reference(name, lab, monkeypatch, caplog, tmp_path):
     if name == "sweep":
-        monkeypatch.setattr(decide, "run_sweep", boom)
+        monkeypatch.setattr(Lab, "sweep", boom)
         call = lambda lab: list(handlers.sweep(lab, ["deit_tiny"], ["original"], "1", "1", 2, 0, None, None, None,  # noqa
                                                progress=progress))
     elif name == "compare":
@@ -82,15 +84,15 @@ def test_unexpected_errors_in_every_handler_are_one_line_with_a_reference(name, 
 
 
 CLI_CALLS = {
-    "models": ("deit_demo.report.catalog_rows", ["models"]),
-    "variants": ("deit_demo.report.to_markdown", ["variants"]),
-    "classify": ("deit_demo.service.Lab.classify", ["classify", CAT, "--model", "deit_tiny", "--weights", "random"]),
-    "convert": ("deit_demo.service.Lab.convert", ["convert", "--model", "deit_tiny", "--weights", "random"]),
-    "evaluate": ("deit_demo.evaluate.evaluate", ["evaluate", "--model", "deit_digits"]),
-    "bench": ("deit_demo.service.Lab.benchmark", ["bench", "--model", "deit_tiny", "--weights", "random"]),
-    "sweep": ("deit_demo.decide.run_sweep", ["sweep", "--models", "deit_tiny", "--weights", "random"]),
-    "compare": ("deit_demo.decide.load_results", ["compare", "x.json"]),
-    "tome-sweep": ("deit_demo.bench.tome_sweep", ["tome-sweep", "--model", "deit_digits"]),
+    "models": ("deit_demo.measure.report.catalog_rows", ["models"]),
+    "variants": ("deit_demo.measure.report.to_markdown", ["variants"]),
+    "classify": ("deit_demo.service.lab.Lab.classify", ["classify", CAT, "--model", "deit_tiny", "--weights", "random"]),
+    "convert": ("deit_demo.service.lab.Lab.convert", ["convert", "--model", "deit_tiny", "--weights", "random"]),
+    "evaluate": ("deit_demo.service.lab.Lab.evaluate", ["evaluate", "--model", "deit_digits"]),
+    "bench": ("deit_demo.service.lab.Lab.benchmark", ["bench", "--model", "deit_tiny", "--weights", "random"]),
+    "sweep": ("deit_demo.service.lab.Lab.sweep", ["sweep", "--models", "deit_tiny", "--weights", "random"]),
+    "compare": ("deit_demo.measure.results.load_results", ["compare", "x.json"]),
+    "tome-sweep": ("deit_demo.service.lab.Lab.tome_sweep", ["tome-sweep", "--model", "deit_digits"]),
 }
 
 
@@ -197,7 +199,7 @@ def test_disk_full_or_read_only_store_during_a_conversion(code, words, tiny, tmp
 
 
 def test_store_that_cannot_make_a_work_folder(tiny, tmp_path, monkeypatch):
-    import deit_demo.artifacts as artifacts
+    import deit_demo.core.artifacts as artifacts
 
     store = ArtifactStore(tmp_path / "store")
     monkeypatch.setattr(artifacts.tempfile, "mkdtemp", lambda **kw: (_ for _ in ()).throw(
@@ -217,7 +219,7 @@ def test_out_of_memory_during_a_conversion_is_a_clear_row(tiny, tmp_path, monkey
 @pytest.mark.slow
 def test_conversion_over_a_memory_cap_fails_clearly_in_a_capped_process(tmp_path):
     """A real cap (RLIMIT_AS) on a real process: DeiT-B's weights do not fit, the command says so in one line."""
-    probe = ("import resource, deit_demo.variants, deit_demo.service; print(int(open('/proc/self/status').read()"
+    probe = ("import resource, deit_demo.variants, deit_demo.service.lab; print(int(open('/proc/self/status').read()"
              ".split('VmPeak:')[1].split()[0]) * 1024)")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DEIT_DEMO_HOME": str(tmp_path)}
     baseline = int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=env,
@@ -257,7 +259,7 @@ def test_store_folder_deleted_while_the_app_runs_is_rebuilt(tmp_path):
 
 
 def test_a_runtime_raising_mid_benchmark_fails_its_row_and_the_others_finish(tiny, store, monkeypatch):
-    from deit_demo import bench
+    from deit_demo.measure import bench
 
     real_load = VARIANTS["scripted"].load
 

@@ -6,13 +6,16 @@ gr = pytest.importorskip("gradio")
 
 import torch  # noqa: E402
 
-from deit_demo import handlers, pipeline  # noqa: E402
-from deit_demo.bench import BenchSettings, parse_batch_sizes  # noqa: E402
-from deit_demo.errors import DeitDemoError  # noqa: E402
-from deit_demo.pipeline import example_images  # noqa: E402
-from deit_demo.report import CONVERT_COLUMNS  # noqa: E402
-from deit_demo.service import AppConfig, Lab  # noqa: E402
-from deit_demo.serving import AUTO  # noqa: E402
+from deit_demo.app import handlers
+from deit_demo.core.errors import DeitDemoError  # noqa: E402
+from deit_demo.measure.bench import BenchSettings, parse_batch_sizes  # noqa: E402
+from deit_demo.measure.report import CONVERT_COLUMNS  # noqa: E402
+from deit_demo.serve.auto import AUTO  # noqa: E402
+from deit_demo.serve.server import ServeSettings
+from deit_demo.service.config import AppConfig  # noqa: E402
+from deit_demo.service.lab import Lab  # noqa: E402
+from deit_demo.variants import pipeline  # noqa: E402
+from deit_demo.variants.pipeline import example_images  # noqa: E402
 
 
 class Recorder:
@@ -61,9 +64,7 @@ def test_classify_handler_errors_are_gradio_errors(lab):
     assert raised.value.print_exception is False  # a visitor's mistake puts no traceback in the server log
 
 
-def test_the_handlers_edge_logs_only_the_unexpected_and_that_once(monkeypatch):
-    logged = []
-    monkeypatch.setattr(handlers, "log_unexpected", lambda what, err: logged.append((what, err)) or "ref")
+def test_the_handlers_edge_logs_only_the_unexpected_and_that_once(caplog):
 
     @handlers.boundary("Testing")
     def fails(err):
@@ -74,7 +75,8 @@ def test_the_handlers_edge_logs_only_the_unexpected_and_that_once(monkeypatch):
         with pytest.raises(gr.Error) as raised:
             fails(err)
         assert raised.value.print_exception is False  # Gradio would print a traceback for every one
-    assert logged == [("Testing", boom)]
+    logged = [r for r in caplog.records if r.name == "deit_demo"]
+    assert len(logged) == 1 and logged[0].exc_info[1] is boom and "Testing" in logged[0].getMessage()
 
 
 def test_convert_handler_table_matches_the_cli_columns_and_measures_accuracy(lab):
@@ -147,7 +149,7 @@ def test_app_config_validates_itself():
     with pytest.raises(DeitDemoError, match="Unknown model"):
         AppConfig(model="resnet")
     with pytest.raises(DeitDemoError, match="max_runners"):
-        AppConfig(max_runners=0)
+        AppConfig(serve=ServeSettings(max_runners=0))
 
 
 def test_tome_sweep_handler_draws_r_against_latency_and_accuracy(lab):
@@ -192,7 +194,7 @@ def test_a_shared_batch_answers_each_visitor_and_fails_only_the_bad_item(lab):
 
 
 def test_dynamic_int8_and_per_shape_compiles_run_each_image_alone_in_a_batch(tiny):
-    from deit_demo.classify import classify_tensors
+    from deit_demo.serve.classify import classify_tensors
     from deit_demo.variants import VARIANTS
 
     seen = []
@@ -212,8 +214,8 @@ def test_dynamic_int8_and_per_shape_compiles_run_each_image_alone_in_a_batch(tin
 def test_lanes_run_images_side_by_side_on_a_share_of_the_threads_in_order():
     import threading
 
-    from deit_demo.classify import run_in_lanes
-    from deit_demo.cpus import torch_threads
+    from deit_demo.core.cpus import torch_threads
+    from deit_demo.serve.classify import run_in_lanes
 
     calls = []
 
@@ -236,12 +238,12 @@ def test_lanes_run_images_side_by_side_on_a_share_of_the_threads_in_order():
 
 
 def test_auto_serves_the_original_until_the_fast_variant_is_verified(store):
-    lab = Lab(AppConfig(model="deit_tiny", store_root=str(store.root),
-                        auto_variants=("onnx_int8_static", "mobile_optimized")))
+    serve = ServeSettings(auto_variants=("onnx_int8_static", "mobile_optimized"))
+    lab = Lab(AppConfig(model="deit_tiny", store_root=str(store.root), serve=serve))
     cat = str(example_images()[1])
     _, first = lab.classify(cat, "deit_tiny", AUTO)  # nothing prepared yet: no waiting, the original answers
     assert first.variant == "original" and "being converted and checked in the background" in first.note
-    choice = lab.auto.wait("deit_tiny", timeout_s=600)
+    choice = lab.server.auto.wait("deit_tiny", timeout_s=600)
     assert choice.state == "ready" and "mobile_optimized" in choice.rejected  # unavailable here, or never verified
     assert set(choice.median_ms) <= {"original", "onnx_int8_static"} and "original" in choice.median_ms
     assert choice.variant == min(choice.median_ms, key=choice.median_ms.get)  # the fastest of the verified
@@ -260,17 +262,16 @@ def test_auto_serves_a_compiled_variant_on_the_cpus_a_benchmark_leaves_and_anoth
 
     from torch._dynamo.utils import counters
 
-    from deit_demo import serving
-    from deit_demo.cpus import CpuBudget
+    from deit_demo.measure import timing
     from deit_demo.variants.base import COMPILE_LOCK
 
     speed = {"original": 9.0, "onnx_int8_static": 5.0, "pt2e_int8": 2.0}  # the compiled graph fastest, as on DeiT-B
-    monkeypatch.setattr(serving.bench, "time_interleaved",
+    monkeypatch.setattr(timing, "time_interleaved",
                         lambda runners, *a, **k: ({name: [speed[name]] * 3 for name in runners}, {}))
-    lab = Lab(AppConfig(model="deit_tiny", store_root=str(store.root), auto_variants=("pt2e_int8", "onnx_int8_static"),
-                        auto_prepare=False))
-    lab.cpus = CpuBudget(total=2)  # serving: 2 threads; a convert or benchmark job: 1
-    choice = lab.auto.prepare("deit_tiny")
+    # Serving: 2 threads; a convert or benchmark job: 1
+    serve = ServeSettings(auto_variants=("pt2e_int8", "onnx_int8_static"), cpus=2)
+    lab = Lab(AppConfig(model="deit_tiny", store_root=str(store.root), auto_prepare=False, serve=serve))
+    choice = lab.server.auto.prepare("deit_tiny")
     assert (choice.variant, choice.fallback) == ("pt2e_int8", "onnx_int8_static"), choice.rejected
     assert choice.warm_threads == {1, 2}
     counts, fn = [], choice.runner.fn
@@ -278,7 +279,7 @@ def test_auto_serves_a_compiled_variant_on_the_cpus_a_benchmark_leaves_and_anoth
     cat = str(example_images()[1])
     graphs = counters["stats"]["unique_graphs"]
     _, alone = lab.classify(cat, "deit_tiny", AUTO)
-    with lab.cpus.take(lab.heavy_cpus()):  # what a benchmark holds while it runs
+    with lab.server.cpus.take(lab.heavy_cpus()):  # what a benchmark holds while it runs
         _, shared = lab.classify(cat, "deit_tiny", AUTO)
     assert counts == [2, 1] and counters["stats"]["unique_graphs"] == graphs  # no compile on the visitor's time
     assert shared.top1.index == alone.top1.index
@@ -321,29 +322,31 @@ def test_auto_never_serves_a_variant_that_disagrees(store, monkeypatch):
         return pipeline.AnswerCheck(top1_agreement=0.75, top5_overlap=1.0, max_abs_diff=1.0)
 
     monkeypatch.setattr(pipeline, "compare_answers", disagreeing)
-    lab = Lab(AppConfig(model="deit_tiny", store_root=str(store.root), auto_variants=("onnx_int8_static",)))
-    choice = lab.auto.prepare("deit_tiny")
+    lab = Lab(AppConfig(model="deit_tiny", store_root=str(store.root),
+                        serve=ServeSettings(auto_variants=("onnx_int8_static",))))
+    choice = lab.server.auto.prepare("deit_tiny")
     assert choice.variant == "original" and choice.rejected["onnx_int8_static"].startswith("top-1 agreement 75%")
     assert "no faster variant passed its answer check" in choice.sentence()
 
 
 def test_auto_candidates_are_validated_and_never_lossy():
-    assert AppConfig(auto_variants=["pt2e_int8", "original", "onnx_int8"]).auto_variants == ("pt2e_int8", "onnx_int8")
+    chosen = ServeSettings(auto_variants=["pt2e_int8", "original", "onnx_int8"]).auto_variants
+    assert chosen == ("pt2e_int8", "onnx_int8")
     with pytest.raises(DeitDemoError, match="compute less on purpose"):
-        AppConfig(auto_variants=["tome_int8"])
+        AppConfig(serve=ServeSettings(auto_variants=["tome_int8"]))
     with pytest.raises(DeitDemoError, match="Unknown variant"):
-        AppConfig(auto_variants=["nope"])
+        AppConfig(serve=ServeSettings(auto_variants=["nope"]))
 
 
 def test_the_cli_way_of_auto_prepares_first_then_answers(store, monkeypatch):
     # It used to deadlock: the answer held every CPU while the preparation waited for one.
     settles = []
-    for where in ("deit_demo.service.settle_heap", "deit_demo.serving.settle_heap"):
+    for where in ("deit_demo.serve.runners.settle_heap", "deit_demo.serve.auto.settle_heap"):
         monkeypatch.setattr(where, lambda: settles.append(1))
-    lab = Lab(AppConfig(model="deit_tiny", store_root=str(store.root), auto_variants=("onnx_int8_static",),
-                        reserved_cpus=0))
+    serve = ServeSettings(auto_variants=("onnx_int8_static",), reserved_cpus=0)
+    lab = Lab(AppConfig(model="deit_tiny", store_root=str(store.root), serve=serve))
     _, result = lab.classify(str(example_images()[1]), "deit_tiny", AUTO, wait_auto=True)
-    choice = lab.auto.choice(lab.model("deit_tiny"))
+    choice = lab.server.auto.choice(lab.model("deit_tiny"))
     assert choice.state == "ready" and result.variant == choice.variant and result.note == choice.sentence()
     assert choice.runner is not None or choice.variant == "original"
     assert settles == [1]  # one full collection per preparation (about 1 s holding the GIL on DeiT-B), not two

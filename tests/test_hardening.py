@@ -8,11 +8,12 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from deit_demo.artifacts import ArtifactStore
-from deit_demo.models import ModelCache
-from deit_demo.pipeline import convert_variant, example_images
-from deit_demo.ui import AppConfig, build_app, launch_kwargs
+from deit_demo.app.ui import build_app, launch_kwargs
+from deit_demo.core.artifacts import ArtifactStore
+from deit_demo.core.models import ModelCache
+from deit_demo.service.config import AppConfig
 from deit_demo.variants import get_variant
+from deit_demo.variants.pipeline import convert_variant, example_images
 from tests.image_corpus import corpus
 
 CASES = corpus()
@@ -94,11 +95,11 @@ def test_model_cache_stays_under_its_cap():
 
 
 def test_artifact_store_stays_under_its_cap_when_filled(tmp_path):
-    from deit_demo.models import load_model
+    from deit_demo.core.models import load_model
 
     loaded = load_model("deit_digits")
     store = ArtifactStore(tmp_path, cap_bytes=1_500_000)
     for key in ("original", "scripted", "scripted_int8", "lite", "onnx_fp32", "onnx_int8"):
         convert_variant(get_variant(key), loaded, store)
-        assert store.total_bytes() <= store.cap_bytes or len(store.artifacts()) == 1
+        assert sum(size for _, size, _ in store.artifacts()) <= store.cap_bytes or len(store.artifacts()) == 1
     assert 1 <= len(store.artifacts()) < 6

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from deit_demo import DeitDemoError
-from deit_demo.images import decode_image, load_image, preprocess
-from deit_demo.models import MODELS
+from deit_demo.core.images import decode_image, load_image, preprocess
+from deit_demo.core.models import MODELS
 from tests.image_corpus import corpus, exif_rotated
 
 CASES = corpus()

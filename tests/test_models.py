@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from deit_demo import DeitDemoError
-from deit_demo.classify import forward_heads
-from deit_demo.models import MODELS, ModelCache, create_model, fingerprint, get_spec, load_model
+from deit_demo.core.models import MODELS, ModelCache, create_model, fingerprint, get_spec, load_model
+from deit_demo.serve.classify import forward_heads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_hub_path_loads_from_a_laid_out_cache_offline(tmp_path):
     from safetensors.torch import load_file
 
     path = _write_hub_cache(tmp_path / "hf", "deit_tiny")
-    code = ("import json; from deit_demo.models import load_model; m = load_model('deit_tiny', 'hub');"
+    code = ("import json; from deit_demo.core.models import load_model; m = load_model('deit_tiny', 'hub');"
             "import hashlib; sd = m.model.state_dict();"
             "print(json.dumps({'weights': m.weights, 'keys': {k: hashlib.sha256(v.numpy().tobytes()).hexdigest()"
             " for k, v in sd.items()}}))")
@@ -83,7 +83,7 @@ def test_hub_path_loads_from_a_laid_out_cache_offline(tmp_path):
 
 
 def test_hub_unreachable_is_actionable_error(tmp_path, monkeypatch):
-    code = "from deit_demo.models import load_model; load_model('deit_tiny', 'hub')"
+    code = "from deit_demo.core.models import load_model; load_model('deit_tiny', 'hub')"
     env = {**os.environ, "HF_HOME": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert out.returncode != 0

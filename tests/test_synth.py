@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from deit_demo import synth
-from deit_demo.evaluate import accuracy_interval, evaluate
-from deit_demo.models import MODELS, load_model
-from deit_demo.paths import ASSETS
+from deit_demo.core.models import MODELS, load_model
+from deit_demo.core.paths import ASSETS
+from deit_demo.core.stats import accuracy_interval
+from deit_demo.measure.evaluate import evaluate
+from deit_demo.train import synth
 from deit_demo.variants import VARIANTS
 
 SPEC = MODELS["deit_synth"]
@@ -47,7 +48,7 @@ def test_rendering_is_deterministic_and_splits_differ():
 
 
 def test_the_same_seed_trains_the_same_student():
-    from deit_demo import train_synth
+    from deit_demo.train import distill_synth as train_synth
 
     kwargs = dict(epochs=1, teacher_epochs=1, train_images=96, test_images=64, modes=("hard",))
     students_a, report_a = train_synth.run(**kwargs)
@@ -102,7 +103,7 @@ def test_accuracy_cost_per_variant(key, accuracy_rows):
 
 
 def test_examples_are_in_the_gallery():
-    from deit_demo.ui import gallery
+    from deit_demo.app.ui import gallery
 
     paths = SPEC.example_paths()
     rows = gallery("deit_base")
@@ -111,7 +112,8 @@ def test_examples_are_in_the_gallery():
 
 
 def test_tome_sweep_measures_each_r(loaded):
-    from deit_demo.bench import BenchSettings, tome_sweep
+    from deit_demo.measure.bench import BenchSettings
+    from deit_demo.measure.tome_sweep import tome_sweep
 
     rows = tome_sweep(loaded, [0, SPEC.tome_r], BenchSettings(runs=2, warmup=0, threads=1))
     assert [row.r for row in rows] == [0, SPEC.tome_r] and rows[0].top1_agreement == 1.0

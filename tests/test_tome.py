@@ -1,11 +1,11 @@
-"""Token merging (deit_demo.tome): exact at r = 0, protected class and distillation tokens, sizes conserved, every
+"""Token merging (deit_demo.variants.tome_merge): exact at r = 0, protected class and distillation tokens, sizes conserved, every
 catalog DeiT."""
 
 import pytest
 import torch
 
-from deit_demo.models import MODELS, create_model
-from deit_demo.tome import ToMe, bipartite_soft_matching, merge
+from deit_demo.core.models import MODELS, create_model
+from deit_demo.variants.tome_merge import ToMe, bipartite_soft_matching, merge
 
 
 @pytest.mark.parametrize("key", ["deit_tiny", "deit_tiny_distilled", "deit3_small", "deit_synth"])

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from deit_demo import DeitDemoError
-from deit_demo.images import FetchSettings, check_url, fetch_url, load_image
+from deit_demo.core.images import load_image
+from deit_demo.core.urls import FetchSettings, check_url, fetch_url
 
 REFUSED = [
     ("http://127.0.0.1/x.jpg", "loopback"),
@@ -209,11 +210,12 @@ def test_http_error_status(server):
 
 
 def test_a_slow_url_never_holds_up_other_visitors_answers(server, store):
-    from deit_demo.pipeline import example_images
-    from deit_demo.service import AppConfig, Lab
+    from deit_demo.service.config import AppConfig
+    from deit_demo.service.lab import Lab
+    from deit_demo.variants.pipeline import example_images
 
     lab = Lab(AppConfig(model="deit_tiny", offline=True, store_root=str(store.root), auto_prepare=False))
-    lab.fetch = FetchSettings(allow_loopback=True, deadline_s=30.0)
+    lab.server.fetch = FetchSettings(allow_loopback=True, deadline_s=30.0)
     cat = str(example_images()[1])
     GATE.clear()
     batch: list = []

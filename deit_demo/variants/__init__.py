@@ -1,4 +1,8 @@
-"""Deployment variants: one small class each, registered by key (like timm's ``@register_model``).
+"""Deployment variants: one small class each, registered by key (like timm's ``@register_model``), and the one way a
+variant becomes usable (`pipeline`: convert or reuse, verified load, answers checked; `converter`: the child process a
+server converts in; `tome_merge`: the token-merging transform).
+
+May import `deit_demo.core` and `deit_demo.train` only. Family modules import `base` and `registry`, never this package.
 
 This module only gathers: the base classes live in `base`, the registry in `registry`, and each family module
 registers its variants on import. Registration order is the order of tables and charts: the tutorial's pipeline
@@ -13,7 +17,7 @@ from deit_demo.variants import compiled  # noqa: F401  isort: skip
 from deit_demo.variants import openvino  # noqa: F401  isort: skip
 from deit_demo.variants import tome  # noqa: F401  isort: skip
 from deit_demo.variants.base import MAX_BATCH, Runner, Variant, VariantContext
-from deit_demo.variants.registry import VARIANTS, get_variant, parse_variant_keys, register
+from deit_demo.variants.registry import ORIGINAL, VARIANTS, get_variant, parse_variant_keys, register
 
-__all__ = ["MAX_BATCH", "Runner", "Variant", "VariantContext", "VARIANTS", "get_variant", "parse_variant_keys",
+__all__ = ["MAX_BATCH", "ORIGINAL", "Runner", "Variant", "VariantContext", "VARIANTS", "get_variant", "parse_variant_keys",
            "register"]

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deit_demo.artifacts import Artifact
-from deit_demo.models import ModelSpec
+from deit_demo.core.artifacts import Artifact
+from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.models import ModelSpec
 
 MAX_BATCH = 64  # exported variants take any batch from 1 to this
 # torch.export, dynamo and inductor are not thread-safe, and the app converts on several threads (a visitor's Convert,
@@ -43,7 +44,8 @@ def confine_fx_patches_to_their_thread() -> bool:
     another thread then ran through the tracer and failed ("module is not installed as a submodule"): seen when
     visitors were served the original while Auto converted in the background. Each patch now dispatches to the
     tracer on the tracing thread and to what it replaced everywhere else. COMPILE_LOCK keeps traces one at a time,
-    so patches are still undone in the order they were made.
+    so patches are still undone in the order they were made. Process-wide: entry points call it
+    (`app.process.configure_server_process`); importing this module changes nothing.
     """
     try:
         from torch.fx._symbolic_trace import _Patcher
@@ -77,7 +79,12 @@ def confine_fx_patches_to_their_thread() -> bool:
     return True
 
 
-FX_PATCHES_CONFINED = confine_fx_patches_to_their_thread()
+
+def check_tome_r(r) -> int | None:
+    """Tokens merged per block: a whole number of at least 0, or None for the model's default."""
+    if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 0):
+        raise DeitDemoError(f"The token-merging r must be a whole number of at least 0 (got {r!r}).")
+    return r
 
 
 @dataclass
@@ -89,6 +96,9 @@ class VariantContext:
     cache_dir: Path
     calibration: list[torch.Tensor] = field(default_factory=list)
     tome_r: int | None = None  # tokens merged per block by the token-merging variants; None: the model's default
+
+    def __post_init__(self) -> None:
+        check_tome_r(self.tome_r)
 
     @property
     def r(self) -> int:

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deit_demo.cpus import native_bf16
-from deit_demo.paths import cache_folder
+from deit_demo.core.cpus import native_bf16
+from deit_demo.core.paths import cache_folder
 from deit_demo.variants.base import COMPILE_LOCK, Runner, Variant, export_dynamic_batch, missing_packages
 from deit_demo.variants.registry import register
 

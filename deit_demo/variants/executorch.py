@@ -10,7 +10,7 @@ import copy
 
 import torch
 
-from deit_demo.stdio import EXECUTORCH_NOISE, filtered_stderr
+from deit_demo.core.stdio import EXECUTORCH_NOISE, filtered_stderr
 from deit_demo.variants.base import Runner, Variant, export_dynamic_batch, missing_packages
 from deit_demo.variants.registry import register
 
@@ -83,8 +83,10 @@ class ExecuTorchInt8(_ExecuTorch):
     batch_invariant = static_activations
 
     def export(self, model, path, ctx):
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                              get_symmetric_quantization_config)
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         graph = export_dynamic_batch(copy.deepcopy(model), ctx).module()

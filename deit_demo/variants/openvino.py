@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deit_demo.cpus import native_bf16
+from deit_demo.core.cpus import native_bf16
 from deit_demo.variants.base import Runner, Variant, missing_packages
 from deit_demo.variants.registry import register
 

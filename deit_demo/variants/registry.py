@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from deit_demo.errors import DeitDemoError
+from deit_demo.core.errors import DeitDemoError
 from deit_demo.variants.base import Variant
 
 VARIANTS: dict[str, Variant] = {}
+# The model as trained, run eagerly: every other variant is checked and timed against it, and it always serves.
+ORIGINAL = "original"
 
 
 def register(cls: type[Variant]) -> type[Variant]:
@@ -32,4 +34,4 @@ def parse_variant_keys(text: str | Iterable[str]) -> list[str]:
         return list(VARIANTS)
     for key in keys:
         get_variant(key)
-    return ["original"] + [k for k in VARIANTS if k in keys and k != "original"]
+    return [ORIGINAL] + [k for k in VARIANTS if k in keys and k != ORIGINAL]

@@ -1,4 +1,4 @@
-"""Doing less work: Token Merging (`deit_demo.tome`) in eager fp32, and stacked on the fastest int8 path (PT2E).
+"""Doing less work: Token Merging (`deit_demo.variants.tome_merge`) in eager fp32, and stacked on the fastest int8 path (PT2E).
 
 Both are lossy by design: merged tokens change the answers a little, which is why their accuracy cost is measured
 (on deit_synth, and against the unmerged model wherever real weights are present). `r` (tokens merged per block)
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import copy
 
-from deit_demo.models import create_model
-from deit_demo.tome import ToMe
+from deit_demo.core.models import create_model, load_weights, save_weights
 from deit_demo.variants.base import Runner, Variant
 from deit_demo.variants.compiled import Pt2eInt8
 from deit_demo.variants.registry import register
+from deit_demo.variants.tome_merge import ToMe
 
 
 class _TokenMerging(Variant):
@@ -34,16 +34,11 @@ class TomeFp32(_TokenMerging):
     suffix = ".safetensors"
 
     def export(self, model, path, ctx):
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={"r": str(ctx.r)})
+        save_weights(model, path, metadata={"r": str(ctx.r)})
         return {"r": ctx.r, "tokens_per_block": ToMe(model, ctx.r).tokens_per_block(_tokens(model))}
 
     def load(self, artifact, ctx):
-        from safetensors.torch import load_file
-
-        model = create_model(ctx.spec)
-        model.load_state_dict(load_file(str(artifact.path)))
+        model = load_weights(create_model(ctx.spec), artifact.path)
         r = int(artifact.notes.get("r", ctx.r))
         return Runner(ToMe(model.eval().requires_grad_(False), r).eval(), {"r": r})
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deit_demo.errors import describe
-from deit_demo.models import create_model
+from deit_demo.core.errors import describe
+from deit_demo.core.models import create_model, load_weights, save_weights
 from deit_demo.variants.base import Runner, Variant
-from deit_demo.variants.registry import register
+from deit_demo.variants.registry import ORIGINAL, register
 
 JIT_DEPRECATION = ("torch.jit is deprecated since PyTorch 2.9 (FutureWarning here); successor: torch.export -> "
                    "ExecuTorch (executorch_*) for phones, torch.compile / AOTInductor (compiled_bf16) for servers.")
@@ -79,23 +79,18 @@ def jit_runner(path: Path, engine: str | None = None, notes: dict | None = None)
 
 @register
 class Original(Variant):
-    key = "original"
+    key = ORIGINAL
     title = "Original (eager fp32)"
     family = "classic"
     description = "The timm model as trained: eager PyTorch, fp32 weights saved as safetensors. The baseline."
     suffix = ".safetensors"
 
     def export(self, model, path, ctx):
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        save_weights(model, path)
         return {}
 
     def load(self, artifact, ctx):
-        from safetensors.torch import load_file
-
-        model = create_model(ctx.spec)
-        model.load_state_dict(load_file(str(artifact.path)))
+        model = load_weights(create_model(ctx.spec), artifact.path)
         model.eval().requires_grad_(False)
         return Runner(model)
 

@@ -1,0 +1,348 @@
+"""Gradio event handlers: top-level functions that take the `Lab` first, turn inputs into one service call, and its
+results into component values. `ui.py` binds them to components; tests call them directly, without a server.
+
+No `from __future__ import annotations` here: Gradio reads the `gr.Request` annotation to pass the visitor's session.
+"""
+
+import functools
+import html
+import inspect
+import queue
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from deit_demo.core.cpus import machine_info
+from deit_demo.core.errors import Cancelled, DeitDemoError, log_unexpected
+from deit_demo.core.models import MODELS
+from deit_demo.measure import charts, decide
+from deit_demo.measure.bench import BenchSettings
+from deit_demo.measure.report import (
+    CONVERT_COLUMNS,
+    REDUCTION_COLUMNS,
+    conversion_rows,
+    machine_line,
+    profiler_markdown,
+    reduction_table,
+    sweep_rows,
+    to_markdown,
+    tome_rows,
+    write_conversion_csv,
+)
+from deit_demo.measure.results import load_results
+from deit_demo.measure.sweep import SweepSettings
+from deit_demo.serve.auto import AUTO
+from deit_demo.service.lab import Lab
+
+
+def user_error(err: Exception) -> gr.Error:
+    # Quotes are harmless in text; <, > and & are not. No traceback in the server log for a visitor's mistake.
+    return gr.Error(html.escape(str(err), quote=False), print_exception=False)
+
+
+def boundary(what: str):
+    """Every handler's edge: a project error shows its own message; anything unexpected shows one line with a
+    reference id while the traceback goes to the server log, once; the server keeps serving either way. Gradio
+    would print a traceback for every gr.Error it sees, a visitor's typo included: the log would drown in them."""
+
+    def wrap(handler):
+        def translate(err: Exception) -> gr.Error:
+            if isinstance(err, gr.Error):
+                err.print_exception = False
+                return err
+            if isinstance(err, DeitDemoError):
+                return user_error(err)
+            return gr.Error(html.escape(log_unexpected(what, err), quote=False), print_exception=False)
+
+        if inspect.isgeneratorfunction(handler):
+            @functools.wraps(handler)
+            def streaming(*args, **kwargs):
+                try:
+                    yield from handler(*args, **kwargs)
+                except Exception as err:
+                    raise translate(err) from None
+            return streaming
+
+        @functools.wraps(handler)
+        def plain(*args, **kwargs):
+            try:
+                return handler(*args, **kwargs)
+            except Exception as err:
+                raise translate(err) from None
+        return plain
+
+    return wrap
+
+
+def gradio_progress(progress: gr.Progress):
+    """The library's progress callback (what, done, total) drawn on a gr.Progress bar."""
+    return lambda what, done, total: progress((done, max(total, 1)), desc=what)
+
+
+def _label_value(preds) -> dict[str, float]:
+    return {f"{p.label} ({p.index})": p.prob for p in preds}
+
+
+def _classify_outputs(lab: Lab, loaded, result, extra: str = "") -> list:
+    """Banner, timing line and the three label outputs (the second and third hold values only for distilled models).
+
+    Plain values, never gr.update: which heads show follows the model dropdown (`heads_for_model`). An update aimed
+    at a component makes Gradio rebuild that component's config for the session, its JSON schema included: 1.6 ms of
+    the event loop per answer (2.1 ms against 0.44 ms, 2-core EPYC), on the path every visitor's answer takes."""
+    heads = result.heads
+    if "average" in heads:
+        labels = [_label_value(heads["class"]), _label_value(heads["distillation"]), _label_value(heads["average"])]
+    else:
+        labels = [_label_value(heads["logits"]), None, None]
+    n = result.batch_size
+    shared = ("" if n == 1 else f", one pass for {n} visitors' images" if result.one_pass
+              else f", {n} visitors' images one at a time" if result.lanes == 1
+              else f", {n} visitors' images one at a time, {result.lanes} side by side")
+    timing = (f"**{result.elapsed_ms:.1f} ms** for the forward pass ({result.variant}, {loaded.spec.label}{shared}); "
+              f"top-1: **{html.escape(result.top1.label)}**")
+    notes = " · ".join(html.escape(n, quote=False) for n in (result.note, extra) if n)
+    return [lab.banner(loaded), timing + (f"\n\n{notes}" if notes else ""), *labels]
+
+
+def _failed_outputs(message: str) -> list:
+    return ["", f"⚠️ {html.escape(message, quote=False)}", None, None, None]
+
+
+def heads_for_model(model_key: str) -> tuple:
+    """The distillation-token and average heads show only for a distilled model (DeiT's ⚗ models)."""
+    distilled = model_key in MODELS and MODELS[model_key].distilled
+    return gr.update(visible=distilled), gr.update(visible=distilled)
+
+
+@boundary("Fetching the image URL")
+def fetch_url_input(lab: Lab, url: str, request: gr.Request = None) -> tuple:
+    """The step before Classify: an image URL is fetched into this visitor's folder and shown in the image box, so
+    the batched classification that every visitor shares never waits on one visitor's host (up to 10 s)."""
+    url = (url or "").strip()
+    if not url:
+        return gr.skip(), gr.skip()
+    path = lab.fetch_image(url, _session(request))
+    return str(path), ""
+
+
+@boundary("Classification")
+def classify(lab: Lab, image_paths: list, url_texts: list, model_keys: list, variant_keys: list) -> list:
+    """Batched: Gradio hands over up to `max_batch_size` visitors' requests at once; one list per output.
+
+    Items with the same model and variant share one forward pass. Gradio can fail only a whole batch, so a lone
+    request that fails raises as usual (an error toast; an exception for API clients), while in a shared batch each
+    failed item gets its own message in its timing line and the others their answers.
+    """
+    sources, failures = [], {}
+    for i, (path, url) in enumerate(zip(image_paths, url_texts)):
+        sources.append((url or "").strip() or path)
+        if not sources[-1]:
+            failures[i] = "Upload an image, pick an example, or paste an image URL."
+    todo = [i for i in range(len(sources)) if i not in failures]
+    answers = lab.classify_batch([sources[i] for i in todo], [model_keys[i] for i in todo],
+                                 [variant_keys[i] for i in todo])
+    rows = [None] * len(sources)
+    for i, answer in zip(todo, answers):
+        if isinstance(answer, Exception):
+            failures[i] = str(answer)
+        else:
+            rows[i] = _classify_outputs(lab, *answer)
+    if len(sources) == 1 and failures:
+        raise gr.Error(html.escape(failures[0], quote=False))
+    for i, message in failures.items():
+        rows[i] = _failed_outputs(message)
+    return [list(column) for column in zip(*rows)]
+
+
+@boundary("Classification")
+def classify_example(lab: Lab, image_path, model_key) -> list:
+    """A gallery example with Auto: cached lazily, so the first visitor to click it computes it for everyone."""
+    if not image_path:
+        raise gr.Error("This example has no image.")
+    try:
+        loaded, result = lab.classify(image_path, model_key, AUTO)
+    except DeitDemoError as err:
+        raise user_error(err) from None
+    return _classify_outputs(lab, loaded, result, extra="a cached example: computed by its first click")
+
+
+def _session(request) -> str | None:
+    return getattr(request, "session_hash", None)
+
+
+@boundary("Conversion")
+def convert(lab: Lab, model_key, variant_keys, request: gr.Request = None, progress=gr.Progress()) -> tuple:
+    """Status text, the conversion table (CONVERT_COLUMNS) and the files to download."""
+    try:
+        outcome = lab.convert(model_key, variant_keys or [], progress=gradio_progress(progress))
+    except DeitDemoError as err:
+        raise user_error(err) from None
+    loaded, results = outcome.loaded, outcome.results
+    ok = [r for r in results if r.status == "ok"]
+    csv_path = write_conversion_csv(lab.session_dir(_session(request)) / f"conversion_{loaded.spec.key}.csv",
+                                    results, outcome.top1)
+    summary = (f"{lab.banner(loaded)}\n\n**{len(ok)} of {len(results)} variants converted and checked** in "
+               f"{outcome.seconds:.1f} s. Agreement is measured against the original on the bundled example images "
+               f"and fixed-seed noise. {html.escape(outcome.accuracy_note)}")
+    table = [[row[c] for c in CONVERT_COLUMNS] for row in conversion_rows(results, outcome.top1)]
+    return summary, table, [r.path for r in ok] + [str(csv_path)]
+
+
+def _stream(job, view, message: str):
+    """Run `job(publish)` in a worker thread and yield `view(latest, message) + [None]` as it publishes (at most twice a
+    second), so charts fill in live; returns (job's result, its exception or None, the latest rows)."""
+    updates: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["value"] = job(lambda rows: updates.put(list(rows)))
+        except Exception as err:  # handed back to the handler, which reports it; the server keeps serving
+            outcome["error"] = err
+        finally:
+            updates.put(None)
+
+    threading.Thread(target=work, daemon=True).start()
+    latest, last_draw = [], 0.0
+    while (item := updates.get()) is not None:
+        latest = item
+        if time.monotonic() - last_draw > 0.5:
+            last_draw = time.monotonic()
+            yield view(latest, message) + [None]
+    return outcome.get("value"), outcome.get("error"), latest
+
+
+def render_benchmark(results, message: str) -> list:
+    """Status, reduction table, the four charts, the batch-sweep chart and the profiler's view."""
+    figures = charts.all_charts(results)
+    reduction = to_markdown(reduction_table(results), REDUCTION_COLUMNS) if results else ""
+    return [message, reduction, figures["latency"], figures["size"], figures["reduction"], figures["scatter"],
+            gr.update(value=figures.get("throughput"), visible="throughput" in figures), profiler_markdown(results)]
+
+
+def _tome_r(value) -> int | None:
+    """The app's r box: empty means the model's default."""
+    if value in (None, ""):
+        return None
+    if float(value) != int(float(value)):
+        raise DeitDemoError(f"The token-merging r must be a whole number (got {value}).")
+    return int(float(value))
+
+
+@boundary("The benchmark")
+def benchmark(lab: Lab, model_key, variant_keys, n_runs, n_warmup, n_threads, batch_text, tome_r=None,
+              request: gr.Request = None, progress=gr.Progress()):
+    """Runs the benchmark in a worker thread and yields redrawn charts as rounds complete (at most twice a second)."""
+    try:
+        settings = BenchSettings(variants=list(variant_keys or []), runs=int(n_runs), warmup=int(n_warmup),
+                                       threads=int(n_threads), batch_sizes=str(batch_text),
+                                       tome_r=_tome_r(tome_r))
+    except (TypeError, ValueError) as err:
+        raise gr.Error(f"Runs, warm-up and threads must be whole numbers ({html.escape(str(err))}).") from None
+    except DeitDemoError as err:
+        raise user_error(err) from None
+    cancel = lab.cancel_event(_session(request))
+    cancel.clear()
+    value, error, latest = yield from _stream(
+        lambda publish: lab.benchmark(model_key, settings, progress=gradio_progress(progress), cancel=cancel,
+                                      on_update=publish),
+        render_benchmark, "⏱️ running… charts fill in as rounds complete")
+    if isinstance(error, Cancelled):
+        yield render_benchmark(latest, "⏹️ stopped; partial results shown") + [None]
+        return
+    if error is not None:
+        raise error
+    loaded, results = value
+    files = lab.save_benchmark(loaded, results, lab.session_dir(_session(request)))
+    message = (f"✅ done: {loaded.spec.label}, {settings.runs} runs after {settings.warmup} warm-up, "
+               f"{results[0].threads if results else '?'} threads, interleaved in blocks; "
+               f"{machine_line(machine_info())}.\n\n{lab.banner(loaded)}")
+    yield render_benchmark(results, message) + [[str(f) for f in files]]
+
+
+@boundary("The r sweep")
+def tome_sweep(lab: Lab, model_key, r_text, int8, n_runs, n_warmup, n_threads, request: gr.Request = None,
+               progress=gr.Progress()) -> tuple:
+    """The r chart and table for one model."""
+    try:
+        settings = BenchSettings(runs=int(n_runs), warmup=int(n_warmup), threads=int(n_threads))
+        cancel = lab.cancel_event(_session(request))
+        cancel.clear()
+        loaded, rows = lab.tome_sweep(model_key, str(r_text), settings, int8=bool(int8),
+                                      progress=gradio_progress(progress), cancel=cancel)
+    except (TypeError, ValueError):
+        raise gr.Error("Runs, warm-up and threads must be whole numbers.") from None
+    except DeitDemoError as err:
+        raise user_error(err) from None
+    note = (f"{loaded.spec.label}, {settings.threads} threads, batch 1, {settings.runs} runs per r, interleaved; "
+            f"{machine_line(machine_info())}. Accuracy: " + (
+                f"top-1 on {rows[0].n_images} labelled images with 95% intervals." if rows[0].n_images else
+                "no labelled data for this model: agreement with r = 0 on the example images only."))
+    return charts.tome_chart(rows), note + "\n\n" + to_markdown(tome_rows(rows))
+
+
+def _number(value) -> float | None:
+    return None if value in (None, "", 0) else float(value)
+
+
+@boundary("The sweep")
+def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup, budget_ms, budget_mb, min_top1,
+          request: gr.Request = None, progress=gr.Progress()):
+    """Models x variants timed together; yields the Pareto chart as rounds complete, then the recommendation."""
+    try:
+        settings = SweepSettings(models=list(models or []), variants=list(variants or []),
+                                        threads=str(threads_text), batch_sizes=str(batch_text), runs=int(n_runs),
+                                        warmup=int(n_warmup), budget_ms=_number(budget_ms),
+                                        budget_mb=_number(budget_mb), min_top1=_number(min_top1))
+    except DeitDemoError as err:
+        raise user_error(err) from None
+    machine = machine_info()
+    cancel = lab.cancel_event(_session(request))
+    cancel.clear()
+
+    def job(publish):
+        return lab.sweep(settings, progress=gradio_progress(progress), cancel=cancel, on_update=publish)
+
+    def view(rows, message):
+        dicts = [r.to_row() for r in rows]
+        chart = charts.pareto_chart(dicts, decide.pareto_front(dicts), budget_ms=settings.budget_ms,
+                                    machine=machine["cpu"])
+        return [message, chart, to_markdown(sweep_rows(rows))]
+
+    rows, error, latest = yield from _stream(job, view, "⏱️ sweeping… the chart fills in as rounds complete")
+    if isinstance(error, Cancelled):
+        yield view(latest, "⏹️ stopped; partial results shown (no recommendation from a partial sweep)") + [None]
+        return
+    if error is not None:
+        raise error
+    choice = decide.recommend(rows, budget_ms=settings.budget_ms, budget_mb=settings.budget_mb,
+                              min_top1=settings.min_top1, machine=machine)
+    path = lab.session_dir(_session(request)) / f"sweep_{time.strftime('%Y%m%d-%H%M%S')}_{time.time_ns() % 10**6:06d}.json"
+    decide.save_sweep(path, rows, settings, choice)
+    lost = "\n".join(f"- {html.escape(r['pair'])}: {html.escape(r['why'])}" for r in choice.rejected)
+    message = (f"**{html.escape(choice.sentence)}**\n\nMeasured on {html.escape(machine_line(machine))}."
+               + (f"\n\nWhy the others lost:\n{lost}" if lost else ""))
+    yield view(rows, message) + [[str(path)]]
+
+
+@boundary("The comparison")
+def compare_files(lab: Lab, files) -> tuple:
+    """Saved results files overlaid: the chart, the machines, and latency side by side with speed-ups."""
+    if not files:
+        raise gr.Error("Upload one or more results files (the JSON from Benchmark, Decide or the CLI's --json).")
+    try:
+        payloads = [load_results(f, label=f"{i + 1}:{Path(str(f)).name[:40]}") for i, f in enumerate(files)]
+    except DeitDemoError as err:
+        raise user_error(err) from None
+    latency, machines = decide.compare(payloads)
+    return (charts.compare_chart(latency, [p["label"] for p in payloads]), to_markdown(machines),
+            to_markdown(latency))
+
+
+@boundary("Stop")
+def stop_benchmark(lab: Lab, request: gr.Request = None) -> str:
+    """Stops the jobs of the visitor who pressed Stop, and no one else's."""
+    lab.cancel_event(_session(request)).set()
+    return "⏹️ stopping…"

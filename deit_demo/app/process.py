@@ -1,0 +1,43 @@
+"""The process-wide settings a server needs. Entry points (app.py, benchmarks/load.py, the tests' conftest) call
+`configure_server_process()` once, where the process starts: the library never changes them as a side effect of being
+imported or building something."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+from deit_demo.variants.base import confine_fx_patches_to_their_thread
+
+# How long a Python thread may hold the GIL while another waits for it (Python's default: 5 ms). A compile in the
+# server (a benchmark of pt2e_int8) runs seconds of Python, and every answer takes the GIL many times on its way
+# (event loop, handler, serving thread). DeiT-B, 8 visitors while one compiled: p95 1.6 and 1.7 s at 1 ms against
+# 3.8 and 3.6 s at 5 ms (the phase of the compile; 2 runs each, 2-core EPYC).
+GIL_SWITCH_INTERVAL_S = 0.001
+
+# Gradio tries these on every event (matplotlib) and for every plot of every new session (bokeh); where they are not
+# installed, each try walks sys.path: 16% of the event loop's time per classification through the /call/ API (a new
+# session per request), 5% with a session per visitor (py-spy, 8 visitors).
+GRADIO_RETRIED_IMPORTS = ("matplotlib", "bokeh")
+
+
+def mark_missing_imports(names=GRADIO_RETRIED_IMPORTS) -> list[str]:
+    """Record the modules that are not installed as missing (None in sys.modules), so that importing them fails at
+    once, as it would anyway. Returns those it marked."""
+    marked = [n for n in names if n not in sys.modules and importlib.util.find_spec(n) is None]
+    for name in marked:
+        sys.modules[name] = None
+    return marked
+
+
+def configure_server_process() -> None:
+    """Everything a serving process changes for the whole process, in one visible place."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    # A trace stays on its thread: while torch.fx traces (Auto converting in the background), it replaces
+    # nn.Module.__call__ for the whole process, and a visitor's eager pass on another thread failed inside it.
+    if not confine_fx_patches_to_their_thread():
+        print("warning: this torch has no torch.fx patch hook; a conversion may disturb visitors' answers",
+              file=sys.stderr)
+    mark_missing_imports()
+    # Logging: unexpected errors reach the `deit_demo` logger with a reference id; with no handler configured,
+    # Python's last-resort handler prints them (and their tracebacks) to stderr, the server's log. Nothing to set.

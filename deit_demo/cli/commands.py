@@ -1,0 +1,245 @@
+"""The CLI's commands: each turns parsed arguments into `Lab` calls and prints tables (`deit_demo.cli` parses)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+
+
+class TqdmProgress:
+    """The library's progress callback (what, done, total) as tqdm bars on stderr: one bar per stage."""
+
+    def __init__(self):
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        stage = (what.split(" ", 1)[0], total)
+        if self.bar is None or stage != self.stage:
+            self.close()
+            self.bar, self.stage = tqdm(total=total, desc=stage[0], file=sys.stderr, leave=False, disable=None), stage
+        self.bar.set_postfix_str(what.split(" ", 1)[1] if " " in what else "", refresh=False)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _lab(args):
+    from deit_demo.serve.server import ServeSettings
+    from deit_demo.service.config import AppConfig
+    from deit_demo.service.lab import Lab
+
+    # One user: no CPU kept for visitors, nothing to yield to, conversions in this process (whole tracebacks).
+    return Lab(AppConfig(model=getattr(args, "model", None) or args.models.split(",")[0].strip(),
+                         weights=args.weights, store_root=args.store, fallback_to_random=False,
+                         eval_data=getattr(args, "data", None), isolate_conversions=False,
+                         serve=ServeSettings(reserved_cpus=0, heavy_niceness=0)))
+
+
+def _emit(args, text: str = "") -> None:
+    """Human output: stdout, or stderr when stdout carries JSON (--json -)."""
+    print(text, file=sys.stderr if args.json == "-" else sys.stdout)
+
+
+def _write_json(target: str | None, payload: dict) -> None:
+    from deit_demo.measure.results import write_json
+
+    if target:
+        write_json(target, payload)
+        if target != "-":
+            print(f"wrote {target}", file=sys.stderr)
+
+
+def cmd_models(args) -> int:
+    from deit_demo.core.models import MODELS
+    from deit_demo.measure.report import catalog_rows, to_markdown
+
+    _emit(args, to_markdown(catalog_rows(list(MODELS.values()))))
+    _write_json(args.json, {"rows": [{k: v for k, v in asdict(s).items() if not callable(v)}
+                                     for s in MODELS.values()]})
+    return 0
+
+
+def cmd_variants(args) -> int:
+    from deit_demo.measure.report import to_markdown
+    from deit_demo.variants import VARIANTS
+
+    rows = [v.info() for v in VARIANTS.values()]
+    _emit(args, to_markdown([{**r, "available": "yes" if r["available"] else "no"} for r in rows],
+                            ["key", "family", "title", "available", "reason"]))
+    _write_json(args.json, {"rows": rows})
+    return 0
+
+
+def cmd_classify(args) -> int:
+    from deit_demo.measure.report import to_markdown
+    from deit_demo.serve.classify import HEAD_TITLES
+
+    lab = _lab(args)
+    # Auto from the CLI converts, checks and times its candidates first (once per store), then uses the fastest.
+    loaded, result = lab.classify(args.image, args.model, args.variant, k=args.top, tome_r=args.tome_r,
+                                  wait_auto=True)
+    _emit(args, f"model: {loaded.spec.key} ({loaded.spec.hub_name})   variant: {result.variant}")
+    if result.note:
+        _emit(args, result.note)
+    _emit(args, f"weights: {loaded.weights} - {lab.banner(loaded, markdown=False)}")
+    _emit(args, f"time: {result.elapsed_ms:.1f} ms\n")
+    for head, preds in result.heads.items():
+        _emit(args, HEAD_TITLES.get(head, head))
+        _emit(args, to_markdown([{"#": i + 1, "label": p.label, "class": p.index, "probability": f"{p.prob:.2%}"}
+                                 for i, p in enumerate(preds)]) + "\n")
+    _write_json(args.json, result.to_dict())
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from deit_demo.measure.report import CONVERT_COLUMNS, conversion_rows, to_markdown
+    from deit_demo.variants import VARIANTS
+
+    lab = _lab(args)
+    progress = TqdmProgress()
+    outcome = lab.convert(args.model, args.variants, tome_r=args.tome_r, progress=progress)
+    progress.close()
+    loaded, results = outcome.loaded, outcome.results
+    print(f"model: {loaded.spec.key}   weights: {loaded.weights}   store: {lab.store.root}", file=sys.stderr)
+    _emit(args, to_markdown(conversion_rows(results, outcome.top1), CONVERT_COLUMNS))
+    if outcome.accuracy_note:
+        _emit(args, outcome.accuracy_note)
+    for note in sorted({VARIANTS[r.variant].deprecation for r in results if VARIANTS[r.variant].deprecation}):
+        _emit(args, f"note: {note}")
+    _write_json(args.json, {"model": loaded.spec.key, "weights": loaded.weights,
+                            "rows": [r.to_row() for r in results],
+                            "accuracy": [r.to_row() for r in outcome.accuracy]})
+    return 0 if all(r.status != "failed" for r in results) else 1
+
+
+def cmd_bench(args) -> int:
+    from deit_demo.core.cpus import machine_info
+    from deit_demo.measure import charts
+    from deit_demo.measure.bench import BenchSettings
+    from deit_demo.measure.report import REDUCTION_COLUMNS, machine_line, reduction_table, stats_rows, to_markdown
+    from deit_demo.measure.results import results_payload, save_csv
+
+    settings = BenchSettings(variants=args.variants, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                             batch_sizes=args.batch, block=args.block, input=args.input,
+                             profile=not args.no_profile, time_budget_s=args.time_budget, tome_r=args.tome_r)
+    lab = _lab(args)
+    progress = TqdmProgress()
+    loaded, results = lab.benchmark(args.model, settings, progress=progress)
+    progress.close()
+    _emit(args, f"\nmodel: {loaded.spec.key}  weights: {loaded.weights}  threads: "
+                f"{results[0].threads if results else '?'}  {machine_line(machine_info())}\n")
+    _emit(args, to_markdown(reduction_table(results), REDUCTION_COLUMNS) + "\n")
+    _emit(args, to_markdown(stats_rows(results)))
+    _emit(args, "\nThe profiler's self-CPU total sums operator time across threads: it is not wall time.")
+    _write_json(args.json, results_payload(results, model=loaded.spec.key, settings=asdict(settings)))
+    if args.csv:
+        save_csv(args.csv, results)
+    if args.html:
+        charts.write_html(results, args.html, title=f"DeiT benchmark: {loaded.spec.key}")
+        print(f"wrote {args.html}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from deit_demo.measure.report import accuracy_rows, to_markdown
+
+    lab = _lab(args)
+    progress = TqdmProgress()
+    loaded, rows = lab.evaluate(args.model, args.variants, progress=progress, tome_r=args.tome_r)
+    progress.close()
+    _emit(args, f"model: {loaded.spec.key}   weights: {loaded.weights}   data: {rows[0].data if rows else '-'}")
+    _emit(args, to_markdown(accuracy_rows(rows)))
+    _write_json(args.json, {"model": loaded.spec.key, "weights": loaded.weights,
+                            "n_images": max((r.n_images for r in rows), default=0),
+                            "rows": [r.to_row() for r in rows]})
+    return 0 if all(r.status != "failed" for r in rows) else 1
+
+
+def cmd_tome_sweep(args) -> int:
+    from deit_demo.core.cpus import machine_info
+    from deit_demo.measure import charts
+    from deit_demo.measure.bench import BenchSettings
+    from deit_demo.measure.report import machine_line, to_markdown, tome_rows
+    from deit_demo.measure.results import results_payload
+
+    settings = BenchSettings(runs=args.runs, warmup=args.warmup, threads=args.threads)
+    lab = _lab(args)
+    progress = TqdmProgress()
+    loaded, rows = lab.tome_sweep(args.model, args.r, settings, int8=args.int8, progress=progress)
+    progress.close()
+    _emit(args, f"\nmodel: {loaded.spec.key}  weights: {loaded.weights}  {settings.threads} threads, "
+                f"batch 1, {settings.runs} runs after {settings.warmup} warm-up  {machine_line(machine_info())}\n")
+    _emit(args, to_markdown(tome_rows(rows)))
+    _write_json(args.json, results_payload(rows, model=loaded.spec.key))
+    if args.html:
+        charts.write_figures_html([charts.tome_chart(rows)], args.html, f"Token merging: {loaded.spec.key}")
+        print(f"wrote {args.html}", file=sys.stderr)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from deit_demo.core.cpus import machine_info
+    from deit_demo.measure import charts, decide
+    from deit_demo.measure.report import machine_line, sweep_rows, to_markdown
+    from deit_demo.measure.results import save_csv
+    from deit_demo.measure.sweep import SweepSettings
+
+    settings = SweepSettings(models=args.models, variants=args.variants, threads=args.threads,
+                             batch_sizes=args.batch, runs=args.runs, warmup=args.warmup, block=args.block,
+                             weights=args.weights, tome_r=args.tome_r, budget_ms=args.budget_ms,
+                             budget_mb=args.budget_mb, min_top1=args.min_top1,
+                             min_agreement=args.min_agreement)
+    lab = _lab(args)
+    progress = TqdmProgress()
+    rows = lab.sweep(settings, progress=progress)
+    progress.close()
+    machine = machine_info()
+    choice = decide.recommend(rows, budget_ms=settings.budget_ms, budget_mb=settings.budget_mb,
+                              min_top1=settings.min_top1, min_agreement=settings.min_agreement, machine=machine)
+    _emit(args, f"\n{len(settings.models)} models x {len(settings.variants)} variants, threads "
+                f"{','.join(map(str, settings.threads))}, batch {','.join(map(str, settings.batch_sizes))}, "
+                f"{settings.runs} runs after {settings.warmup} warm-up, interleaved in blocks; weights "
+                f"{settings.weights}; {machine_line(machine)}\n")
+    _emit(args, to_markdown(sweep_rows(rows)))
+    _emit(args, f"\nrecommendation: {choice.sentence}")
+    for r in choice.runners_up:
+        _emit(args, f"  runner-up: {decide.pair_name(r)}: {r['published_top1']:.1f}% at {r['median_ms']:.1f} ms")
+    for r in choice.rejected:
+        _emit(args, f"  lost: {r['pair']}: {r['why']}")
+    if args.json:
+        decide.save_sweep(args.json, rows, settings, choice)
+    if args.csv:
+        save_csv(args.csv, rows)
+    if args.html:
+        dicts = [r.to_row() for r in rows]
+        charts.write_figures_html([charts.pareto_chart(dicts, decide.pareto_front(dicts), budget_ms=settings.budget_ms,
+                                                       machine=machine["cpu"])], args.html, "DeiT sweep")
+        print(f"wrote {args.html}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from deit_demo.measure import charts, decide
+    from deit_demo.measure.report import to_markdown
+    from deit_demo.measure.results import load_results
+
+    payloads = [load_results(path) for path in args.files]
+    latency, machines = decide.compare(payloads)
+    _emit(args, to_markdown(machines))
+    _emit(args, "\n" + to_markdown(latency))
+    _write_json(args.json, {"machines": machines, "rows": latency})
+    if args.html:
+        charts.write_figures_html([charts.compare_chart(latency, [p["label"] for p in payloads])], args.html,
+                                  "DeiT results compared")
+        print(f"wrote {args.html}", file=sys.stderr)
+    return 0
+
+

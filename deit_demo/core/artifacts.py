@@ -1,0 +1,158 @@
+"""Where converted files live: one folder per (model, weights, variant), atomic writes, sha256-verified manifests.
+
+A conversion is written into a hidden temporary folder and renamed into place only once its manifest is complete,
+so a conversion killed midway leaves nothing the store would reuse. Only files named by a manifest and matching its
+sha256 are ever handed to a loader; nothing a user uploads is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.paths import home
+
+MANIFEST = "manifest.json"
+DEFAULT_CAP_BYTES = 8 * 1024**3
+
+
+def default_root() -> Path:
+    """``$DEIT_DEMO_HOME/artifacts``, else ``~/.cache/deit_demo/artifacts``."""
+    return home() / "artifacts"
+
+
+@dataclass
+class Artifact:
+    """One converted file and how it was made."""
+
+    path: Path
+    variant: str
+    model: str
+    weights_id: str = ""
+    size_bytes: int = 0
+    sha256: str = ""
+    convert_s: float = 0.0
+    recipe_version: int = 1  # the variant's conversion recipe; a new recipe never reuses an old file
+    torch_version: str = field(default_factory=lambda: torch.__version__)
+    notes: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["path"] = self.path.name  # manifests name files relative to their folder
+        return data
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ArtifactStore:
+    """A folder of verified artifacts with a size cap and least-recently-used eviction."""
+
+    def __init__(self, root: Path | str | None = None, cap_bytes: int = DEFAULT_CAP_BYTES, *, isolate: bool = False):
+        self.root = Path(root) if root else default_root()
+        self.cap_bytes = cap_bytes
+        self.isolate = isolate  # convert in a child process (deit_demo.variants.converter): what a shared server's store does
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+
+    def folder(self, model: str, weights_id: str, variant: str) -> Path:
+        return self.root / model / weights_id / variant
+
+    def new_workdir(self) -> Path:
+        """A temporary folder inside the store (same file system, so `commit` can rename it). The store's folder is
+        made again if it was deleted while the app runs."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+
+    def lookup(self, model: str, weights_id: str, variant: str, recipe_version: int = 1) -> Artifact | None:
+        """The verified artifact for this key, or None (a mismatching one is deleted so it gets rebuilt)."""
+        folder = self.folder(model, weights_id, variant)
+        manifest = folder / MANIFEST
+        if not manifest.is_file():
+            return None
+        try:
+            artifact = self._read_manifest(folder)
+            self.verify(artifact)
+        except DeitDemoError:
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        if artifact.torch_version != torch.__version__ or artifact.recipe_version != recipe_version:
+            return None
+        os.utime(manifest)  # mark as recently used
+        return artifact
+
+    def commit(self, workdir: Path, artifact: Artifact) -> Artifact:
+        """Hash the file, write the manifest, and move `workdir` into place atomically."""
+        artifact.size_bytes = artifact.path.stat().st_size
+        artifact.sha256 = sha256_file(artifact.path)
+        (workdir / MANIFEST).write_text(json.dumps(artifact.to_dict(), indent=2, default=str))
+        final = self.folder(artifact.model, artifact.weights_id, artifact.variant)
+        with self._lock:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(workdir, final)
+            artifact.path = final / artifact.path.name
+            self.evict(keep=final)
+        return artifact
+
+    def _read_manifest(self, folder: Path) -> Artifact:
+        try:
+            data = json.loads((folder / MANIFEST).read_text())
+            data["path"] = folder / Path(data["path"]).name  # never a path outside its folder
+            return Artifact(**data)
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise DeitDemoError(f"Unreadable manifest in {folder}: {err}") from None
+
+    def verify(self, artifact: Artifact) -> None:
+        """Raise unless the file exists inside the store and matches its manifest's size and sha256."""
+        path = artifact.path.resolve()
+        if self.root.resolve() not in path.parents:
+            raise DeitDemoError(f"{artifact.path} is outside the artifact store and will not be loaded.")
+        if not path.is_file() or path.stat().st_size != artifact.size_bytes:
+            raise DeitDemoError(f"Artifact {path.name} is missing or its size changed.")
+        if sha256_file(path) != artifact.sha256:
+            raise DeitDemoError(f"Artifact {path.name} does not match its sha256; it was modified after conversion.")
+
+    def artifacts(self) -> list[tuple[Path, int, float]]:
+        """(folder, size_bytes, last_used) for every committed artifact folder."""
+        found = []
+        for manifest in self.root.glob(f"*/*/*/{MANIFEST}"):
+            folder = manifest.parent
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            found.append((folder, size, manifest.stat().st_mtime))
+        return found
+
+    def evict(self, keep: Path | None = None) -> list[Path]:
+        """Delete least-recently-used folders until the store fits its cap; also clears stale temp folders."""
+        removed = []
+        with self._lock:
+            for stale in self.root.glob(".tmp-*"):
+                if time.time() - stale.stat().st_mtime > 3600:
+                    shutil.rmtree(stale, ignore_errors=True)
+            entries = sorted(self.artifacts(), key=lambda entry: entry[2])
+            total = sum(size for _, size, _ in entries)
+            for folder, size, _ in entries:
+                if total <= self.cap_bytes:
+                    break
+                if keep is not None and folder == keep:
+                    continue
+                shutil.rmtree(folder, ignore_errors=True)
+                total -= size
+                removed.append(folder)
+        return removed

@@ -1,0 +1,142 @@
+"""Image input for a public server: files, bytes, PIL images and http(s) URLs (fetched by `urls`), checked before
+they are trusted, then preprocessed for a model as its catalog entry says."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.models import ModelSpec
+from deit_demo.core.urls import MAX_IMAGE_BYTES, FetchSettings, fetch_url
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+MAX_IMAGE_PIXELS = 40_000_000  # ~ 8000 x 5000; decoding one costs ~120 MB as RGB
+ImageSource = str | Path | bytes | Image.Image
+
+
+_WARNINGS_LOCK = threading.Lock()
+
+
+def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode `data` into an upright RGB image, refusing anything unsafe or unsupported."""
+    if not data:
+        raise DeitDemoError("The image is empty (0 bytes).")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise DeitDemoError(f"The image is larger than the {MAX_IMAGE_BYTES // 2**20} MB limit.")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        # catch_warnings swaps the process's filter list: two threads inside at once could restore each other's
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+            if image.width * image.height > max_pixels:
+                raise DeitDemoError(
+                    f"The image is {image.width}x{image.height} pixels; the limit is {max_pixels / 1e6:g} megapixels. "
+                    "Please use a smaller image."
+                )
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)  # animated: classify the first frame
+        image.load()  # the decoding itself, outside the lock: a batch's images decode side by side
+        image = ImageOps.exif_transpose(image)
+    except DeitDemoError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise DeitDemoError("The image claims so many pixels that decoding it could exhaust memory.") from None
+    except UnidentifiedImageError:
+        raise DeitDemoError(f"This is not an image in a supported format ({', '.join(ALLOWED_FORMATS)}).") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        detail = str(err)[:120] or type(err).__name__
+        raise DeitDemoError(f"The image file is damaged or truncated ({detail}).") from None
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB with transparency composited on white and high bit depths scaled, not clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float32)
+        if image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
+            pixels = pixels * (255.0 / 65535.0)
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def fetch_image_file(url: str, folder: Path, settings: FetchSettings = FetchSettings()) -> Path:
+    """The image at `url` fetched and checked as `load_image` would, then kept as it came in `folder`, named by its
+    content (so fetching it twice keeps one file)."""
+    data = fetch_url(url, settings)
+    decode_image(data)  # refuses what is not a supported, safe image before anything is written
+    kind = Image.open(io.BytesIO(data)).format.lower()
+    path = Path(folder) / f"url-{hashlib.sha256(data).hexdigest()[:16]}.{'jpg' if kind == 'jpeg' else kind}"
+    path.write_bytes(data)
+    return path
+
+
+def is_url(source: ImageSource) -> bool:
+    """Whether `load_image` would fetch `source` (any scheme://; fetch_url refuses all but http and https)."""
+    return isinstance(source, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", source) is not None
+
+
+def load_image(source: ImageSource, *, fetch: FetchSettings = FetchSettings()) -> Image.Image:
+    """An RGB image from a path, bytes, a PIL image or an http(s) URL."""
+    if isinstance(source, Image.Image):
+        if source.width * source.height > MAX_IMAGE_PIXELS:
+            raise DeitDemoError(f"The image is {source.width}x{source.height} pixels; please use a smaller one.")
+        return to_rgb(ImageOps.exif_transpose(source) or source)
+    if isinstance(source, (bytes, bytearray)):
+        return decode_image(bytes(source))
+    text = str(source)
+    if is_url(text):
+        return decode_image(fetch_url(text, fetch))
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    try:
+        found = len(text) <= 4096 and Path(text).expanduser().is_file()
+    except (OSError, ValueError):  # a name too long for the file system, or with a NUL byte
+        found = False
+    if not found:
+        raise DeitDemoError(f"{shown!r} is neither an http(s) URL nor an existing image file.")
+    path = Path(text).expanduser()
+    if path.stat().st_size > MAX_IMAGE_BYTES:
+        raise DeitDemoError(f"The image is larger than the {MAX_IMAGE_BYTES // 2**20} MB limit.")
+    return decode_image(path.read_bytes())
+
+
+# ---------------------------------------------------------------------------------------------------- preprocessing
+
+
+RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+              "nearest": Image.Resampling.NEAREST}
+
+
+def preprocess(image: Image.Image, spec: ModelSpec) -> torch.Tensor:
+    """A (1, 3, S, S) tensor as the DeiT authors evaluate: resize the short side with the model's interpolation
+    (bicubic for DeiT), centre crop, normalise.
+
+    Written with PIL and NumPy (no torchvision at serving time); tests prove it equals the tutorial's torchvision
+    pipeline tensor for tensor.
+    """
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short = spec.resize_size
+    new_long = int(new_short * long / short)
+    size = (new_short, new_long) if width <= height else (new_long, new_short)
+    resized = image.resize(size, RESAMPLING[spec.interpolation]) if size != image.size else image
+    crop = spec.input_size
+    top = int(round((resized.height - crop) / 2.0))
+    left = int(round((resized.width - crop) / 2.0))
+    cropped = resized.crop((left, top, left + crop, top + crop))
+    pixels = np.asarray(cropped, dtype=np.float32) / 255.0
+    pixels = (pixels - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
+    return torch.from_numpy(pixels.transpose(2, 0, 1).copy()).unsqueeze(0)

@@ -1,0 +1,172 @@
+"""A benchmark: each variant of one model timed with the project's method, batch size by batch size, with its answers
+checked and the profiler's view beside the wall clock.
+
+The original tutorial timed each variant once with the profiler's self-CPU total. That number is not wall time
+(it sums operator self times, across threads), so we report it *beside* the wall-clock median, never instead of it.
+The profiler runs in its own calls, after the timed blocks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from deit_demo.core.cpus import torch_threads, usable_cpus
+from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.stdio import PROFILER_NOISE, filtered_stderr
+from deit_demo.measure.timing import LatencyStats, TimingSettings, check_timing, check_whole, entries_from, measure
+from deit_demo.variants import MAX_BATCH, ORIGINAL, parse_variant_keys
+from deit_demo.variants.base import check_tome_r
+from deit_demo.variants.pipeline import ProgressFn, answer_check, prepare_variants
+
+
+def parse_batch_sizes(value: str | int | list) -> list[int]:
+    """``"1,8"``, ``8`` or ``[1, 8]`` -> [1, 8]; anything else is a one-line error naming the allowed range."""
+    message = f"Batch sizes must be whole numbers from 1 to {MAX_BATCH}, e.g. 1 or 1,8 (got {value!r})."
+    parts = str(value).replace(" ", "").split(",") if isinstance(value, (str, int)) else list(value)
+    try:
+        sizes = [int(p) for p in parts if str(p) != ""]
+    except (TypeError, ValueError):
+        raise DeitDemoError(message) from None
+    if not sizes or any(b < 1 or b > MAX_BATCH for b in sizes) or any(str(p).strip("0123456789") for p in parts):
+        raise DeitDemoError(message)
+    return list(dict.fromkeys(sizes))
+
+
+@dataclass
+class BenchSettings:
+    """What to time and how."""
+
+    variants: list[str] = field(default_factory=lambda: [ORIGINAL])
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    threads: int = 0  # 0: all CPUs this process may use
+    warmup: int = 3
+    runs: int = 10
+    block: int = 3  # consecutive calls per variant per round; the first of each block is dropped
+    time_budget_s: float | None = None
+    input: str = "noise"  # "noise" (fixed seed) or an image path
+    profile: bool = True
+    tome_r: int | None = None  # tokens merged per block by the token-merging variants; None: the model's default
+
+    def __post_init__(self) -> None:
+        """Every caller (CLI, app, scripts) gets the same one-line error for an impossible setting."""
+        self.variants = parse_variant_keys(self.variants)
+        self.batch_sizes = parse_batch_sizes(self.batch_sizes)
+        check_timing(self.runs, self.warmup, self.block)
+        check_whole("threads", self.threads, 0, usable_cpus(), " (0 means all the CPUs this process may use)")
+        check_tome_r(self.tome_r)
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise DeitDemoError(f"The time budget must be a positive number of seconds (got {self.time_budget_s}).")
+
+    def resolved_threads(self) -> int:
+        return self.threads if self.threads > 0 else usable_cpus()
+
+
+@dataclass
+class BenchResult:
+    """One (variant, batch size) line of a benchmark; field names follow the project's result vocabulary."""
+
+    model: str
+    variant: str
+    batch_size: int
+    threads: int
+    status: str = "ok"
+    reason: str = ""
+    latency: LatencyStats | None = None
+    size_bytes: int = 0
+    profiler_self_cpu_ms: float | None = None
+    profiler_ops: list[dict] = field(default_factory=list)
+    profiler_note: str = ""
+    peak_rss_bytes: int = 0
+    weights: str = ""
+    top1_agreement: float | None = None
+    max_abs_diff: float | None = None
+
+    def to_row(self) -> dict:
+        row = {k: v for k, v in asdict(self).items() if k != "latency"}
+        row.update(self.latency.to_row() if self.latency else {})
+        return row
+
+
+def profile_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, top: int = 10) -> tuple[float, list]:
+    """The tutorial's number (profiler self-CPU total, ms) and the top operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with filtered_stderr(PROFILER_NOISE), profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
+        fn(x)
+    events = prof.key_averages()
+    total_ms = sum(e.self_cpu_time_total for e in events) / 1000.0
+    ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return total_ms, [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1000.0, "calls": e.count} for e in ops]
+
+
+def make_input(settings: BenchSettings, spec, batch_size: int) -> torch.Tensor:
+    """The benchmark input: a fixed-seed tensor, or an image repeated `batch_size` times."""
+    if settings.input == "noise":
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(batch_size, 3, spec.input_size, spec.input_size, generator=generator)
+    from deit_demo.core.images import load_image, preprocess
+
+    return preprocess(load_image(settings.input), spec).repeat(batch_size, 1, 1, 1)
+
+
+UpdateFn = Callable[[list["BenchResult"]], None]
+
+
+def run_benchmark(loaded, settings: BenchSettings, store, *, progress: ProgressFn | None = None,
+                  cancel: threading.Event | None = None, on_update: UpdateFn | None = None,
+                  timing_niceness: int = 0) -> list[BenchResult]:
+    """Prepare each variant once, then for each batch size check and time all of them interleaved (`measure`).
+
+    `on_update` receives the results so far after every round, so a UI can redraw its charts while it runs;
+    `timing_niceness`: see `measure`.
+    """
+    threads = settings.resolved_threads()
+    common = {"model": loaded.spec.key, "threads": threads, "weights": loaded.weights}
+    with torch_threads(threads):  # runtimes fix their thread count when loaded
+        prepared = list(prepare_variants(loaded, settings.variants, store, progress=progress, cancel=cancel,
+                                         tome_r=settings.tome_r))
+    timing = TimingSettings(runs=settings.runs, warmup=settings.warmup, block=settings.block,
+                            time_budget_s=settings.time_budget_s)
+    results: list[BenchResult] = []
+
+    def rows(entries, batch_size: int) -> list[BenchResult]:
+        out = []
+        for e in entries:
+            row = BenchResult(batch_size=batch_size, variant=e.name, status=e.status, reason=e.reason,
+                              size_bytes=e.size_bytes, peak_rss_bytes=e.peak_rss_bytes, **common)
+            if e.answers is not None:
+                row.top1_agreement, row.max_abs_diff = e.answers.top1_agreement, e.answers.max_abs_diff
+            if e.ok:
+                row.latency = LatencyStats(list(e.samples_ms), batch_size=batch_size)
+            out.append(row)
+        return out
+
+    for batch_size in settings.batch_sizes:
+        x = make_input(settings, loaded.spec, batch_size)
+        ready = [item for item in prepared if item.runner is not None]
+        publish = (lambda entries, b=batch_size: on_update(results + rows(entries, b))) if on_update else None
+        entries = measure(entries_from(ready, check=answer_check(loaded.model, {"input": x})), x, timing,
+                          threads=threads, progress=progress, cancel=cancel, on_round=publish,
+                          niceness=timing_niceness)
+        batch_rows = rows(entries, batch_size)
+        if settings.profile:
+            for row, entry in zip(batch_rows, entries):
+                if not entry.ok:
+                    continue
+                if getattr(entry.runner, "profiler_visible", True):
+                    with torch_threads(threads):
+                        row.profiler_self_cpu_ms, row.profiler_ops = profile_once(entry.runner, x)
+                    row.profiler_note = "self-CPU total sums operator self times over threads; it is not wall time"
+                else:
+                    row.profiler_note = ("torch.profiler cannot see inside this runtime; its operators run outside "
+                                         "PyTorch, so no self-CPU figure is shown")
+        results.extend(batch_rows)
+    failed = [item for item in prepared if item.runner is None]
+    results += rows(entries_from(failed), settings.batch_sizes[0])
+    if on_update:
+        on_update(results)
+    return results

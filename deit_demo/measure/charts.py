@@ -1,0 +1,201 @@
+"""Plotly figures from benchmark results (no Gradio here). One colour per variant across every chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from deit_demo.measure.bench import BenchResult
+from deit_demo.variants import ORIGINAL
+
+_PALETTE = qualitative.Plotly + qualitative.D3
+
+
+def variant_color(key: str) -> str:
+    """A stable colour per variant: registry position first, so charts agree across runs and tabs."""
+    from deit_demo.variants import VARIANTS
+
+    keys = list(VARIANTS)
+    index = keys.index(key) if key in keys else len(keys) + sum(map(ord, key))
+    return _PALETTE[index % len(_PALETTE)]
+
+
+def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, template="plotly_white",
+                      margin=dict(l=50, r=20, t=50, b=90), height=380, showlegend=False,
+                      font=dict(size=12), xaxis_tickangle=-30)
+    return fig
+
+
+def _timed(results: list[BenchResult], batch_size: int | None = None) -> list[BenchResult]:
+    rows = [r for r in results if r.latency and r.latency.samples_ms]
+    if batch_size is None and rows:
+        batch_size = min(r.batch_size for r in rows)
+    return [r for r in rows if r.batch_size == batch_size]
+
+
+def latency_chart(results: list[BenchResult], batch_size: int | None = None) -> go.Figure:
+    """Median latency per variant, with p10..p90 as an asymmetric error bar."""
+    rows = _timed(results, batch_size)
+    fig = go.Figure(go.Bar(
+        x=[r.variant for r in rows], y=[r.latency.median_ms for r in rows],
+        marker_color=[variant_color(r.variant) for r in rows],
+        error_y=dict(type="data", symmetric=False, array=[r.latency.p90_ms - r.latency.median_ms for r in rows],
+                     arrayminus=[r.latency.median_ms - r.latency.p10_ms for r in rows]),
+        hovertemplate="%{x}: %{y:.2f} ms<extra></extra>",
+    ))
+    batch = rows[0].batch_size if rows else 1
+    return _layout(fig, f"Latency per call (batch {batch}; bar = median, whisker = p10–p90)", "variant",
+                   "latency (ms)")
+
+
+def size_chart(results: list[BenchResult]) -> go.Figure:
+    rows = _first_per_variant([r for r in results if r.size_bytes])
+    fig = go.Figure(go.Bar(x=[r.variant for r in rows], y=[r.size_bytes / 1e6 for r in rows],
+                           marker_color=[variant_color(r.variant) for r in rows],
+                           hovertemplate="%{x}: %{y:.1f} MB<extra></extra>"))
+    return _layout(fig, "File size per variant", "variant", "size (MB)")
+
+
+def reduction_chart(results: list[BenchResult], batch_size: int | None = None) -> go.Figure:
+    """Latency and size reduction vs the original, in percent (positive = smaller/faster)."""
+    rows = _timed(results, batch_size)
+    base = next((r for r in rows if r.variant == ORIGINAL), None)
+    fig = go.Figure()
+    if base:
+        others = [r for r in rows if r.variant != ORIGINAL]
+        fig.add_bar(name="latency", x=[r.variant for r in others],
+                    y=[100 * (1 - r.latency.median_ms / base.latency.median_ms) for r in others],
+                    marker_color=[variant_color(r.variant) for r in others],
+                    hovertemplate="%{x}: %{y:.0f}% faster<extra>latency</extra>")
+        sized = [r for r in others if r.size_bytes and base.size_bytes]
+        fig.add_bar(name="size", x=[r.variant for r in sized],
+                    y=[100 * (1 - r.size_bytes / base.size_bytes) for r in sized],
+                    marker_color=[variant_color(r.variant) for r in sized], marker_pattern_shape="/",
+                    hovertemplate="%{x}: %{y:.0f}% smaller<extra>size</extra>")
+    _layout(fig, "Reduction vs original (solid = latency, hatched = size)", "variant", "reduction (%)")
+    fig.update_layout(barmode="group")
+    return fig
+
+
+def scatter_chart(results: list[BenchResult], batch_size: int | None = None) -> go.Figure:
+    """Size vs latency, coloured by top-1 agreement with the original."""
+    rows = [r for r in _timed(results, batch_size) if r.size_bytes]
+    fig = go.Figure(go.Scatter(
+        x=[r.size_bytes / 1e6 for r in rows], y=[r.latency.median_ms for r in rows], mode="markers+text",
+        text=[r.variant for r in rows], textposition="top center",
+        marker=dict(size=14, color=[r.top1_agreement if r.top1_agreement is not None else 0 for r in rows],
+                    colorscale="Viridis", cmin=0, cmax=1, line=dict(width=2, color=[variant_color(r.variant)
+                                                                                  for r in rows]),
+                    colorbar=dict(title="top-1 agree", thickness=10)),
+        hovertemplate="%{text}: %{x:.1f} MB, %{y:.2f} ms<extra></extra>",
+    ))
+    return _layout(fig, "Size vs latency (colour = top-1 agreement)", "size (MB)", "median latency (ms)")
+
+
+def throughput_chart(results: list[BenchResult]) -> go.Figure:
+    """Images per second against batch size, one line per variant (the batch sweep)."""
+    fig = go.Figure()
+    for variant in dict.fromkeys(r.variant for r in results if r.latency):
+        rows = sorted((r for r in results if r.variant == variant and r.latency), key=lambda r: r.batch_size)
+        fig.add_scatter(x=[r.batch_size for r in rows], y=[r.latency.throughput_ips for r in rows],
+                        mode="lines+markers", name=variant, line=dict(color=variant_color(variant)))
+    _layout(fig, "Throughput vs batch size", "batch size", "throughput (images/s)")
+    fig.update_layout(showlegend=True, xaxis_type="log", xaxis_tickangle=0)
+    return fig
+
+
+def _first_per_variant(results: list[BenchResult]) -> list[BenchResult]:
+    seen: dict[str, BenchResult] = {}
+    for r in results:
+        seen.setdefault(r.variant, r)
+    return list(seen.values())
+
+
+def all_charts(results: list[BenchResult]) -> dict[str, go.Figure]:
+    charts = {"latency": latency_chart(results), "size": size_chart(results), "reduction": reduction_chart(results),
+              "scatter": scatter_chart(results)}
+    if len({r.batch_size for r in results if r.latency}) > 1:
+        charts["throughput"] = throughput_chart(results)
+    return charts
+
+
+def write_html(results: list[BenchResult], path: Path | str, title: str = "DeiT benchmark") -> Path:
+    """All charts in one standalone HTML file (plotly.js inlined, so it opens offline)."""
+    return write_figures_html(list(all_charts(results).values()), path, title)
+
+
+def write_figures_html(figures: list[go.Figure], path: Path | str, title: str) -> Path:
+    """Figures in one standalone HTML file (plotly.js inlined once, so it opens offline)."""
+    parts = [f"<html><head><meta charset='utf-8'><title>{title}</title>"
+             "<meta name='viewport' content='width=device-width, initial-scale=1'></head><body>"]
+    for i, fig in enumerate(figures):
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    parts.append("</body></html>")
+    Path(path).write_text("\n".join(parts))
+    return Path(path)
+
+
+def tome_chart(rows) -> go.Figure:
+    """Token merging: r against median latency (left axis) and top-1 (right axis: accuracy on labelled data, or
+    agreement with the unmerged model)."""
+    fig = go.Figure()
+    rs = [row.r for row in rows]
+    fig.add_scatter(x=rs, y=[row.latency.median_ms for row in rows], name="latency, eager fp32 (ms)",
+                    mode="lines+markers", line=dict(color=variant_color("tome_fp32")))
+    if any(row.int8_latency for row in rows):
+        fig.add_scatter(x=rs, y=[row.int8_latency.median_ms if row.int8_latency else None for row in rows],
+                        name="latency, int8 (ms)", mode="lines+markers", line=dict(color=variant_color("tome_int8")))
+    if any(row.top1 is not None for row in rows):
+        fig.add_scatter(x=rs, y=[100 * row.top1 for row in rows], name="top-1 on labelled data (%)", yaxis="y2",
+                        mode="lines+markers", line=dict(dash="dot", color="black"),
+                        error_y=dict(type="data", symmetric=False,
+                                     array=[100 * (row.top1_ci95[1] - row.top1) for row in rows],
+                                     arrayminus=[100 * (row.top1 - row.top1_ci95[0]) for row in rows]))
+    fig.add_scatter(x=rs, y=[100 * row.top1_agreement for row in rows], name="top-1 agreement with r=0 (%)",
+                    yaxis="y2", mode="lines+markers", line=dict(dash="dash", color="gray"))
+    title = f"Token merging on {rows[0].model if rows else ''}: r vs latency and accuracy"
+    _layout(fig, title, "r (tokens merged per block)", "median latency (ms)")
+    fig.update_layout(showlegend=True, xaxis_tickangle=0, legend=dict(orientation="h", y=-0.3),
+                      yaxis2=dict(title="top-1 (%)", overlaying="y", side="right", rangemode="normal"))
+    return fig
+
+
+def pareto_chart(rows, front, *, budget_ms: float | None = None, machine: str = "") -> go.Figure:
+    """Published (or measured) top-1 against measured latency; marker area ~ file size; the frontier drawn."""
+    fig = go.Figure()
+    timed = [r for r in rows if r.get("median_ms") is not None and r.get("published_top1") is not None]
+    for variant in dict.fromkeys(r["variant"] for r in timed):
+        mine = [r for r in timed if r["variant"] == variant]
+        fig.add_scatter(x=[r["median_ms"] for r in mine], y=[r["published_top1"] for r in mine], mode="markers+text",
+                        name=variant, text=[r["model"] for r in mine], textposition="top center",
+                        marker=dict(size=[max(8, min(40, 4 * (r.get("size_bytes", 0) / 1e6) ** 0.5)) for r in mine],
+                                    color=variant_color(variant), opacity=0.45 if mine[0].get("lossy") else 0.85,
+                                    line=dict(width=1, color="black")),
+                        customdata=[[r.get("size_bytes", 0) / 1e6, r.get("threads"), r.get("batch_size")]
+                                    for r in mine],
+                        hovertemplate="%{text} " + variant + ": %{x:.1f} ms, %{y:.1f}% top-1, %{customdata[0]:.0f} MB, "
+                                      "%{customdata[1]} threads, batch %{customdata[2]}<extra></extra>")
+    if front:
+        fig.add_scatter(x=[r["median_ms"] for r in front], y=[r["published_top1"] for r in front], mode="lines",
+                        name="Pareto frontier", line=dict(color="black", dash="dash", shape="hv"))
+    if budget_ms:
+        fig.add_vline(x=budget_ms, line=dict(color="red", dash="dot"), annotation_text=f"budget {budget_ms:g} ms")
+    _layout(fig, f"Accuracy vs latency{' on ' + machine if machine else ''} (marker area ~ size; faded = lossy, "
+                 "accuracy not published)", "median latency per call (ms, log)", "top-1 (%)")
+    fig.update_layout(showlegend=True, xaxis_type="log", xaxis_tickangle=0, height=480)
+    return fig
+
+
+def compare_chart(latency_rows: list[dict], labels: list[str]) -> go.Figure:
+    """Median latency per (model, variant), one bar per results file (machine), side by side."""
+    fig = go.Figure()
+    names = [f"{r['model']}/{r['variant']}" + (f" b{r['batch']}" if r["batch"] != 1 else "") for r in latency_rows]
+    for label in labels:
+        fig.add_bar(name=label, x=names, y=[float(r[f"{label} ms"]) if r.get(f"{label} ms") else None
+                                            for r in latency_rows])
+    _layout(fig, "Median latency per variant, per results file", "model/variant", "median latency (ms)")
+    fig.update_layout(barmode="group", showlegend=True, legend=dict(orientation="h", y=-0.45))
+    return fig

@@ -1,0 +1,150 @@
+"""What should I ship? A recommendation under budgets, the Pareto front, and saved runs from different machines
+compared.
+
+`recommend` and `pareto_front` work on plain result rows, so they apply to a sweep just run (`sweep.run_sweep`), to a
+saved file, or to rows made by hand. Accuracy is the model's published ImageNet top-1 (or the measured one of a model
+trained here); a variant is trusted to keep it only when its answers agree with the original.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from deit_demo.measure.results import results_payload, write_json
+from deit_demo.measure.sweep import SweepRow, SweepSettings
+
+# ------------------------------------------------------------------------------------------------------ decision
+
+
+def row_dict(row) -> dict:
+    """Any result row (SweepRow, BenchResult or a dict read from a file) as a plain dict with median_ms."""
+    if isinstance(row, dict):
+        return row
+    return row.to_row()
+
+
+def pair_name(row: dict) -> str:
+    name = f"{row['model']}/{row['variant']}"
+    extras = [f"threads={row['threads']}" if row.get("threads") else "", f"batch {row['batch_size']}"
+              if row.get("batch_size", 1) != 1 else ""]
+    return name + "".join(f", {e}" for e in extras if e)
+
+
+@dataclass
+class Recommendation:
+    best: dict | None
+    runners_up: list[dict]
+    rejected: list[dict]  # {"pair", "why"}
+    sentence: str
+    budgets: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def recommend(rows, *, budget_ms: float | None = None, budget_mb: float | None = None, min_top1: float | None = None,
+              min_agreement: float = 0.99, machine: dict | None = None, runners_up: int = 3) -> Recommendation:
+    """The most accurate pair within the budgets (ties: the faster), the next best, and why every other pair lost."""
+    rows = [row_dict(r) for r in rows]
+    random = any(r.get("weights") == "random" for r in rows)
+    tasks = [r.get("task", "ImageNet-1k") for r in rows]
+    task = "ImageNet-1k" if "ImageNet-1k" in tasks else (tasks[0] if tasks else "ImageNet-1k")
+    candidates, rejected = [], []
+    for r in rows:
+        why = []
+        if r.get("task", "ImageNet-1k") != task:
+            why.append(f"measured on another task ({r.get('task')}): its accuracy does not compare with {task}'s")
+        elif r.get("status") != "ok" or r.get("median_ms") is None:
+            why.append(f"{r.get('status', 'failed')}: {r.get('reason') or 'not timed'}")
+        else:
+            if r.get("lossy"):
+                why.append("computes less on purpose (token merging): its ImageNet accuracy is not published; "
+                           "measure its cost first (tome-sweep)")
+            elif r.get("published_top1") is None:
+                why.append("no published accuracy")
+            if budget_ms is not None and r["median_ms"] > budget_ms:
+                why.append(f"{r['median_ms']:.1f} ms is over the {budget_ms:g} ms budget")
+            if budget_mb is not None and r.get("size_bytes", 0) / 1e6 > budget_mb:
+                why.append(f"{r['size_bytes'] / 1e6:.0f} MB is over the {budget_mb:g} MB budget")
+            if min_top1 is not None and (r.get("published_top1") or 0) < min_top1:
+                why.append(f"top-1 {r.get('published_top1')}% is under the {min_top1:g}% minimum")
+            if not random and r.get("top1_agreement") is not None and r["top1_agreement"] < min_agreement:
+                why.append(f"its answers agree with the original on only {r['top1_agreement']:.0%} of the check "
+                           "inputs, so the published accuracy may not hold")
+        if why:
+            rejected.append({"pair": pair_name(r), "why": "; ".join(why)})
+        else:
+            candidates.append(r)
+    candidates.sort(key=lambda r: (-r["published_top1"], r["median_ms"]))
+    best = candidates[0] if candidates else None
+    for r in candidates[1 + runners_up:]:
+        rejected.append({"pair": pair_name(r), "why": f"less accurate or slower than the pick and the runners-up "
+                                                      f"({r['published_top1']}%, {r['median_ms']:.1f} ms)"})
+    where = f" on {machine['cpu']} ({machine.get('usable_cpus', '?')} CPUs)" if machine else ""
+    limits = ", ".join(f for f in (f"{budget_ms:g} ms" if budget_ms else "", f"{budget_mb:g} MB" if budget_mb else "",
+                                   f"top-1 >= {min_top1:g}%" if min_top1 else "") if f) or "no budget"
+    if best is None:
+        sentence = f"Nothing fits ({limits}){where}: see why each pair lost, and loosen a budget."
+    else:
+        size_mb = best.get("size_bytes", 0) / 1e6
+        sentence = (f"Ship {best['model']} as {best['variant']}: {best['published_top1']:.1f}% {task} top-1 "
+                    f"({'measured' if 'measured' in best.get('accuracy_source', '') else 'published'}) at "
+                    f"{best['median_ms']:.1f} ms per call (batch {best.get('batch_size', 1)}, threads="
+                    f"{best.get('threads', '?')}), {size_mb:.1f} MB, within {limits}{where}.")
+        if random:
+            sentence += " (Random weights: answer agreement was not used, it is noise without trained weights.)"
+    return Recommendation(best=best, runners_up=candidates[1:1 + runners_up], rejected=rejected, sentence=sentence,
+                          budgets={"budget_ms": budget_ms, "budget_mb": budget_mb, "min_top1": min_top1,
+                                   "min_agreement": min_agreement})
+
+
+def pareto_front(rows) -> list[dict]:
+    """Timed rows with an accuracy that no other row beats on both latency and accuracy, fastest first."""
+    rows = [row_dict(r) for r in rows if row_dict(r).get("median_ms") is not None
+            and row_dict(r).get("published_top1") is not None and not row_dict(r).get("lossy")]
+    front, best = [], float("-inf")
+    for r in sorted(rows, key=lambda r: (r["median_ms"], -r["published_top1"])):
+        if r["published_top1"] > best:
+            front.append(r)
+            best = r["published_top1"]
+    return front
+
+
+# ------------------------------------------------------------------------------------------------------ files
+
+
+def save_sweep(path: Path | str, rows: list[SweepRow], settings: SweepSettings, recommendation: Recommendation) -> dict:
+    return write_json(path, results_payload(rows, kind="sweep", settings=asdict(settings),
+                                            recommendation=recommendation.to_dict()))
+
+
+def compare(payloads: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(latency rows, machine rows): each timed (model, variant, batch) with its median per file and the speed-up of
+    each file against the first. Thread counts usually differ between machines, so they are shown, not matched;
+    only when a file holds a thread sweep do threads become part of the key."""
+    def timed(payload):
+        return [r for r in payload["rows"] if r.get("median_ms") is not None]
+
+    swept = any(len({r.get("threads") for r in timed(p) if (r["model"], r["variant"], r.get("batch_size", 1)) == key})
+                > 1 for p in payloads for key in {(r["model"], r["variant"], r.get("batch_size", 1)) for r in timed(p)})
+    keys: dict[tuple, dict] = {}
+    for index, payload in enumerate(payloads):
+        for r in timed(payload):
+            key = (r["model"], r["variant"], r.get("batch_size", 1)) + ((r.get("threads"),) if swept else ())
+            keys.setdefault(key, {})[index] = r
+    latency = []
+    for key, found in keys.items():
+        row = {"model": key[0], "variant": key[1], "batch": key[2],
+               "threads": " / ".join(str(found[i].get("threads", "?")) if i in found else "-"
+                                     for i in range(len(payloads)))}
+        for index, payload in enumerate(payloads):
+            row[f"{payload['label']} ms"] = f"{found[index]['median_ms']:.2f}" if index in found else ""
+            if index and 0 in found and index in found:
+                row[f"speed-up {payload['label']} vs {payloads[0]['label']}"] = \
+                    f"{found[0]['median_ms'] / found[index]['median_ms']:.2f}x"
+        latency.append(row)
+    machines = [{"file": p["label"], "cpu": p["machine"].get("cpu"), "usable CPUs": p["machine"].get("usable_cpus"),
+                 "ISA": " ".join(p["machine"].get("isa", [])), "torch": p["machine"].get("torch"),
+                 "platform": p["machine"].get("platform")} for p in payloads]
+    return latency, machines

@@ -1,0 +1,129 @@
+"""Accuracy per variant on labelled data: the digits test split built in, or an image folder of your own.
+
+An image folder has one sub-folder per class, named by ImageNet synset id (``n02114367``) or by class index (``7``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from deit_demo.core.errors import DeitDemoError, describe
+from deit_demo.core.models import MODELS, LoadedModel, ModelSpec
+from deit_demo.core.stats import accuracy_interval
+from deit_demo.variants.pipeline import ProgressFn, prepare_variants
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+@dataclass
+class LabelledSet:
+    name: str
+    size: int
+    items: Callable[[], Iterator[tuple[torch.Tensor, int]]]  # (1, 3, S, S) input, class index
+
+
+def builtin_set(spec: ModelSpec) -> LabelledSet:
+    """The labelled data a model trained here ships with (`spec.eval_set`)."""
+    if spec.eval_set is None:
+        with_data = ", ".join(key for key, s in MODELS.items() if s.eval_set is not None)
+        raise DeitDemoError(f"{spec.key} has no built-in labelled data (models that do: {with_data}); pass "
+                            "--data FOLDER with one sub-folder per class.")
+    x, y = spec.eval_set()
+    return LabelledSet(spec.eval_name or f"{spec.key} test set", len(y),
+                       lambda: ((x[i:i + 1], int(y[i])) for i in range(len(y))))
+
+
+def folder_set(spec: ModelSpec, root: Path | str) -> LabelledSet:
+    """Images under ROOT/<class>/, the class being an ImageNet synset id or an index."""
+    from deit_demo.core.images import load_image, preprocess
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DeitDemoError(f"--data {root} is not a folder.")
+    synsets: dict[str, int] = {}
+    if not spec.labels:
+        from timm.data import ImageNetInfo
+
+        synsets = {name: i for i, name in enumerate(ImageNetInfo().label_names())}
+    pairs = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.name in synsets:
+            index = synsets[folder.name]
+        elif folder.name.isdigit() and int(folder.name) < spec.num_classes:
+            index = int(folder.name)
+        else:
+            raise DeitDemoError(f"Sub-folder {folder.name!r} is neither an ImageNet synset id (like n02114367) nor a "
+                                f"class index below {spec.num_classes}.")
+        pairs += [(path, index) for path in sorted(folder.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
+    if not pairs:
+        raise DeitDemoError(f"No images found under {root}/<class>/.")
+    return LabelledSet(str(root), len(pairs), lambda: ((preprocess(load_image(p), spec), i) for p, i in pairs))
+
+
+def labelled_set(spec: ModelSpec, data: str | Path | None) -> LabelledSet:
+    return folder_set(spec, data) if data else builtin_set(spec)
+
+
+@dataclass
+class AccuracyResult:
+    """One variant's accuracy on one labelled set; intervals are 95% percentile-bootstrap intervals."""
+
+    model: str
+    variant: str
+    status: str
+    reason: str = ""
+    top1: float | None = None
+    top5: float | None = None
+    top1_ci95: tuple[float, float] | None = None
+    top5_ci95: tuple[float, float] | None = None
+    n_images: int = 0
+    data: str = ""
+    weights: str = ""
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+
+def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], dataset: LabelledSet,
+             progress: Callable[[int, int], None] | None = None) -> tuple[list[bool], list[bool]]:
+    """Per-image top-1 and top-5 outcomes of `fn` on `dataset`."""
+    top1, top5 = [], []
+    for x, label in dataset.items():
+        # Made as a preprocessed visitor's image is (contiguous, outside inference mode): an inductor graph compiles
+        # anew for other strides or dispatch keys, and the built-in sets come channels-last (15 s per compiled
+        # variant of deit_synth).
+        x = x.contiguous()
+        with torch.inference_mode():
+            logits = fn(x).float().reshape(-1)
+        top = logits.topk(min(5, logits.numel())).indices.tolist()
+        top1.append(top[0] == label)
+        top5.append(label in top)
+        if progress and (len(top1) % 20 == 0 or len(top1) == dataset.size):
+            progress(len(top1), dataset.size)
+    return top1, top5
+
+
+def evaluate(loaded: LoadedModel, keys: list[str], store, data: str | Path | None = None, *,
+             progress: ProgressFn | None = None, tome_r: int | None = None) -> list[AccuracyResult]:
+    """Top-1/top-5 of every variant in `keys` on the same labelled set; one row each, whatever fails."""
+    dataset = labelled_set(loaded.spec, data)
+    rows = []
+    for item in prepare_variants(loaded, keys, store, progress=progress, tome_r=tome_r):
+        row = AccuracyResult(model=loaded.spec.key, variant=item.key, status=item.status, reason=item.reason,
+                             data=dataset.name, weights=loaded.weights)
+        if item.runner is not None:
+            report = (lambda i, n, k=item.key: progress(f"accuracy of {k}", i, n)) if progress else None
+            try:
+                top1, top5 = accuracy(item.runner, dataset, report)
+            except Exception as err:  # loaded, but its runtime fails on the data: that row says so
+                row.status, row.reason = "failed", describe(err)
+            else:
+                row.top1, row.top5 = sum(top1) / len(top1), sum(top5) / len(top5)
+                row.top1_ci95, row.top5_ci95 = accuracy_interval(top1), accuracy_interval(top5)
+                row.n_images = len(top1)
+        rows.append(row)
+    return rows

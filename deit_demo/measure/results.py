@@ -1,0 +1,86 @@
+"""Results files: the one JSON writer (``-`` = stdout), the CSV of benchmark rows, and saved files read back and
+checked. Every file carries `schema` and a `machine` block, so runs from different machines can be placed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from deit_demo.core.cpus import machine_info
+from deit_demo.core.errors import DeitDemoError
+
+RESULTS_SCHEMA = "deit-demo-results/1"  # written into every results file, checked when one is read back
+MAX_RESULTS_BYTES = 20 * 2**20
+MAX_JSON_DEPTH = 12
+
+
+def write_json(target: Path | str, payload: dict) -> dict:
+    """`payload` as indented JSON into `target`, or on stdout when `target` is ``-``."""
+    text = json.dumps(payload, indent=2, default=str)
+    if str(target) == "-":
+        print(text)
+    else:
+        Path(target).write_text(text)
+    return payload
+
+
+def results_payload(rows: list, **extra) -> dict:
+    """A results file's content: schema, machine, the rows (objects with `to_row()` or dicts), and `extra`."""
+    return {"schema": RESULTS_SCHEMA, **extra, "machine": machine_info(),
+            "rows": [r if isinstance(r, dict) else r.to_row() for r in rows]}
+
+
+CSV_FIELDS = ["model", "variant", "batch_size", "threads", "status", "reason", "median_ms", "p10_ms", "p90_ms",
+              "mean_ms", "stdev_ms", "iqr_ms", "throughput_ips", "size_bytes", "profiler_self_cpu_ms",
+              "peak_rss_bytes", "weights", "top1_agreement", "max_abs_diff", "samples_ms"]
+
+
+def save_csv(path: Path | str, results: list) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for result in results:
+            row = result.to_row()
+            row["samples_ms"] = " ".join(f"{s:.4f}" for s in row.get("samples_ms", []))
+            writer.writerow(row)
+
+
+def _depth(value, limit: int, level: int = 0) -> int:
+    if level > limit:
+        return level
+    if isinstance(value, dict):
+        return max([_depth(v, limit, level + 1) for v in value.values()] or [level])
+    if isinstance(value, list):
+        return max([_depth(v, limit, level + 1) for v in value] or [level])
+    return level
+
+
+def load_results(path: Path | str, label: str | None = None) -> dict:
+    """A saved results file (bench, sweep or tome-sweep JSON), checked: size, nesting, schema, machine, rows."""
+    path = Path(path)
+    name = label or path.name
+    if not path.is_file():
+        raise DeitDemoError(f"{name}: no such file.")
+    if os.path.getsize(path) > MAX_RESULTS_BYTES:
+        raise DeitDemoError(f"{name} is {os.path.getsize(path) / 2**20:.0f} MB; a results file is at most "
+                            f"{MAX_RESULTS_BYTES // 2**20} MB.")
+    try:
+        payload = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as err:
+        raise DeitDemoError(f"{name} is not a results file (not JSON: {str(err)[:80]}).") from None
+    except RecursionError:
+        raise DeitDemoError(f"{name} is nested too deeply to be a results file.") from None
+    if _depth(payload, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise DeitDemoError(f"{name} is nested too deeply to be a results file.")
+    if not isinstance(payload, dict) or payload.get("schema") != RESULTS_SCHEMA:
+        found = payload.get("schema") if isinstance(payload, dict) else type(payload).__name__
+        raise DeitDemoError(f"{name} is not a DeiT Lab results file (schema {found!r}, expected {RESULTS_SCHEMA!r}).")
+    machine, rows = payload.get("machine"), payload.get("rows")
+    if not isinstance(machine, dict) or "cpu" not in machine:
+        raise DeitDemoError(f"{name} has no machine block, so its figures cannot be placed.")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "variant" in r and "model" in r for r in rows):
+        raise DeitDemoError(f"{name} has no result rows (each needs a model and a variant).")
+    payload["label"] = name
+    return payload

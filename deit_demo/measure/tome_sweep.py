@@ -1,0 +1,97 @@
+"""Token merging's r sweep: for each r, latency (eager, and int8 when asked) timed together, accuracy on the model's
+labelled data, and agreement with the unmerged model, through the one timing loop."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+
+from deit_demo.core.cpus import torch_threads
+from deit_demo.core.errors import DeitDemoError, check_cancel
+from deit_demo.core.stats import accuracy_interval
+from deit_demo.measure.bench import BenchSettings, make_input
+from deit_demo.measure.evaluate import accuracy, builtin_set
+from deit_demo.measure.timing import Entry, LatencyStats, TimingSettings, measure
+from deit_demo.variants.pipeline import ProgressFn, answer_check, check_inputs, prepare_variants
+from deit_demo.variants.tome_merge import ToMe
+
+
+@dataclass
+class TomeSweepRow:
+    """One r of a token-merging sweep: speed (eager and, when asked, int8) and fidelity."""
+
+    model: str
+    r: int
+    tokens_last_block: int
+    latency: LatencyStats | None = None
+    int8_latency: LatencyStats | None = None
+    top1: float | None = None  # on the model's labelled data, when it has some
+    top1_ci95: tuple[float, float] | None = None
+    n_images: int = 0
+    top1_agreement: float | None = None  # with the unmerged model, on the example images
+    weights: str = ""
+
+    def to_row(self) -> dict:
+        row = {k: v for k, v in asdict(self).items() if k not in ("latency", "int8_latency")}
+        row["median_ms"] = self.latency.median_ms if self.latency else None
+        row["int8_median_ms"] = self.int8_latency.median_ms if self.int8_latency else None
+        return row
+
+
+def parse_rs(value) -> list[int]:
+    """``"0,4,8"`` or ``[0, 4, 8]`` -> [0, 4, 8], in order, without repeats; anything else is one clear error."""
+    message = f"r values must be whole numbers of at least 0, separated by commas, e.g. 0,4,8 (got {value!r})."
+    parts = str(value).replace(" ", "").split(",") if isinstance(value, str) else value
+    try:
+        rs = [p if isinstance(p, int) and not isinstance(p, bool) else int(str(p)) for p in parts if str(p) != ""]
+    except (TypeError, ValueError):
+        raise DeitDemoError(message) from None
+    if not rs or any(r < 0 for r in rs):
+        raise DeitDemoError(message)
+    return list(dict.fromkeys(rs))
+
+
+def tome_sweep(loaded, rs, settings: BenchSettings, store=None, *, int8: bool = False,
+               progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+               timing_niceness: int = 0) -> list[TomeSweepRow]:
+    """For each r: eager ToMe latency (interleaved with every other r), accuracy on the model's built-in labelled
+    data, and top-1 agreement with the unmerged model on its example images. With `int8`, the tome_int8 variant of
+    each r is prepared in `store` and timed too. `timing_niceness`: see `timing.measure`."""
+    rs = parse_rs(rs)
+    threads = settings.resolved_threads()
+    tokens = loaded.model.patch_embed.num_patches + loaded.model.num_prefix_tokens
+    check = answer_check(loaded.model, check_inputs(loaded.spec, noise=0))
+    dataset = builtin_set(loaded.spec) if loaded.spec.eval_set is not None else None
+    rows, entries = [], []
+    for i, r in enumerate(rs):
+        check_cancel(cancel)
+        if progress:
+            progress(f"measuring r={r}", i, len(rs))
+        merged = ToMe(loaded.model, r).eval()
+        row = TomeSweepRow(model=loaded.spec.key, r=r, tokens_last_block=merged.tokens_per_block(tokens)[-1],
+                           weights=loaded.weights)
+        if dataset is not None:
+            top1, _ = accuracy(merged, dataset)
+            row.top1, row.top1_ci95, row.n_images = sum(top1) / len(top1), accuracy_interval(top1), len(top1)
+        entries.append(Entry(f"r={r}", merged, check=check))
+        if int8:
+            with torch_threads(threads):  # runtimes fix their thread count when loaded
+                item = next(prepare_variants(loaded, ["tome_int8"], store, tome_r=r))
+            if item.runner is None:
+                raise DeitDemoError(f"tome_int8 at r={r} could not be prepared: {item.reason}")
+            entries.append(Entry(f"int8 r={r}", item.runner))
+        rows.append(row)
+    x = make_input(settings, loaded.spec, settings.batch_sizes[0])
+    timing = TimingSettings(runs=settings.runs, warmup=settings.warmup, block=settings.block)
+    timed = {e.name: e for e in measure(entries, x, timing, threads=threads, progress=progress, cancel=cancel,
+                                               niceness=timing_niceness)}
+    batch = settings.batch_sizes[0]
+    for row in rows:
+        eager = timed[f"r={row.r}"]
+        if not eager.ok:
+            raise DeitDemoError(f"token merging at r={row.r} failed: {eager.reason}")
+        row.top1_agreement = eager.answers.top1_agreement
+        row.latency = LatencyStats(eager.samples_ms, batch_size=batch)
+        if int8:
+            row.int8_latency = LatencyStats(timed[f"int8 r={row.r}"].samples_ms, batch_size=batch)
+    return rows

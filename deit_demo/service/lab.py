@@ -1,0 +1,194 @@
+"""The lab as a service: the one facade the app's handlers and the CLI's commands share (no Gradio here).
+
+`Lab` holds the models (and the policy for weights that cannot be had), the artifact store, visitors' sessions and
+the serving component (`serve.Server`), and turns a request (model key, variant keys, settings) into one library
+call. Callers never reach into its parts: each job has a method here, with the CPU share and niceness a job gets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deit_demo.core.artifacts import ArtifactStore
+from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.images import ImageSource, fetch_image_file
+from deit_demo.core.models import MODELS, LoadedModel, ModelCache, get_spec
+from deit_demo.measure import charts
+from deit_demo.measure.bench import BenchResult, BenchSettings, run_benchmark
+from deit_demo.measure.evaluate import AccuracyResult, evaluate
+from deit_demo.measure.report import weights_banner
+from deit_demo.measure.results import results_payload, save_csv, write_json
+from deit_demo.measure.sweep import SweepRow, SweepSettings, run_sweep
+from deit_demo.measure.tome_sweep import TomeSweepRow, tome_sweep
+from deit_demo.serve.classify import ClassifyResult
+from deit_demo.serve.server import Server
+from deit_demo.service.config import AppConfig
+from deit_demo.service.sessions import Sessions
+from deit_demo.variants import ORIGINAL, parse_variant_keys
+from deit_demo.variants.pipeline import ConversionResult, ProgressFn, run_conversion
+
+
+@dataclass
+class ConvertOutcome:
+    loaded: LoadedModel
+    results: list[ConversionResult]
+    accuracy: list[AccuracyResult] = field(default_factory=list)
+    accuracy_note: str = ""
+    seconds: float = 0.0
+
+    @property
+    def top1(self) -> dict[str, float]:
+        return {r.variant: r.top1 for r in self.accuracy if r.top1 is not None}
+
+
+class Lab:
+    """What every request shares: models, the store, visitors' sessions and the serving component."""
+
+    def __init__(self, config: AppConfig | None = None):
+        self.config = config or AppConfig()
+        self.cache = ModelCache(self.config.max_models)
+        self.store = ArtifactStore(self.config.store_root, cap_bytes=self.config.store_cap_bytes,
+                                   isolate=self.config.isolate_conversions)
+        self.fallbacks: dict[str, str] = {}
+        self.sessions = Sessions()
+        self.server = Server(self.model, self.store, self.config.serve)
+
+    # ---------------------------------------------------------------------------------------------- models
+
+    def model(self, key: str, weights: str | None = None) -> LoadedModel:
+        """The model with the best weights we can get (`weights`, else the configured model's or the hub's); with
+        `fallback_to_random`, random weights (and a banner) when the hub or a checkpoint cannot be had."""
+        spec = get_spec(key)
+        weights = weights or (self.config.weights if key == self.config.model else "hub")
+        if self.config.offline and weights == "hub" and not spec.bundled:
+            weights = "random"
+            self.fallbacks[key] = "the server was started with --offline"
+        if weights == "random" or not self.config.fallback_to_random:
+            return self.cache.get(key, weights)
+        try:
+            return self.cache.get(key, weights)
+        except DeitDemoError:
+            self.fallbacks[key] = (f"No pretrained weights: the Hugging Face hub is unreachable and the local cache "
+                                   f"has no copy of {spec.hf_repo}" if weights == "hub" else
+                                   f"The checkpoint {Path(weights).name} could not be loaded")
+            return self.cache.get(key, "random")
+
+    def banner(self, loaded: LoadedModel, *, markdown: bool = True) -> str:
+        return weights_banner(loaded, self.fallbacks.get(loaded.spec.key, ""), markdown=markdown)
+
+    @property
+    def store_root(self) -> Path:
+        return self.store.root
+
+    def heavy_cpus(self, requested: int | None = None) -> int:
+        """CPUs a convert/benchmark job may take: all but those kept for classification."""
+        return self.server.job_cpus(requested)
+
+    # ---------------------------------------------------------------------------------------------- visitors
+
+    def classify(self, source: ImageSource, model_key: str, variant_key: str = ORIGINAL, **kwargs
+                 ) -> tuple[LoadedModel, ClassifyResult]:
+        """Top-k of one image (see `Server.classify`)."""
+        return self.server.classify(source, model_key, variant_key, **kwargs)
+
+    def classify_batch(self, sources: list[ImageSource], model_keys: list[str], variant_keys: list[str], *,
+                       k: int = 5) -> list[tuple[LoadedModel, ClassifyResult] | DeitDemoError]:
+        """Several visitors' images at once, an answer or an error each (see `Server.classify_batch`)."""
+        return self.server.classify_batch(sources, model_keys, variant_keys, k=k)
+
+    def prepare_auto(self, model_key: str) -> None:
+        """Auto's candidates for `model_key` prepared in the background; until then Auto serves the original."""
+        self.server.auto.request(model_key)
+
+    def fetch_image(self, url: str, session: str | None) -> Path:
+        """An image URL fetched into the visitor's folder (so a slow host never holds a shared batch)."""
+        return fetch_image_file(url, self.sessions.folder(session), self.server.fetch)
+
+    def cancel_event(self, session: str | None) -> threading.Event:
+        return self.sessions.cancel_event(session)
+
+    def session_dir(self, session: str | None) -> Path:
+        return self.sessions.folder(session)
+
+    def end_session(self, session: str | None) -> None:
+        self.sessions.end(session)
+
+    @property
+    def sessions_root(self) -> Path:
+        return self.sessions.root
+
+    # ---------------------------------------------------------------------------------------------- jobs
+
+    def convert(self, model_key: str, keys, *, tome_r: int | None = None,
+                progress: ProgressFn | None = None) -> ConvertOutcome:
+        """Convert and check `keys`; with labelled data for this model (built in or --eval-data), accuracy too."""
+        loaded = self.model(model_key)
+        chosen = parse_variant_keys(keys)
+        start = time.perf_counter()
+        with self.server.cpus.take(self.heavy_cpus()):
+            outcome = ConvertOutcome(loaded, run_conversion(loaded, chosen, self.store, progress=progress,
+                                                            tome_r=tome_r))
+            if loaded.spec.eval_set is not None or self.config.eval_data:
+                ok = [r.variant for r in outcome.results if r.status == "ok"]
+                try:
+                    outcome.accuracy = evaluate(loaded, ok, self.store, self.config.eval_data, progress=progress,
+                                                tome_r=tome_r)
+                    measured = [r for r in outcome.accuracy if r.n_images]
+                    if measured:
+                        outcome.accuracy_note = (f"Accuracy: top-1 on {measured[0].data} ({measured[0].n_images} "
+                                                 "labelled images).")
+                except DeitDemoError as err:
+                    outcome.accuracy_note = f"Accuracy not measured: {err}"
+        outcome.seconds = time.perf_counter() - start
+        return outcome
+
+    def evaluate(self, model_key: str, keys, *, progress: ProgressFn | None = None,
+                 tome_r: int | None = None) -> tuple[LoadedModel, list[AccuracyResult]]:
+        """Top-1/top-5 of each variant on the model's labelled data (or the lab's --eval-data folder)."""
+        loaded = self.model(model_key)
+        with self.server.cpus.take(self.heavy_cpus()):
+            return loaded, evaluate(loaded, parse_variant_keys(keys), self.store, self.config.eval_data,
+                                    progress=progress, tome_r=tome_r)
+
+    def benchmark(self, model_key: str, settings: BenchSettings, *, progress: ProgressFn | None = None,
+                  cancel: threading.Event | None = None, on_update=None) -> tuple[LoadedModel, list[BenchResult]]:
+        """Time the variants in `settings` on this lab's CPUs (a job takes at most `heavy_cpus`)."""
+        with self.server.cpus.take(self.heavy_cpus(settings.resolved_threads())) as granted:
+            settings.threads = granted
+            loaded = self.model(model_key)
+            return loaded, run_benchmark(loaded, settings, self.store, progress=progress, cancel=cancel,
+                                         on_update=on_update, timing_niceness=self.config.serve.heavy_niceness)
+
+    def tome_sweep(self, model_key: str, rs, settings: BenchSettings, *, int8: bool = False,
+                   progress: ProgressFn | None = None, cancel: threading.Event | None = None
+                   ) -> tuple[LoadedModel, list[TomeSweepRow]]:
+        """Token merging at each r: latency, accuracy on built-in data, agreement with r = 0."""
+        with self.server.cpus.take(self.heavy_cpus(settings.resolved_threads())) as granted:
+            settings.threads = granted
+            loaded = self.model(model_key)
+            return loaded, tome_sweep(loaded, rs, settings, self.store, int8=int8, progress=progress, cancel=cancel,
+                                      timing_niceness=self.config.serve.heavy_niceness)
+
+    def sweep(self, settings: SweepSettings, *, progress: ProgressFn | None = None,
+              cancel: threading.Event | None = None, on_update=None) -> list[SweepRow]:
+        """Models x variants timed together, on the share of the CPUs a job may take."""
+        with self.server.cpus.take(self.heavy_cpus()) as granted:
+            return run_sweep(settings, lambda key: self.model(key, settings.weights), self.store, progress=progress,
+                             cancel=cancel, on_update=on_update, max_threads=granted,
+                             timing_niceness=self.config.serve.heavy_niceness)
+
+    def save_benchmark(self, loaded: LoadedModel, results: list[BenchResult], folder: Path) -> list[Path]:
+        """JSON, CSV and standalone HTML charts of a benchmark, written into `folder`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = folder / f"bench_{loaded.spec.key}_{time.strftime('%Y%m%d-%H%M%S')}_{time.time_ns() % 10**6:06d}"
+        write_json(f"{stem}.json", results_payload(results, model=loaded.spec.key))
+        save_csv(f"{stem}.csv", results)
+        charts.write_html(results, f"{stem}.html", title=f"DeiT benchmark: {loaded.spec.key}")
+        return [Path(f"{stem}.json"), Path(f"{stem}.csv"), Path(f"{stem}.html")]
+
+
+def model_choices() -> list[tuple[str, str]]:
+    return [(f"{s.label}  ({s.key})", s.key) for s in MODELS.values()]

@@ -1,0 +1,92 @@
+"""The serving component: what Auto publishes, and when. A visitor never sees a choice that is half made."""
+
+import dataclasses
+import threading
+
+import pytest
+
+from deit_demo.core.models import create_model, load_weights, save_weights
+from deit_demo.measure import timing
+from deit_demo.serve import auto
+from deit_demo.serve.auto import AUTO, AutoChoice
+from deit_demo.serve.server import ServeSettings
+from deit_demo.service.config import AppConfig
+from deit_demo.service.lab import Lab
+from deit_demo.variants import ORIGINAL, VARIANTS, Runner, Variant
+from deit_demo.variants.pipeline import example_images
+
+
+class CompiledLike(Variant):
+    """The original's weights behind a runner that, like an inductor graph, is compiled per shape and thread count:
+    Auto serves it in lanes, each lane a copy compiled at preparation (the window this test holds open)."""
+
+    key, title, family, precision = "test_compiled", "Test: compiled per shape", "modern", "fp32"
+    suffix = ".safetensors"
+    compiles_per_shape = True
+
+    def available(self):
+        return True, ""
+
+    def export(self, model, path, ctx):
+        save_weights(model, path)
+        return {}
+
+    def load(self, artifact, ctx):
+        return Runner(load_weights(create_model(ctx.spec), artifact.path).eval(), {"runtime": "test"})
+
+
+@pytest.fixture
+def compiled_like(monkeypatch):
+    variant = CompiledLike()
+    monkeypatch.setitem(VARIANTS, variant.key, variant)
+    # It is the fastest, as a compiled graph is on DeiT-B (the timing itself is not what this test is about).
+    speed = {ORIGINAL: 9.0, variant.key: 2.0}
+    monkeypatch.setattr(timing, "time_interleaved",
+                        lambda runners, *a, **k: ({name: [speed[name]] * 3 for name in runners}, {}))
+    return variant
+
+
+def test_a_visitor_served_while_auto_compiles_its_lanes_gets_a_variant_with_its_own_runner(
+        compiled_like, monkeypatch, tmp_path):
+    # The race this guards against: Auto used to put its choice where visitors read it while still preparing, then set
+    # the compiled runner, compiled lane copies for 15-30 s, and only then the variant's name. A visitor in that
+    # window was served ("original", <compiled runner>): the wrong label, and a graph compiled for another shape.
+    serve = ServeSettings(auto_variants=(compiled_like.key,), cpus=2, classify_lanes=2)  # lanes: 2 x 1 thread
+    lab = Lab(AppConfig(model="deit_tiny", store_root=str(tmp_path), auto_prepare=False, isolate_conversions=False,
+                        serve=serve))
+    in_window, release, seen = threading.Event(), threading.Event(), []
+    lane_runner = auto.AutoServe._lane_runner
+
+    def held_lane_runner(self, *args, **kwargs):
+        in_window.set()
+        assert release.wait(60)
+        return lane_runner(self, *args, **kwargs)
+
+    monkeypatch.setattr(auto.AutoServe, "_lane_runner", held_lane_runner)
+    loaded = lab.model("deit_tiny")
+    preparing = threading.Thread(target=lambda: seen.append(lab.server.auto.prepare("deit_tiny")))
+    preparing.start()
+    try:
+        assert in_window.wait(120), "the preparation never reached the lane copies"
+        during = lab.server.auto.resolve(loaded)
+        variant, runner, _, sentence = during.serving()
+        assert (variant, runner) == (ORIGINAL, None) and during.state == "preparing", (variant, runner)
+        assert "being converted and checked" in sentence
+        _, answer = lab.classify(str(example_images()[1]), "deit_tiny", AUTO)
+        assert answer.variant == ORIGINAL
+    finally:
+        release.set()
+        preparing.join(120)
+    ready = lab.server.auto.resolve(loaded)
+    assert ready is seen[0] and ready.state == "ready" and ready.variant == compiled_like.key
+    variant, runner, agreement, _ = ready.serving()
+    assert variant == compiled_like.key and runner is ready.runner and agreement == 1.0
+    assert len(ready.lane_runners) == 1 and ready.lane_runners[0] is not runner
+    assert during.state == "preparing" and during.runner is None  # what a visitor held before is unchanged
+
+
+def test_a_published_choice_cannot_be_edited():
+    choice = AutoChoice("deit_tiny", "random")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        choice.variant = "pt2e_int8"
+    assert dataclasses.replace(choice, variant="pt2e_int8").variant == "pt2e_int8" and choice.variant == ORIGINAL
