@@ -108,7 +108,7 @@ def cmd_convert(args) -> int:
     outcome = lab.convert(args.model, args.variants, tome_r=args.tome_r, progress=progress)
     progress.close()
     loaded, results = outcome.loaded, outcome.results
-    print(f"model: {loaded.spec.key}   weights: {loaded.weights}   store: {lab.store.root}", file=sys.stderr)
+    print(f"model: {loaded.spec.key}   weights: {loaded.weights}   store: {lab.store_root}", file=sys.stderr)
     _emit(args, to_markdown(conversion_rows(results, outcome.top1), CONVERT_COLUMNS))
     if outcome.accuracy_note:
         _emit(args, outcome.accuracy_note)

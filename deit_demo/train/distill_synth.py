@@ -1,6 +1,6 @@
 """Train `deit_synth`: a distilled DeiT on procedural textures (`deit_demo.train.synth`), with DeiT's distillation compared.
 
-    python -m deit_demo.train.distill_synth [--out assets/deit_synth.safetensors] [--epochs 16] [--train-images 5000]
+    python -m deit_demo.train synth [--out assets/deit_synth.safetensors] [--epochs 16] [--train-images 5000]
 
 A CNN teacher is trained first. Then three students of one architecture (a DeiT with a distillation token, 64 patch
 tokens) learn the same data in the same order, differing only in the distillation token's target, as in the DeiT
