@@ -29,7 +29,7 @@ import torch
 from deit_demo.core.artifacts import ArtifactStore
 from deit_demo.core.cpus import machine_info, native_bf16
 from deit_demo.core.models import load_model
-from deit_demo.measure import bench, timing
+from deit_demo.measure import timing
 from deit_demo.measure.report import machine_line, to_markdown
 from deit_demo.variants.base import export_dynamic_batch
 from deit_demo.variants.compiled import attention_in_bf16, drop_unused_parameters
@@ -135,7 +135,7 @@ def main() -> int:
             runners[item.key], notes[item.key] = item.runner, "peer"
 
     agreement = {name: compare_answers(reference, run_inputs(fn, inputs)) for name, fn in runners.items()}
-    settings = bench.BenchSettings(runs=args.runs, warmup=args.warmup, block=args.block, threads=args.threads)
+    settings = timing.TimingSettings(runs=args.runs, warmup=args.warmup, block=args.block)
     samples, _ = timing.time_interleaved(runners, x, settings)
     medians = {name: timing.LatencyStats(v).median_ms for name, v in samples.items()}
     print(f"\n{loaded.spec.label} ({loaded.weights} weights), batch 1, {args.threads} threads, {args.runs} runs after "

@@ -25,7 +25,7 @@ import torch
 from deit_demo.core.artifacts import ArtifactStore
 from deit_demo.core.cpus import machine_info
 from deit_demo.core.models import load_model
-from deit_demo.measure import bench, timing
+from deit_demo.measure import timing
 from deit_demo.measure.report import machine_line, to_markdown
 from deit_demo.variants import VARIANTS
 from deit_demo.variants.pipeline import check_inputs, compare_answers, prepare_variants, run_inputs
@@ -75,7 +75,7 @@ def main() -> int:
         start = time.perf_counter()
 
     agreement = {name: compare_answers(reference, run_inputs(fn, inputs)) for name, fn in runners.items()}
-    settings = bench.BenchSettings(runs=args.runs, warmup=args.warmup, block=args.block, threads=args.threads)
+    settings = timing.TimingSettings(runs=args.runs, warmup=args.warmup, block=args.block)
     samples, _ = timing.time_interleaved(runners, x, settings)
     print(f"\n{loaded.spec.label} ({loaded.weights} weights), batch 1, {args.threads} threads"
           f"{' (pinned)' if args.pin else ''}, {args.runs} runs after {args.warmup} warm-up, blocks of {args.block}; "

@@ -28,6 +28,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
 from deit_demo.core.cpus import machine_info, usable_cpus  # noqa: E402  (after the environment above)
 from deit_demo.measure import timing  # noqa: E402
 from deit_demo.measure.report import machine_line, to_markdown  # noqa: E402
@@ -182,30 +183,6 @@ def _phase_child(url: str, users: int, requests: int, model: str, variant: str, 
     results.put(record)
 
 
-class ServerRss:
-    """The server process's peak resident memory over the whole run, polled every 50 ms on a thread of its own (the
-    visitors' latency is measured in other processes; this is not inside any timed call)."""
-
-    def __init__(self, interval_s: float = 0.05):
-        import psutil
-
-        self._proc, self.interval_s, self.peak = psutil.Process(), interval_s, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def model_alone_ms(lab, model: str, runs: int = 12) -> float:
     """Median ms of one image through what Auto serves, on the serving thread with nothing else running: the host's
     speed at that moment (on a shared VM it moved 55-70 ms for DeiT-B pt2e_int8 within an evening)."""
@@ -242,9 +219,9 @@ def main() -> int:
                         help="run the phase with no benchmark this many times, back to back (its spread)")
     parser.add_argument("--bench-model", default="deit_base")
     parser.add_argument("--bench-runs", type=int, default=10)
-    parser.add_argument("--classify-threads", type=int, default=None, help="override AppConfig.classify_threads")
+    parser.add_argument("--classify-threads", type=int, default=None, help="override ServeSettings.classify_threads")
     parser.add_argument("--classify-concurrency", type=int, default=None, help="override AppConfig's limit")
-    parser.add_argument("--classify-lanes", type=int, default=None, help="override AppConfig.classify_lanes")
+    parser.add_argument("--classify-lanes", type=int, default=None, help="override ServeSettings.classify_lanes")
     parser.add_argument("--client", choices=sorted(CLIENTS), default="http",
                         help="how each visitor talks to the app: Gradio's HTTP queue, as a browser tab does (default), "
                              "or gradio_client (about 100 ms of client CPU per request, taken from the server here)")
@@ -276,7 +253,10 @@ def main() -> int:
     demo = build_app(config)
     demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs(demo.lab))
     url = demo.local_url
-    rss = ServerRss()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from rss_cost import PollingSampler  # beside this script
+
+    rss = PollingSampler(interval_s=0.05)  # the server's peak over the whole run; no timed call is in this process
     with rss:
         print(f"app on {url}; warming up {args.model} and converting the benchmark's variants...", file=sys.stderr)
         phase(url, 1, 1, args.model, args.variant)

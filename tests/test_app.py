@@ -4,6 +4,7 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
 
 from deit_demo.app.ui import build_app, launch_kwargs  # noqa: E402
 from deit_demo.measure.report import CONVERT_COLUMNS  # noqa: E402
@@ -120,6 +121,25 @@ def test_convert_tiny(client):
     expected = "unavailable" if not xnnpack_enabled() else "ok"
     assert rows["mobile_optimized"]["status"].startswith(expected)
     assert any(str(f).endswith(".csv") for f in files) and any(str(f).endswith(".pt") for f in files)
+
+
+@pytest.mark.parametrize("api,args,message", [
+    ("/convert", ("deit_tiny", None), "The 'Variants' input expects a list of choices (got None)"),
+    ("/convert", ("deit_tiny", []), "Choose at least one variant"),
+    ("/convert", (None, ["original"]), "Choose a model"),
+    ("/benchmark", ("deit_tiny", ["original"], None, 0, 1, "1", None), "The 'Timed runs' input expects a number"),
+    ("/benchmark", ("deit_tiny", ["original"], 2, 0, 1, "x" * 5000, None), "5002 characters"),
+    ("/sweep", (["deit_tiny"], ["original"], "1", "1", 2, 0, "y" * 5000, "", ""), "latency budget must be a positive"),
+    ("/sweep", ("deit_tiny", ["original"], "1", "1", 2, 0, "", "", ""), "Models"),
+    ("/tome_sweep", ("deit_tiny", "z" * 5000, False, 2, 0, 1), "r values must be whole numbers"),
+])
+def test_any_input_from_any_client_gets_a_clear_short_message(client, api, args, message):
+    # Gradio's own preprocessing used to fail first, with "The upstream Gradio app has raised an exception"; a huge
+    # string was echoed back whole.
+    with pytest.raises(AppError) as raised:
+        client.predict(*args, api_name=api)
+    text = str(raised.value)
+    assert message in text and "upstream" not in text and len(text) < 400, text
 
 
 def test_short_benchmark(client):

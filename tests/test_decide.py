@@ -71,6 +71,23 @@ def test_pareto_front_keeps_only_undominated_pairs():
                                                             ("deit_base", "onnx_int8")]
 
 
+@pytest.mark.parametrize("budget_ms", [None, 50.0, 2000.0, 1.0])
+def test_the_pareto_chart_spans_its_points_and_its_budget_line_in_ms(budget_ms):
+    from deit_demo.measure.charts import pareto_chart
+
+    timed = [r for r in ROWS if r.get("median_ms")]
+    figure = pareto_chart(ROWS, decide.pareto_front(ROWS), budget_ms=budget_ms)
+    low, high = (10 ** v for v in figure.layout.xaxis.range)
+    span = [r["median_ms"] for r in timed] + ([budget_ms] if budget_ms else [])
+    assert low <= min(span) and max(span) <= high <= 1.5 * max(span), (low, high)  # it was 1 to 10^54 with 50 ms
+    assert low >= 0.5 * min(span)
+    assert all(t.endswith(" ms") for t in figure.layout.xaxis.ticktext) and len(figure.layout.xaxis.tickvals) >= 2
+    assert not figure.layout.shapes  # a shape's x on a log axis is read as a power of ten
+    if budget_ms:
+        line = next(trace for trace in figure.data if trace.name == f"budget {budget_ms:g} ms")
+        assert set(line.x) == {budget_ms} and figure.layout.yaxis.range[0] <= min(line.y)
+
+
 @pytest.fixture(scope="module")
 def sweep_rows(store):
     settings = sweep.SweepSettings(models=["deit_tiny", "deit_tiny_distilled"], variants=["original", "scripted_int8"],

@@ -1,2 +1,3 @@
-"""The Gradio app: layout (`ui`), handlers, agent tools (MCP) and the About text. The only package that imports
-Gradio; it calls the library through `service.Lab` only."""
+"""The Gradio app: layout (`ui`), handlers, input boxes (`inputs`), agent tools (MCP), the About text, and the
+process-wide settings a server needs (`process`). The only package that imports Gradio. Every job goes through the
+`service.Lab` facade; `measure`'s charts, tables and results files are imported to render what comes back."""

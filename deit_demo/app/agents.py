@@ -3,7 +3,7 @@ tools: they take the server's CPUs for minutes. No `from __future__ import annot
 schema from these type hints and its description from the docstring."""
 
 from deit_demo.app.handlers import boundary
-from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.errors import DeitDemoError, quoted
 from deit_demo.service.lab import Lab
 
 
@@ -48,7 +48,7 @@ def classify_image(lab: Lab, image: str, model: str = "deit_base", variant: str 
         "class", "distillation" and "average" for distilled models) the top-k labels with probabilities.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 20:
-        raise DeitDemoError(f"top_k must be a whole number from 1 to 20 (got {top_k!r}).")
+        raise DeitDemoError(f"top_k must be a whole number from 1 to 20 (got {quoted(top_k)}).")
     loaded, result = lab.classify(_agent_image(image), model, variant or "auto", k=top_k)
     return {"model": result.model, "variant": result.variant, "how_chosen": result.note, "weights": result.weights,
             "weights_note": lab.banner(loaded, markdown=False), "elapsed_ms": round(result.elapsed_ms, 2),

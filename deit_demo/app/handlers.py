@@ -14,6 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from deit_demo.app.inputs import budget_box, tome_r_box
 from deit_demo.core.cpus import machine_info
 from deit_demo.core.errors import Cancelled, DeitDemoError, log_unexpected
 from deit_demo.core.models import MODELS
@@ -222,23 +223,13 @@ def render_benchmark(results, message: str) -> list:
             gr.update(value=figures.get("throughput"), visible="throughput" in figures), profiler_markdown(results)]
 
 
-def _tome_r(value) -> int | None:
-    """The app's r box: empty means the model's default."""
-    if value in (None, ""):
-        return None
-    if float(value) != int(float(value)):
-        raise DeitDemoError(f"The token-merging r must be a whole number (got {value}).")
-    return int(float(value))
-
-
 @boundary("The benchmark")
 def benchmark(lab: Lab, model_key, variant_keys, n_runs, n_warmup, n_threads, batch_text, tome_r=None,
               request: gr.Request = None, progress=gr.Progress()):
     """Runs the benchmark in a worker thread and yields redrawn charts as rounds complete (at most twice a second)."""
     try:
         settings = BenchSettings(variants=list(variant_keys or []), runs=int(n_runs), warmup=int(n_warmup),
-                                       threads=int(n_threads), batch_sizes=str(batch_text),
-                                       tome_r=_tome_r(tome_r))
+                                 threads=int(n_threads), batch_sizes=str(batch_text), tome_r=tome_r_box(tome_r))
     except (TypeError, ValueError) as err:
         raise gr.Error(f"Runs, warm-up and threads must be whole numbers ({html.escape(str(err))}).") from None
     except DeitDemoError as err:
@@ -283,19 +274,16 @@ def tome_sweep(lab: Lab, model_key, r_text, int8, n_runs, n_warmup, n_threads, r
     return charts.tome_chart(rows), note + "\n\n" + to_markdown(tome_rows(rows))
 
 
-def _number(value) -> float | None:
-    return None if value in (None, "", 0) else float(value)
-
-
 @boundary("The sweep")
 def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup, budget_ms, budget_mb, min_top1,
           request: gr.Request = None, progress=gr.Progress()):
     """Models x variants timed together; yields the Pareto chart as rounds complete, then the recommendation."""
     try:
         settings = SweepSettings(models=list(models or []), variants=list(variants or []),
-                                        threads=str(threads_text), batch_sizes=str(batch_text), runs=int(n_runs),
-                                        warmup=int(n_warmup), budget_ms=_number(budget_ms),
-                                        budget_mb=_number(budget_mb), min_top1=_number(min_top1))
+                                 threads=str(threads_text), batch_sizes=str(batch_text), runs=int(n_runs),
+                                 warmup=int(n_warmup), budget_ms=budget_box(budget_ms, "latency budget"),
+                                 budget_mb=budget_box(budget_mb, "size budget"),
+                                 min_top1=budget_box(min_top1, "minimum top-1"))
     except DeitDemoError as err:
         raise user_error(err) from None
     machine = machine_info()
@@ -319,8 +307,7 @@ def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup
         raise error
     choice = decide.recommend(rows, budget_ms=settings.budget_ms, budget_mb=settings.budget_mb,
                               min_top1=settings.min_top1, machine=machine)
-    path = lab.session_dir(_session(request)) / f"sweep_{time.strftime('%Y%m%d-%H%M%S')}_{time.time_ns() % 10**6:06d}.json"
-    decide.save_sweep(path, rows, settings, choice)
+    path = lab.save_sweep(rows, settings, choice, lab.session_dir(_session(request)))
     lost = "\n".join(f"- {html.escape(r['pair'])}: {html.escape(r['why'])}" for r in choice.rejected)
     message = (f"**{html.escape(choice.sentence)}**\n\nMeasured on {html.escape(machine_line(machine))}."
                + (f"\n\nWhy the others lost:\n{lost}" if lost else ""))

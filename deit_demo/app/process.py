@@ -1,10 +1,12 @@
-"""The process-wide settings a server needs. Entry points (app.py, benchmarks/load.py, the tests' conftest) call
-`configure_server_process()` once, where the process starts: the library never changes them as a side effect of being
-imported or building something."""
+"""The process-wide settings a server needs: the GIL switch interval, torch.fx's thread confinement, Gradio's retried
+imports and logging. Entry points (app.py, benchmarks/load.py, the tests' conftest) call `configure_server_process()`
+once, where the process starts: the library never changes them as a side effect of being imported or building
+something."""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 
 from deit_demo.variants.base import confine_fx_patches_to_their_thread
@@ -39,5 +41,12 @@ def configure_server_process() -> None:
         print("warning: this torch has no torch.fx patch hook; a conversion may disturb visitors' answers",
               file=sys.stderr)
     mark_missing_imports()
-    # Logging: unexpected errors reach the `deit_demo` logger with a reference id; with no handler configured,
-    # Python's last-resort handler prints them (and their tracebacks) to stderr, the server's log. Nothing to set.
+    # Logging: an unexpected error reaches the `deit_demo` logger once, with its reference id and traceback; the
+    # server's log is its standard error (what a Space shows), with a time on each record.
+    logger = logging.getLogger("deit_demo")
+    if not any(getattr(h, "deit_demo_server", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.deit_demo_server = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)

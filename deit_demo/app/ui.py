@@ -12,6 +12,7 @@ import gradio as gr
 
 from deit_demo.app import agents, handlers
 from deit_demo.app.about import about_markdown
+from deit_demo.app.inputs import preprocessed
 from deit_demo.core.cpus import usable_cpus
 from deit_demo.core.models import MODELS
 from deit_demo.core.paths import cache_folder
@@ -166,8 +167,9 @@ def build_convert_tab(lab: Lab) -> None:
     files = gr.File(label="Downloads (artifacts and the results table)", file_count="multiple", interactive=False)
     with gr.Accordion("What each variant is, and why some are unavailable here", open=False):
         gr.Markdown(variants_help())
-    run.click(partial(handlers.convert, lab), [model, keys], [status, table, files], api_name="convert",
-              concurrency_limit=1, concurrency_id=HEAVY, time_limit=TIME_LIMITS["convert"])
+    inputs = [model, keys]
+    run.click(preprocessed(partial(handlers.convert, lab), inputs), inputs, [status, table, files], api_name="convert",
+              preprocess=False, concurrency_limit=1, concurrency_id=HEAVY, time_limit=TIME_LIMITS["convert"])
 
 
 def build_benchmark_tab(lab: Lab) -> None:
@@ -207,10 +209,12 @@ def build_benchmark_tab(lab: Lab) -> None:
         r_plot = gr.Plot(label="r sweep", elem_id="plot-tome")
         r_table = gr.Markdown(elem_id="tome-table")
     outputs = [status, table, latency_plot, size_plot, reduction_plot, scatter_plot, sweep_plot, profile_md, files]
-    run.click(partial(handlers.benchmark, lab), [model, keys, runs, warmup, threads, batches, tome_r], outputs,
-              api_name="benchmark", concurrency_limit=1, concurrency_id=HEAVY, time_limit=TIME_LIMITS["benchmark"])
-    r_run.click(partial(handlers.tome_sweep, lab), [model, r_values, r_int8, runs, warmup, threads],
-                [r_plot, r_table], api_name="tome_sweep", concurrency_limit=1, concurrency_id=HEAVY,
+    inputs = [model, keys, runs, warmup, threads, batches, tome_r]
+    run.click(preprocessed(partial(handlers.benchmark, lab), inputs), inputs, outputs, api_name="benchmark",
+              preprocess=False, concurrency_limit=1, concurrency_id=HEAVY, time_limit=TIME_LIMITS["benchmark"])
+    inputs = [model, r_values, r_int8, runs, warmup, threads]
+    r_run.click(preprocessed(partial(handlers.tome_sweep, lab), inputs), inputs, [r_plot, r_table],
+                api_name="tome_sweep", preprocess=False, concurrency_limit=1, concurrency_id=HEAVY,
                 time_limit=TIME_LIMITS["tome_sweep"])
     stop.click(partial(handlers.stop_benchmark, lab), None, status, api_name="stop_benchmark", queue=False)
 
@@ -228,9 +232,11 @@ def build_decide_tab(lab: Lab) -> None:
         runs = gr.Slider(2, 100, value=10, step=1, label="Timed runs", elem_id="decide-runs")
         warmup = gr.Slider(0, 20, value=2, step=1, label="Warm-up runs", elem_id="decide-warmup")
     with gr.Row():
-        budget_ms = gr.Number(None, label="Latency budget (ms per call)", minimum=0)
-        budget_mb = gr.Number(None, label="Size budget (MB)", minimum=0)
-        min_top1 = gr.Number(None, label="Minimum top-1 (%)", minimum=0, maximum=100)
+        # Text boxes: a gr.Number shows 0 when empty, and empty is what "no budget" looks like.
+        budget_ms = gr.Textbox("", label="Latency budget (ms per call)", placeholder="no budget",
+                               elem_id="decide-budget-ms")
+        budget_mb = gr.Textbox("", label="Size budget (MB)", placeholder="no budget", elem_id="decide-budget-mb")
+        min_top1 = gr.Textbox("", label="Minimum top-1 (%)", placeholder="no minimum", elem_id="decide-min-top1")
     with gr.Row():
         run = gr.Button("Run sweep", variant="primary")
         stop = gr.Button("Stop", variant="stop")
@@ -239,9 +245,10 @@ def build_decide_tab(lab: Lab) -> None:
     table = gr.Markdown(elem_id="decide-table")
     files = gr.File(label="Download the sweep (JSON, with the recommendation)", file_count="multiple",
                     interactive=False)
-    run.click(partial(handlers.sweep, lab), [models, keys, threads, batches, runs, warmup, budget_ms, budget_mb,
-                                             min_top1], [verdict, pareto, table, files], api_name="sweep",
-              concurrency_limit=1, concurrency_id=HEAVY, time_limit=TIME_LIMITS["sweep"])
+    inputs = [models, keys, threads, batches, runs, warmup, budget_ms, budget_mb, min_top1]
+    run.click(preprocessed(partial(handlers.sweep, lab), inputs), inputs, [verdict, pareto, table, files],
+              api_name="sweep", preprocess=False, concurrency_limit=1, concurrency_id=HEAVY,
+              time_limit=TIME_LIMITS["sweep"])
     stop.click(partial(handlers.stop_benchmark, lab), None, verdict, api_name="stop_sweep", queue=False)
     with gr.Accordion("Compare saved runs (from this machine or others)", open=False):
         uploads = gr.File(label="Results files (JSON)", file_count="multiple", file_types=[".json"], type="filepath")

@@ -7,6 +7,16 @@ def describe(err: BaseException, limit: int = 300) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
+QUOTE_CHARS = 80
+
+
+def quoted(value, limit: int = QUOTE_CHARS) -> str:
+    """`value` as an error message shows what it got: its repr, cut to about `limit` characters (a 5000-character
+    string was echoed back whole), with the full length said."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 class DeitDemoError(Exception):
     """An error with a message a person can act on (bad image, refused URL, missing weights, ...).
 

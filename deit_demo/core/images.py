@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.errors import DeitDemoError, quoted
 from deit_demo.core.models import ModelSpec
 from deit_demo.core.urls import MAX_IMAGE_BYTES, FetchSettings, fetch_url
 
@@ -100,13 +100,12 @@ def load_image(source: ImageSource, *, fetch: FetchSettings = FetchSettings()) -
     text = str(source)
     if is_url(text):
         return decode_image(fetch_url(text, fetch))
-    shown = text if len(text) <= 80 else text[:77] + "..."
     try:
         found = len(text) <= 4096 and Path(text).expanduser().is_file()
     except (OSError, ValueError):  # a name too long for the file system, or with a NUL byte
         found = False
     if not found:
-        raise DeitDemoError(f"{shown!r} is neither an http(s) URL nor an existing image file.")
+        raise DeitDemoError(f"{quoted(text)} is neither an http(s) URL nor an existing image file.")
     path = Path(text).expanduser()
     if path.stat().st_size > MAX_IMAGE_BYTES:
         raise DeitDemoError(f"The image is larger than the {MAX_IMAGE_BYTES // 2**20} MB limit.")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from deit_demo.core.cache import BoundedCache
-from deit_demo.core.errors import DeitDemoError, describe
+from deit_demo.core.errors import DeitDemoError, describe, quoted
 from deit_demo.core.paths import ASSETS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -130,7 +130,7 @@ def get_spec(key: str) -> ModelSpec:
     try:
         return MODELS[key]
     except KeyError:
-        raise DeitDemoError(f"Unknown model {key!r}. Choose one of: {', '.join(MODELS)}.") from None
+        raise DeitDemoError(f"Unknown model {quoted(key)}. Choose one of: {', '.join(MODELS)}.") from None
 
 
 @dataclass

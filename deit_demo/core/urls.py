@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.errors import DeitDemoError, quoted
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 
@@ -82,12 +82,12 @@ def resolve_public(host: str, port: int, *, allow_loopback: bool = False) -> lis
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as err:
-            raise DeitDemoError(f"Could not resolve the host {host!r} ({err.strerror}). Check the URL.") from None
+            raise DeitDemoError(f"Could not resolve the host {quoted(host)} ({err.strerror}). Check the URL.") from None
         addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     for ip in addresses:
         reason = address_refusal(ip, allow_loopback=allow_loopback)
         if reason:
-            raise DeitDemoError(f"Refused to fetch from {host!r}: {reason}. Only public web addresses are allowed.")
+            raise DeitDemoError(f"Refused to fetch from {quoted(host)}: {reason}. Only public web addresses are allowed.")
     return [str(ip) for ip in addresses]
 
 

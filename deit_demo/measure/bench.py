@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from deit_demo.core.cpus import torch_threads, usable_cpus
-from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.errors import DeitDemoError, quoted
 from deit_demo.core.stdio import PROFILER_NOISE, filtered_stderr
 from deit_demo.measure.timing import LatencyStats, TimingSettings, check_timing, check_whole, entries_from, measure
 from deit_demo.variants import MAX_BATCH, ORIGINAL, parse_variant_keys
@@ -25,7 +25,7 @@ from deit_demo.variants.pipeline import ProgressFn, answer_check, prepare_varian
 
 def parse_batch_sizes(value: str | int | list) -> list[int]:
     """``"1,8"``, ``8`` or ``[1, 8]`` -> [1, 8]; anything else is a one-line error naming the allowed range."""
-    message = f"Batch sizes must be whole numbers from 1 to {MAX_BATCH}, e.g. 1 or 1,8 (got {value!r})."
+    message = f"Batch sizes must be whole numbers from 1 to {MAX_BATCH}, e.g. 1 or 1,8 (got {quoted(value)})."
     parts = str(value).replace(" ", "").split(",") if isinstance(value, (str, int)) else list(value)
     try:
         sizes = [int(p) for p in parts if str(p) != ""]
@@ -59,7 +59,8 @@ class BenchSettings:
         check_whole("threads", self.threads, 0, usable_cpus(), " (0 means all the CPUs this process may use)")
         check_tome_r(self.tome_r)
         if self.time_budget_s is not None and not self.time_budget_s > 0:
-            raise DeitDemoError(f"The time budget must be a positive number of seconds (got {self.time_budget_s}).")
+            raise DeitDemoError("The time budget must be a positive number of seconds "
+                                f"(got {quoted(self.time_budget_s)}).")
 
     def resolved_threads(self) -> int:
         return self.threads if self.threads > 0 else usable_cpus()

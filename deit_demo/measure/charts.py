@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -163,6 +164,18 @@ def tome_chart(rows) -> go.Figure:
     return fig
 
 
+def log_ms_axis(values_ms: list[float]) -> dict:
+    """A log axis in milliseconds spanning `values_ms` (data and budget lines), with 1-2-3-5 ticks labelled in ms.
+    Plotly takes a log axis's range as powers of ten."""
+    low, high = min(values_ms), max(values_ms)
+    low, high = math.log10(low) - 0.08, math.log10(high) + 0.08  # a little room for markers and their labels
+    ticks = [m * 10 ** e for e in range(math.floor(low) - 1, math.ceil(high) + 1) for m in (1, 2, 3, 5)
+             if low <= math.log10(m * 10 ** e) <= high]
+    if len(ticks) < 2:  # a narrow span: Plotly's own ticks, in ms
+        return dict(type="log", range=[low, high], ticksuffix=" ms")
+    return dict(type="log", range=[low, high], tickvals=ticks, ticktext=[f"{v:g} ms" for v in ticks])
+
+
 def pareto_chart(rows, front, *, budget_ms: float | None = None, machine: str = "") -> go.Figure:
     """Published (or measured) top-1 against measured latency; marker area ~ file size; the frontier drawn."""
     fig = go.Figure()
@@ -181,11 +194,18 @@ def pareto_chart(rows, front, *, budget_ms: float | None = None, machine: str = 
     if front:
         fig.add_scatter(x=[r["median_ms"] for r in front], y=[r["published_top1"] for r in front], mode="lines",
                         name="Pareto frontier", line=dict(color="black", dash="dash", shape="hv"))
+    accuracies = [r["published_top1"] for r in timed] or [0.0, 100.0]
+    y_low, y_high = min(accuracies) - 1.5, max(accuracies) + 1.5
     if budget_ms:
-        fig.add_vline(x=budget_ms, line=dict(color="red", dash="dot"), annotation_text=f"budget {budget_ms:g} ms")
+        # A trace, not a shape: on a log axis Plotly reads a shape's x as a power of ten (a 50 ms budget drew a line at
+        # 10^50 and stretched the axis to 10^54, every point squeezed against the left edge).
+        fig.add_scatter(x=[budget_ms, budget_ms], y=[y_low, y_high], mode="lines", name=f"budget {budget_ms:g} ms",
+                        line=dict(color="red", dash="dot"), hoverinfo="name")
     _layout(fig, f"Accuracy vs latency{' on ' + machine if machine else ''} (marker area ~ size; faded = lossy, "
-                 "accuracy not published)", "median latency per call (ms, log)", "top-1 (%)")
-    fig.update_layout(showlegend=True, xaxis_type="log", xaxis_tickangle=0, height=480)
+                 "accuracy not published)", "median latency per call (log scale)", "top-1 (%)")
+    span = [r["median_ms"] for r in timed] + ([budget_ms] if budget_ms else [])
+    fig.update_layout(showlegend=True, xaxis_tickangle=0, height=480, yaxis_range=[y_low, y_high],
+                      xaxis=log_ms_axis(span) if span else dict(type="log"))
     return fig
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from deit_demo.core.cpus import torch_threads, usable_cpus
-from deit_demo.core.errors import DeitDemoError, check_cancel
+from deit_demo.core.errors import DeitDemoError, check_cancel, quoted
 from deit_demo.core.models import get_spec
 from deit_demo.measure.bench import BenchResult, parse_batch_sizes
 from deit_demo.measure.timing import Entry, LatencyStats, TimingSettings, check_timing, measure
@@ -48,17 +48,17 @@ class SweepSettings:
         try:
             self.threads = list(dict.fromkeys(int(t) for t in threads if str(t).strip()))
         except ValueError:
-            raise DeitDemoError(f"Thread counts must be whole numbers, e.g. 1,2 (got {threads!r}).") from None
+            raise DeitDemoError(f"Thread counts must be whole numbers, e.g. 1,2 (got {quoted(threads)}).") from None
         if not self.threads or any(t < 0 or t > usable_cpus() for t in self.threads):
-            raise DeitDemoError(f"Thread counts must be from 0 (all) to {usable_cpus()} (got {self.threads}).")
+            raise DeitDemoError(f"Thread counts must be from 0 (all) to {usable_cpus()} (got {quoted(self.threads)}).")
         check_timing(self.runs, self.warmup, self.block)
         check_tome_r(self.tome_r)
         for name in ("budget_ms", "budget_mb", "min_top1"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
-                raise DeitDemoError(f"{name.replace('_', ' ')} must be a positive number (got {value!r}).")
+                raise DeitDemoError(f"{name.replace('_', ' ')} must be a positive number (got {quoted(value)}).")
         if not 0 <= self.min_agreement <= 1:
-            raise DeitDemoError(f"The minimum agreement is a fraction from 0 to 1 (got {self.min_agreement}).")
+            raise DeitDemoError(f"The minimum agreement is a fraction from 0 to 1 (got {quoted(self.min_agreement)}).")
 
 
 @dataclass
@@ -84,7 +84,8 @@ def run_sweep(settings: SweepSettings, load_model, store, *, progress: ProgressF
 
     `load_model(key)` returns a LoadedModel (the service's cache, or `models.load_model` with fixed weights). Runners
     are prepared again for each thread count, because ONNX Runtime and OpenVINO fix their threads when loaded.
-    `max_threads`: the CPUs this job was granted (a server keeps some for its visitors); counts above it are capped.
+    `max_threads`: the CPUs this job was granted (a server keeps some for its visitors); counts above it are capped,
+    and counts that become the same are timed once.
     `timing_niceness`: see `timing.measure`.
     """
     loaded = {key: load_model(key) for key in settings.models}
@@ -97,18 +98,23 @@ def run_sweep(settings: SweepSettings, load_model, store, *, progress: ProgressF
                 check = answer_check(model.model, check_inputs(model.spec))
                 prepared += [(key, item, check) for item in prepare_variants(
                     model, settings.variants, store, progress=progress, cancel=cancel, tome_r=settings.tome_r)]
+        batches: list[SweepRow] = []
         for batch in settings.batch_sizes:
             check_cancel(cancel)
             entries = [Entry(f"{key}/{item.key}", item.runner, item.status, item.reason,
                              item.artifact.size_bytes if item.artifact is not None else 0, check=check,
                              x=_input(loaded[key].spec, batch)) for key, item, check in prepared]
 
-            def rows(done: list[Entry], batch=batch) -> list[SweepRow]:
+            def rows(done: list[Entry], batch: int = batch) -> list[SweepRow]:
                 return [_row(e, loaded[e.name.split("/", 1)[0]], batch, threads) for e in done]
 
-            publish = (lambda done: on_update(results + rows(done))) if on_update else None
-            results += rows(measure(entries, None, timing, threads=threads, progress=progress, cancel=cancel,
+            publish = (lambda done: on_update(results + batches + rows(done))) if on_update else None
+            batches += rows(measure(entries, None, timing, threads=threads, progress=progress, cancel=cancel,
                                     on_round=publish, niceness=timing_niceness))
+        # Rows in model -> variant -> batch order, as the tables read (timing went batch size by batch size)
+        order = {key: i for i, key in enumerate((key, item.key) for key, item, _ in prepared)}
+        results += sorted(batches, key=lambda r: (order[(r.model, r.variant)],
+                                                  settings.batch_sizes.index(r.batch_size)))
     if on_update:
         on_update(results)
     return results

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from deit_demo.core.cpus import on_own_thread, torch_threads
-from deit_demo.core.errors import DeitDemoError, check_cancel, describe
+from deit_demo.core.errors import DeitDemoError, check_cancel, describe, quoted
 from deit_demo.variants.pipeline import AnswerCheck, ProgressFn
 
 # A request can ask for any number: the server must not run forever
@@ -28,7 +28,7 @@ MAX_RUNS, MAX_WARMUP, MAX_BLOCK = 10_000, 1_000, 100
 def check_whole(name: str, value, low: int, high: int, extra: str = "") -> int:
     """`value` as a whole number in [low, high], or the one-line error every caller gives for it."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise DeitDemoError(f"{name} must be a whole number from {low} to {high}{extra} (got {value!r}).")
+        raise DeitDemoError(f"{name} must be a whole number from {low} to {high}{extra} (got {quoted(value)}).")
     return value
 
 
@@ -103,32 +103,54 @@ CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 class PeakRss:
-    """The process's peak resident memory over a block, from the kernel's own high-water mark (VmHWM), reset before
-    the block through /proc/self/clear_refs: nothing runs beside the timed calls. (A sampler thread polling RSS every
-    5 ms ran inside the timed blocks and woke the CPU the calls were timed on.) Where the kernel offers no reset, the
-    RSS after the block, read outside the timed calls."""
+    """The process's peak resident memory while a block runs, from the kernel's own high-water mark (VmHWM): reset
+    through /proc/self/clear_refs when the first of the blocks running at once starts, read when each one ends.
+    Nothing runs beside the timed calls (a thread polling RSS every 5 ms cost 2-3% of DeiT's latency, measured by
+    benchmarks/rss_cost.py). Like that sampler's, the figure is the whole process's: blocks timed at the same moment
+    (Auto's and a benchmark's) share one counter, so each reads the peak since the first of them began. Where the
+    kernel offers no reset, the RSS after the block."""
+
+    _lock = threading.Lock()
+    _active = 0
+    _reset = False
 
     def __init__(self):
         self.peak = 0
 
-    @staticmethod
-    def _read(field_name: str) -> int:
-        match = re.search(rf"^{field_name}:\s+(\d+) kB", STATUS.read_text(), re.M)
-        return int(match.group(1)) * 1024 if match else 0
-
     def __enter__(self) -> PeakRss:
-        try:
-            CLEAR_REFS.write_text("5")
-            self._reset = True
-        except OSError:
-            self._reset = False
+        with PeakRss._lock:
+            if PeakRss._active == 0:
+                try:
+                    CLEAR_REFS.write_text("5")
+                    PeakRss._reset = True
+                except OSError:
+                    PeakRss._reset = False
+            PeakRss._active += 1
         return self
 
     def __exit__(self, *exc) -> None:
-        try:
-            self.peak = self._read("VmHWM" if self._reset else "VmRSS")
-        except OSError:
-            self.peak = 0
+        with PeakRss._lock:
+            PeakRss._active -= 1
+            reset = PeakRss._reset
+        self.peak = _status_bytes("VmHWM" if reset else "VmRSS") or _rss_bytes()
+
+
+def _status_bytes(field_name: str) -> int:
+    try:
+        match = re.search(rf"^{field_name}:\s+(\d+) kB", STATUS.read_text(), re.M)
+    except OSError:
+        return 0
+    return int(match.group(1)) * 1024 if match else 0
+
+
+def _rss_bytes() -> int:
+    """RSS where there is no /proc (psutil)."""
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except (ImportError, OSError):
+        return 0
 
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -181,7 +203,8 @@ def measure(entries: Iterable[Entry], x: torch.Tensor | None, timing: TimingSett
         check_cancel(cancel)
         if entry.ok and entry.check is not None:
             try:
-                entry.answers = entry.check(entry.runner)
+                with torch_threads(threads):  # as it will be timed: a compiled graph compiles per thread count
+                    entry.answers = entry.check(entry.runner)
             except Exception as err:  # converted and loaded, but its runtime fails on a real input
                 entry.status, entry.reason = "failed", describe(err)
             else:

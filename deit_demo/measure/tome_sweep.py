@@ -7,7 +7,7 @@ import threading
 from dataclasses import asdict, dataclass
 
 from deit_demo.core.cpus import torch_threads
-from deit_demo.core.errors import DeitDemoError, check_cancel
+from deit_demo.core.errors import DeitDemoError, check_cancel, quoted
 from deit_demo.core.stats import accuracy_interval
 from deit_demo.measure.bench import BenchSettings, make_input
 from deit_demo.measure.evaluate import accuracy, builtin_set
@@ -40,7 +40,7 @@ class TomeSweepRow:
 
 def parse_rs(value) -> list[int]:
     """``"0,4,8"`` or ``[0, 4, 8]`` -> [0, 4, 8], in order, without repeats; anything else is one clear error."""
-    message = f"r values must be whole numbers of at least 0, separated by commas, e.g. 0,4,8 (got {value!r})."
+    message = f"r values must be whole numbers of at least 0, separated by commas, e.g. 0,4,8 (got {quoted(value)})."
     parts = str(value).replace(" ", "").split(",") if isinstance(value, str) else value
     try:
         rs = [p if isinstance(p, int) and not isinstance(p, bool) else int(str(p)) for p in parts if str(p) != ""]
@@ -82,14 +82,16 @@ def tome_sweep(loaded, rs, settings: BenchSettings, store=None, *, int8: bool = 
             entries.append(Entry(f"int8 r={r}", item.runner))
         rows.append(row)
     x = make_input(settings, loaded.spec, settings.batch_sizes[0])
-    timing = TimingSettings(runs=settings.runs, warmup=settings.warmup, block=settings.block)
+    timing = TimingSettings(runs=settings.runs, warmup=settings.warmup, block=settings.block,
+                            time_budget_s=settings.time_budget_s)
     timed = {e.name: e for e in measure(entries, x, timing, threads=threads, progress=progress, cancel=cancel,
                                                niceness=timing_niceness)}
     batch = settings.batch_sizes[0]
     for row in rows:
+        for name in (f"r={row.r}", f"int8 r={row.r}") if int8 else (f"r={row.r}",):
+            if not timed[name].ok:
+                raise DeitDemoError(f"token merging ({name}) failed: {timed[name].reason}")
         eager = timed[f"r={row.r}"]
-        if not eager.ok:
-            raise DeitDemoError(f"token merging at r={row.r} failed: {eager.reason}")
         row.top1_agreement = eager.answers.top1_agreement
         row.latency = LatencyStats(eager.samples_ms, batch_size=batch)
         if int8:

@@ -16,7 +16,7 @@ import torch
 
 from deit_demo.core.artifacts import ArtifactStore
 from deit_demo.core.cpus import HEAVY_NICENESS, on_own_thread, torch_threads
-from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.errors import DeitDemoError, quoted
 from deit_demo.core.images import ImageSource, is_url, load_image, preprocess
 from deit_demo.core.models import LoadedModel, get_spec
 from deit_demo.core.urls import FetchSettings, fetch_url
@@ -99,7 +99,7 @@ class Server:
         """Top-k of one image with the chosen variant (``original`` runs the eager model with all its heads; ``auto``
         the fastest verified variant, or the original until that is ready unless `wait_auto`)."""
         if not isinstance(k, int) or not 1 <= k <= 1000:
-            raise DeitDemoError(f"top-k must be a whole number from 1 to 1000 (got {k!r}).")
+            raise DeitDemoError(f"top-k must be a whole number from 1 to 1000 (got {quoted(k)}).")
         if variant_key == AUTO and wait_auto:
             self.auto.prepare(model_key)  # before taking CPUs for the answer: preparing takes its own share
         x = self._inputs([source], [model_key])[0]

@@ -18,6 +18,7 @@ from deit_demo.core.images import ImageSource, fetch_image_file
 from deit_demo.core.models import MODELS, LoadedModel, ModelCache, get_spec
 from deit_demo.measure import charts
 from deit_demo.measure.bench import BenchResult, BenchSettings, run_benchmark
+from deit_demo.measure.decide import Recommendation, save_sweep
 from deit_demo.measure.evaluate import AccuracyResult, evaluate
 from deit_demo.measure.report import weights_banner
 from deit_demo.measure.results import results_payload, save_csv, write_json
@@ -182,12 +183,24 @@ class Lab:
 
     def save_benchmark(self, loaded: LoadedModel, results: list[BenchResult], folder: Path) -> list[Path]:
         """JSON, CSV and standalone HTML charts of a benchmark, written into `folder`."""
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = folder / f"bench_{loaded.spec.key}_{time.strftime('%Y%m%d-%H%M%S')}_{time.time_ns() % 10**6:06d}"
+        stem = _stem(folder, f"bench_{loaded.spec.key}")
         write_json(f"{stem}.json", results_payload(results, model=loaded.spec.key))
         save_csv(f"{stem}.csv", results)
         charts.write_html(results, f"{stem}.html", title=f"DeiT benchmark: {loaded.spec.key}")
         return [Path(f"{stem}.json"), Path(f"{stem}.csv"), Path(f"{stem}.html")]
+
+
+    def save_sweep(self, rows: list[SweepRow], settings: SweepSettings, choice: Recommendation, folder: Path) -> Path:
+        """A sweep's rows, settings and recommendation as one results file in `folder`."""
+        path = Path(f"{_stem(folder, 'sweep')}.json")
+        save_sweep(path, rows, settings, choice)
+        return path
+
+
+def _stem(folder: Path, prefix: str) -> Path:
+    """A new file name in `folder` (made if need be): the prefix, the time, and microseconds against collisions."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{prefix}_{time.strftime('%Y%m%d-%H%M%S')}_{time.time_ns() % 10**6:06d}"
 
 
 def model_choices() -> list[tuple[str, str]]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from deit_demo.core.artifacts import Artifact
-from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.errors import DeitDemoError, quoted
 from deit_demo.core.models import ModelSpec
 
 MAX_BATCH = 64  # exported variants take any batch from 1 to this
@@ -83,7 +83,7 @@ def confine_fx_patches_to_their_thread() -> bool:
 def check_tome_r(r) -> int | None:
     """Tokens merged per block: a whole number of at least 0, or None for the model's default."""
     if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 0):
-        raise DeitDemoError(f"The token-merging r must be a whole number of at least 0 (got {r!r}).")
+        raise DeitDemoError(f"The token-merging r must be a whole number of at least 0 (got {quoted(r)}).")
     return r
 
 

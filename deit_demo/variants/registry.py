@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.errors import DeitDemoError, quoted
 from deit_demo.variants.base import Variant
 
 VARIANTS: dict[str, Variant] = {}
@@ -22,7 +22,7 @@ def get_variant(key: str) -> Variant:
     try:
         return VARIANTS[key]
     except (KeyError, TypeError):
-        raise DeitDemoError(f"Unknown variant {key!r}. Choose from: {', '.join(VARIANTS)}.") from None
+        raise DeitDemoError(f"Unknown variant {quoted(key)}. Choose from: {', '.join(VARIANTS)}.") from None
 
 
 def parse_variant_keys(text: str | Iterable[str]) -> list[str]:
