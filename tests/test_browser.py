@@ -150,19 +150,50 @@ def test_benchmark_draws_plotly_charts(page):
     page.locator("#plot-latency .js-plotly-plot svg.main-svg").first.wait_for(timeout=30_000)
     bars = page.locator("#plot-latency g.point").count()
     assert bars == 3  # original, scripted, scripted_int8
+    for plot in ("plot-latency", "plot-size", "plot-scatter"):
+        axes = rendered_axes(page, plot)
+        assert_spans_its_data(axes["y"])
     table = page.locator("#bench-table").inner_text()
     assert all(key in table for key in ("original", "scripted", "scripted_int8")) and "Reduction" in table
     page.screenshot(path=str(SHOTS / "benchmark.png"), full_page=True)
+
+
+def rendered_axes(page, plot_id: str) -> dict:
+    """What Plotly drew: each axis's type and range (a log axis's range in powers of ten) and the numbers plotted."""
+    return page.evaluate("""(id) => {
+        const plot = document.querySelector(`#${id} .js-plotly-plot`);
+        const values = (axis) => plot._fullData.flatMap(t => Array.from(t[axis] || []))
+                                               .filter(v => typeof v === "number" && isFinite(v));
+        const layout = plot._fullLayout;
+        return {x: {type: layout.xaxis.type, range: layout.xaxis.range, values: values("x")},
+                y: {type: layout.yaxis.type, range: layout.yaxis.range, values: values("y")}};
+    }""", plot_id)
+
+
+def assert_spans_its_data(axis: dict) -> None:
+    low, high = axis["range"]
+    if axis["type"] == "log":
+        low, high = 10 ** low, 10 ** high
+    data_low, data_high = min(axis["values"]), max(axis["values"])
+    assert low <= data_low and data_high <= high, axis
+    assert high - low <= 3 * max(data_high - data_low, abs(data_high), 1e-9), axis  # no span far past the data
 
 
 def test_decide_sweep_draws_the_pareto_chart_and_recommends(page):
     page.get_by_role("tab", name="Decide").click()
     page.locator("#decide-runs input[type='number']").fill("2")
     page.locator("#decide-warmup input[type='number']").fill("0")
+    for box in ("#decide-budget-ms", "#decide-budget-mb", "#decide-min-top1"):  # empty: no budget, not 0
+        assert page.locator(f"{box} textarea, {box} input").first.input_value() == ""
+    page.locator("#decide-budget-ms textarea, #decide-budget-ms input").first.fill("200")
     page.get_by_role("button", name="Run sweep").click()
     page.locator("#decide-recommendation").get_by_text("Ship deit_small").wait_for(timeout=300_000)
     page.locator("#plot-pareto .js-plotly-plot svg.main-svg").first.wait_for(timeout=30_000)
     assert page.locator("#plot-pareto .scatterlayer path.point").count() == 4  # 2 models x 2 variants
+    axes = rendered_axes(page, "plot-pareto")
+    assert axes["x"]["type"] == "log" and 200 in axes["x"]["values"]  # the budget line is data on the axis
+    assert_spans_its_data(axes["x"])  # it ran from 1 to 10^54 with a 50 ms budget line
+    assert_spans_its_data(axes["y"])
     assert "Measured on CPU" in page.locator("#decide-recommendation").inner_text()
     page.screenshot(path=str(SHOTS / "decide.png"), full_page=True)
 
