@@ -105,3 +105,55 @@ def test_the_model_crosses_to_the_worker_once_per_weights_and_its_file_goes_with
     assert str(staged) == saves[0] and staged.is_file()
     converter.shutdown()
     assert not staged.exists()  # nothing is left behind when the worker goes
+
+
+SERVER_MID_CONVERSION = """
+import sys, threading, time
+import psutil
+from deit_demo.core.artifacts import ArtifactStore
+from deit_demo.core.models import load_model
+from deit_demo.variants import converter, get_variant
+from deit_demo.variants.pipeline import convert_variant
+
+store = ArtifactStore(sys.argv[1], isolate=True)
+base = load_model("deit_base", "random")  # its static int8 conversion takes a minute: the signal comes mid-way
+threading.Thread(target=convert_variant, args=(get_variant("onnx_int8_static"), base, store), daemon=True).start()
+deadline = time.time() + 120
+while time.time() < deadline and not (converter._pool and converter._pool._processes):
+    time.sleep(0.05)
+time.sleep(3.0)  # the worker is into its conversion
+print(" ".join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_server_that_dies_mid_conversion_takes_its_worker_with_it(tmp_path, how):
+    # A server killed by the OOM killer (or stopped) left its worker, 1.4-2.6 GB, and the worker's resource tracker
+    # running under pid 1, for good.
+    import subprocess
+    import sys
+
+    import psutil
+
+    server = subprocess.Popen([sys.executable, "-c", SERVER_MID_CONVERSION, str(tmp_path / "store")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        children = [int(pid) for pid in server.stdout.readline().split()]
+        assert children, "the server started no worker"
+        server.send_signal(how)
+        server.wait(timeout=30)
+        deadline = time.time() + 5  # a few seconds, not the rest of the conversion
+
+        def alive(pid: int) -> bool:
+            try:
+                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        while time.time() < deadline and any(alive(pid) for pid in children):
+            time.sleep(0.1)
+        assert not [pid for pid in children if alive(pid)], "a child outlived its server"
+    finally:
+        server.kill()
+        server.wait()

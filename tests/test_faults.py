@@ -284,3 +284,47 @@ def test_a_runtime_raising_mid_benchmark_fails_its_row_and_the_others_finish(tin
     assert results["scripted"].status == "failed" and "failed while timing: RuntimeError: runtime crashed" in \
         results["scripted"].reason
     assert len(results["original"].latency.samples_ms) == 6 and len(results["scripted_int8"].latency.samples_ms) == 6
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 8 MB tmpfs (root only): what safetensors, ONNX and torch raise on a full disk, not an injected OSError."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()[:200]}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.parametrize("isolate", [False, True], ids=["in-process", "worker"])
+def test_a_real_full_then_read_only_store_says_so_everywhere_and_serves_what_it_holds(small_fs, isolate):
+    import subprocess
+
+    from deit_demo.measure.bench import BenchSettings
+    from deit_demo.serve.server import ServeSettings
+
+    config = AppConfig(model="deit_tiny", weights="random", store_root=str(small_fs / "store"), auto_prepare=False,
+                       isolate_conversions=isolate, serve=ServeSettings(auto_variants=("onnx_int8",)))
+    lab = Lab(config)
+    # deit_tiny's original is 22 MB: safetensors fails with its own error type ("SafetensorError: ... No space left
+    # on device (os error 28)"); the 6 MB int8 TorchScript file fits
+    rows = {r.variant: r for r in lab.convert("deit_tiny", ["original", "scripted_int8"]).results}
+    assert rows["original"].status == "failed" and "is full (no space left on device)" in rows["original"].reason
+    assert rows["scripted_int8"].status == "ok"
+    _, bench_rows = lab.benchmark("deit_tiny", BenchSettings(variants=["onnx_fp32"], runs=2, warmup=0, threads=1))
+    assert bench_rows[-1].status == "failed" and "is full" in bench_rows[-1].reason  # ONNX's writer, 22 MB
+    assert subprocess.run(["mount", "-o", "remount,ro", str(small_fs)]).returncode == 0
+    with pytest.raises(DeitDemoError, match="is on a read-only file system"):
+        lab.classify(CAT, "deit_tiny", "onnx_int8")  # it came from artifacts.new_workdir as a bare OSError
+    choice = lab.server.auto.prepare("deit_tiny")
+    assert "read-only file system" in choice.rejected["onnx_int8"] and choice.variant == "original"
+    _, served = lab.classify(CAT, "deit_tiny", "scripted_int8")  # what the store holds is still served
+    assert served.variant == "scripted_int8" and served.heads

@@ -7,6 +7,7 @@ sha256 are ever handed to a loader; nothing a user uploads is loaded.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,10 +20,14 @@ from pathlib import Path
 
 import torch
 
-from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.errors import DeitDemoError, describe
 from deit_demo.core.paths import home
 
 MANIFEST = "manifest.json"
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+STORAGE_WORDS = {errno.ENOSPC: ("No space left on device", "os error 28", "[Errno 28]"),
+                 errno.EROFS: ("Read-only file system", "os error 30", "[Errno 30]"),
+                 errno.EDQUOT: ("Disk quota exceeded", "os error 122", "[Errno 122]")}
 DEFAULT_CAP_BYTES = 8 * 1024**3
 
 
@@ -66,9 +71,47 @@ class ArtifactStore:
     def __init__(self, root: Path | str | None = None, cap_bytes: int = DEFAULT_CAP_BYTES, *, isolate: bool = False):
         self.root = Path(root) if root else default_root()
         self.cap_bytes = cap_bytes
-        self.isolate = isolate  # convert in a child process (deit_demo.variants.converter): what a shared server's store does
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.isolate = isolate  # convert in a child process (deit_demo.variants.converter): a shared server's store
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DeitDemoError(f"The artifact store folder {self.root} cannot be made ({describe(err)}). Start with "
+                                "--store pointing somewhere writable.") from None
         self._lock = threading.RLock()
+
+    def storage_errno(self, err: BaseException) -> int | None:
+        """The storage error behind `err` (ENOSPC, EROFS, ...), whichever library raised it, or None.
+
+        Writers wrap the OS's error in their own: safetensors raises "SafetensorError: ... No space left on device
+        (os error 28)", torch.save "PytorchStreamWriter failed writing file", ONNX and OpenVINO their own types. So
+        the chain of exceptions is read for an OSError or the C library's words, and where a failed write says
+        nothing more, the store is asked directly: a small file written and synced in it."""
+        seen, link = set(), err
+        while link is not None and id(link) not in seen:
+            seen.add(id(link))
+            if isinstance(link, OSError) and link.errno in STORAGE_ERRNOS:
+                return link.errno
+            text = str(link)
+            for number, words in STORAGE_WORDS.items():
+                if any(w in text for w in words):
+                    return number
+            link = link.__cause__ or link.__context__
+        if any(w in str(err).lower() for w in ("write", "writing", "serializ", "i/o", "save")):
+            return self._probe()
+        return None
+
+    def _probe(self) -> int | None:
+        probe = self.root / f".probe-{os.getpid()}-{threading.get_ident()}"
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+                os.fsync(handle.fileno())
+            return None
+        except OSError as err:
+            return err.errno if err.errno in STORAGE_ERRNOS else None
+        finally:
+            probe.unlink(missing_ok=True)
 
     def folder(self, model: str, weights_id: str, variant: str) -> Path:
         return self.root / model / weights_id / variant
@@ -93,7 +136,10 @@ class ArtifactStore:
             return None
         if artifact.torch_version != torch.__version__ or artifact.recipe_version != recipe_version:
             return None
-        os.utime(manifest)  # mark as recently used
+        try:
+            os.utime(manifest)  # mark as recently used
+        except OSError:
+            pass  # a read-only store still serves what it holds; only its eviction order goes stale
         return artifact
 
     def commit(self, workdir: Path, artifact: Artifact) -> Artifact:

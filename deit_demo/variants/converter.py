@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import shutil
@@ -45,6 +46,23 @@ def _start_child() -> None:
         os.nice(NICENESS)
     except OSError:
         pass  # not allowed here: it still converts, only at the server's priority
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """End this worker the moment its server ends, however it ends. A server killed by SIGKILL (the OOM killer) or
+    stopped by SIGTERM mid-conversion left its worker (1.4-2.6 GB) and the worker's resource tracker running under
+    pid 1. A thread waits on the parent's sentinel, which the kernel makes ready when the parent is gone.
+    (PR_SET_PDEATHSIG would fire when the parent's *thread* that spawned it ends: Auto's, after 5 s idle.)"""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)  # no clean-up to wait for: the parent that would read the result is gone
+
+    threading.Thread(target=watch, name="deit-watch-parent", daemon=True).start()
 
 
 def _picklable(err: BaseException) -> bool:

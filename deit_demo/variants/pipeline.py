@@ -100,8 +100,11 @@ STORAGE_ERRORS = {errno.ENOSPC: "is full (no space left on device)", errno.EDQUO
 
 def failure_reason(err: BaseException, store: ArtifactStore) -> str:
     """One line for a variant that could not be prepared, in words a person can act on."""
-    if isinstance(err, OSError) and err.errno in STORAGE_ERRORS:
-        return (f"The artifact store ({store.root}) {STORAGE_ERRORS[err.errno]}: nothing was saved. Free space or "
+    if isinstance(err, DeitDemoError):
+        return str(err)
+    number = store.storage_errno(err)
+    if number in STORAGE_ERRORS:
+        return (f"The artifact store ({store.root}) {STORAGE_ERRORS[number]}: nothing was saved. Free space or "
                 "start with --store pointing somewhere writable.")
     text = str(err)
     if isinstance(err, MemoryError) or "can't allocate memory" in text or "bad_alloc" in text:
@@ -148,7 +151,12 @@ def prepare(variant: Variant, loaded: LoadedModel, store: ArtifactStore,
     """Convert (or reuse) and load one variant: (artifact, reused, runner). Raises if it cannot be prepared."""
     require_available(variant)
     ctx = ctx or variant_context(loaded.spec, store)
-    artifact, reused = convert_variant(variant, loaded, store, ctx)
+    try:
+        artifact, reused = convert_variant(variant, loaded, store, ctx)
+    except Exception as err:  # the store's faults in words a person can act on, for every caller
+        if store.storage_errno(err) is None:
+            raise
+        raise DeitDemoError(failure_reason(err, store)) from err
     with COMPILE_LOCK:
         return artifact, reused, load_verified(variant, artifact, store, ctx)
 
