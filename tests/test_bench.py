@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deit_demo.core.errors import Cancelled
-from deit_demo.measure import report, results, timing
+from deit_demo.measure import bench, charts, report, results, timing
 from deit_demo.measure.bench import BenchResult, BenchSettings
 from deit_demo.measure.timing import Entry, LatencyStats, TimingSettings, measure
 from deit_demo.variants.pipeline import AnswerCheck
@@ -144,3 +144,134 @@ def test_peak_memory_is_the_kernels_high_water_mark_of_the_block_not_a_sampler_t
         del grown
     assert started == []  # nothing runs beside the timed calls
     assert block.peak - outside.peak > 64 * 2**20
+
+
+def test_a_timing_window_names_what_overlapped_it_and_what_took_the_cpus(monkeypatch):
+    from deit_demo.core import activity
+
+    act = activity.Activity()
+    before, during, release = threading.Event(), threading.Event(), threading.Event()
+
+    def job(what, started, wait):
+        with act.doing(what):
+            started.set()
+            wait.wait(10)
+
+    with act.doing("an old job"):  # ended before the window: not counted
+        pass
+    running = threading.Thread(target=job, args=("Auto preparing deit_base", before, release))
+    running.start()
+    before.wait(10)
+    with act.doing("a benchmark of deit_tiny"), act.window(threads=1) as quiet_cpu:  # its own job is not another
+        later = threading.Thread(target=job, args=("a conversion of deit_small", during, release))
+        later.start()
+        during.wait(10)
+        act.served(3)
+        time.sleep(0.05)
+    release.set()
+    running.join()
+    later.join()
+    assert quiet_cpu.others == ["Auto preparing deit_base", "a conversion of deit_small"]
+    assert quiet_cpu.classifications == 3 and "Auto preparing deit_base" in quiet_cpu.disturbed
+    with act.window(threads=1) as quiet:
+        time.sleep(0.05)
+    assert quiet.others == [] and quiet.disturbed == ""
+
+    # Other work in this process that takes CPUs the timing could use (a visitor's answers, torch releasing the GIL)
+    stop = threading.Event()
+
+    def busy():
+        a = torch.randn(256, 256)
+        while not stop.is_set():
+            a @ a
+
+    torch.set_num_threads(1)
+    burner = threading.Thread(target=busy)
+    with act.window(threads=1) as shared:
+        burner.start()
+        a = torch.randn(256, 256)
+        deadline = time.perf_counter() + 0.5
+        while time.perf_counter() < deadline:
+            a @ a
+    stop.set()
+    burner.join()
+    assert shared.cpu_s > 1.25 * shared.wall_s and "the process used" in shared.disturbed, shared
+
+
+def test_a_benchmark_timed_while_auto_prepares_is_marked_in_its_rows_table_and_recommendation(tiny, store,
+                                                                                               monkeypatch):
+    from deit_demo.core import activity
+    from deit_demo.measure import decide
+
+    act = activity.Activity()
+    monkeypatch.setattr(activity, "ACTIVITY", act)
+    settings = BenchSettings(variants=["original"], runs=3, warmup=0, threads=1, profile=False)
+    quiet = bench.run_benchmark(tiny, settings, store)
+    assert quiet[0].status == "ok" and quiet[0].disturbed == "" and quiet[0].conditions["threads"] == 1
+    started, release = threading.Event(), threading.Event()
+
+    def auto_preparing():
+        with act.doing("Auto preparing deit_base"):
+            started.set()
+            release.wait(30)
+
+    other = threading.Thread(target=auto_preparing)
+    other.start()
+    started.wait(10)
+    try:
+        busy = bench.run_benchmark(tiny, settings, store)
+    finally:
+        release.set()
+        other.join()
+    assert busy[0].disturbed.startswith("Auto preparing deit_base") and busy[0].to_row()["disturbed"]
+    assert report.reduction_table(busy)[0]["reason"].startswith("⚠ busy: Auto preparing")
+    assert "busy" in charts.latency_chart(busy).layout.title.text
+    row = dict(busy[0].to_row(), published_top1=72.2, task="ImageNet-1k")
+    assert "Measured while the server was busy (Auto preparing deit_base)" in decide.recommend([row]).sentence
+
+
+def test_charts_have_one_point_per_variant_with_the_right_values(tmp_path):
+    results = _results()
+    latency = charts.latency_chart(results).data[0]
+    assert list(latency.x) == ["original", "scripted_int8"] and list(latency.y) == [21.0, 11.0]
+    assert list(latency.error_y.array) == pytest.approx([21.8 - 21.0, 11.8 - 11.0])
+    size = charts.size_chart(results).data[0]
+    assert list(size.y) == [22.0, 6.0]
+    reduction = charts.reduction_chart(results).data
+    assert list(reduction[0].x) == ["scripted_int8"] and reduction[0].y[0] == pytest.approx(100 * (1 - 11 / 21))
+    assert reduction[1].y[0] == pytest.approx(100 * (1 - 6 / 22))
+    scatter = charts.scatter_chart(results).data[0]
+    assert list(scatter.marker.color) == [1.0, 0.9]
+    assert latency.marker.color[1] == size.marker.color[1] == charts.variant_color("scripted_int8")
+    sweep = results[:2] + [BenchResult("deit_tiny", "original", 8, 2, latency=LatencyStats([80.0], batch_size=8))]
+    assert "throughput" in charts.all_charts(sweep)
+    line = charts.throughput_chart(sweep).data[0]
+    assert list(line.x) == [1, 8] and list(line.y) == pytest.approx([1000 / 21, 8000 / 80])
+    html = charts.write_html(results, tmp_path / "c.html").read_text()
+    assert "plotly" in html.lower() and "scripted_int8" in html
+
+
+
+@pytest.mark.slow
+def test_run_benchmark_end_to_end(tiny, store):
+    updates = []
+    settings = BenchSettings(variants=["original", "scripted_int8", "mobile_optimized"], runs=4, warmup=1,
+                             threads=1, batch_sizes=[1, 2])
+    rows = bench.run_benchmark(tiny, settings, store, on_update=lambda r: updates.append(len(r)))
+    timed = [r for r in rows if r.latency]
+    assert {(r.variant, r.batch_size) for r in timed} == {(v, b) for v in ("original", "scripted_int8") for b in (1, 2)}
+    assert all(len(r.latency.samples_ms) == 4 and r.threads == 1 for r in timed)
+    assert all(r.profiler_self_cpu_ms > 0 and len(r.profiler_ops) == 10 for r in timed)
+    assert all(r.peak_rss_bytes > 100e6 for r in timed)
+    assert updates and len(updates) >= 3
+    unavailable = [r for r in rows if r.variant == "mobile_optimized"]
+    assert unavailable and (unavailable[0].status == "unavailable") != bool(unavailable[0].latency)
+
+
+
+def test_usable_cpus_is_positive_and_bounded():
+    import os
+
+    from deit_demo.core.cpus import usable_cpus
+
+    assert 1 <= usable_cpus() <= (os.cpu_count() or 1)

@@ -23,6 +23,7 @@ from deit_demo.measure.bench import BenchSettings
 from deit_demo.measure.report import (
     CONVERT_COLUMNS,
     REDUCTION_COLUMNS,
+    busy_note,
     conversion_rows,
     machine_line,
     profiler_markdown,
@@ -250,6 +251,8 @@ def benchmark(lab: Lab, model_key, variant_keys, n_runs, n_warmup, n_threads, ba
     message = (f"✅ done: {loaded.spec.label}, {settings.runs} runs after {settings.warmup} warm-up, "
                f"{results[0].threads if results else '?'} threads, interleaved in blocks; "
                f"{machine_line(machine_info())}.\n\n{lab.banner(loaded)}")
+    if busy_note(results):
+        message = f"⚠️ {html.escape(busy_note(results))}\n\n{message}"
     yield render_benchmark(results, message) + [[str(f) for f in files]]
 
 
@@ -271,6 +274,8 @@ def tome_sweep(lab: Lab, model_key, r_text, int8, n_runs, n_warmup, n_threads, r
             f"{machine_line(machine_info())}. Accuracy: " + (
                 f"top-1 on {rows[0].n_images} labelled images with 95% intervals." if rows[0].n_images else
                 "no labelled data for this model: agreement with r = 0 on the example images only."))
+    if busy_note(rows):
+        note = f"⚠️ {html.escape(busy_note(rows))}\n\n{note}"
     return charts.tome_chart(rows), note + "\n\n" + to_markdown(tome_rows(rows))
 
 

@@ -124,7 +124,14 @@ def cmd_bench(args) -> int:
     from deit_demo.core.cpus import machine_info
     from deit_demo.measure import charts
     from deit_demo.measure.bench import BenchSettings
-    from deit_demo.measure.report import REDUCTION_COLUMNS, machine_line, reduction_table, stats_rows, to_markdown
+    from deit_demo.measure.report import (
+        REDUCTION_COLUMNS,
+        busy_note,
+        machine_line,
+        reduction_table,
+        stats_rows,
+        to_markdown,
+    )
     from deit_demo.measure.results import results_payload, save_csv
 
     settings = BenchSettings(variants=args.variants, runs=args.runs, warmup=args.warmup, threads=args.threads,
@@ -138,6 +145,8 @@ def cmd_bench(args) -> int:
                 f"{results[0].threads if results else '?'}  {machine_line(machine_info())}\n")
     _emit(args, to_markdown(reduction_table(results), REDUCTION_COLUMNS) + "\n")
     _emit(args, to_markdown(stats_rows(results)))
+    if busy_note(results):
+        _emit(args, f"\nwarning: {busy_note(results)}")
     _emit(args, "\nThe profiler's self-CPU total sums operator time across threads: it is not wall time.")
     _write_json(args.json, results_payload(results, model=loaded.spec.key, settings=asdict(settings)))
     if args.csv:
@@ -167,7 +176,7 @@ def cmd_tome_sweep(args) -> int:
     from deit_demo.core.cpus import machine_info
     from deit_demo.measure import charts
     from deit_demo.measure.bench import BenchSettings
-    from deit_demo.measure.report import machine_line, to_markdown, tome_rows
+    from deit_demo.measure.report import busy_note, machine_line, to_markdown, tome_rows
     from deit_demo.measure.results import results_payload
 
     settings = BenchSettings(runs=args.runs, warmup=args.warmup, threads=args.threads)
@@ -178,6 +187,8 @@ def cmd_tome_sweep(args) -> int:
     _emit(args, f"\nmodel: {loaded.spec.key}  weights: {loaded.weights}  {settings.threads} threads, "
                 f"batch 1, {settings.runs} runs after {settings.warmup} warm-up  {machine_line(machine_info())}\n")
     _emit(args, to_markdown(tome_rows(rows)))
+    if busy_note(rows):
+        _emit(args, f"\nwarning: {busy_note(rows)}")
     _write_json(args.json, results_payload(rows, model=loaded.spec.key))
     if args.html:
         charts.write_figures_html([charts.tome_chart(rows)], args.html, f"Token merging: {loaded.spec.key}")

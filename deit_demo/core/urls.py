@@ -87,7 +87,8 @@ def resolve_public(host: str, port: int, *, allow_loopback: bool = False) -> lis
     for ip in addresses:
         reason = address_refusal(ip, allow_loopback=allow_loopback)
         if reason:
-            raise DeitDemoError(f"Refused to fetch from {quoted(host)}: {reason}. Only public web addresses are allowed.")
+            raise DeitDemoError(f"Refused to fetch from {quoted(host)}: {reason}. "
+                                "Only public web addresses are allowed.")
     return [str(ip) for ip in addresses]
 
 

@@ -85,6 +85,8 @@ class BenchResult:
     weights: str = ""
     top1_agreement: float | None = None
     max_abs_diff: float | None = None
+    disturbed: str = ""  # why the timing was not on a quiet server ("" when it was); see core.activity
+    conditions: dict = field(default_factory=dict)
 
     def to_row(self) -> dict:
         row = {k: v for k, v in asdict(self).items() if k != "latency"}
@@ -143,6 +145,8 @@ def run_benchmark(loaded, settings: BenchSettings, store, *, progress: ProgressF
                 row.top1_agreement, row.max_abs_diff = e.answers.top1_agreement, e.answers.max_abs_diff
             if e.ok:
                 row.latency = LatencyStats(list(e.samples_ms), batch_size=batch_size)
+            if e.conditions is not None:
+                row.disturbed, row.conditions = e.conditions.disturbed, e.conditions.to_dict()
             out.append(row)
         return out
 

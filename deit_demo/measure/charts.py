@@ -30,6 +30,12 @@ def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure
     return fig
 
 
+def _busy(rows) -> str:
+    """A title's mark for figures timed while the server was busy (core.activity)."""
+    busy = any((r.get("disturbed") if isinstance(r, dict) else getattr(r, "disturbed", "")) for r in rows)
+    return "<br><sup>⚠ measured while the server was busy: rerun when it is idle</sup>" if busy else ""
+
+
 def _timed(results: list[BenchResult], batch_size: int | None = None) -> list[BenchResult]:
     rows = [r for r in results if r.latency and r.latency.samples_ms]
     if batch_size is None and rows:
@@ -48,8 +54,8 @@ def latency_chart(results: list[BenchResult], batch_size: int | None = None) -> 
         hovertemplate="%{x}: %{y:.2f} ms<extra></extra>",
     ))
     batch = rows[0].batch_size if rows else 1
-    return _layout(fig, f"Latency per call (batch {batch}; bar = median, whisker = p10–p90)", "variant",
-                   "latency (ms)")
+    return _layout(fig, f"Latency per call (batch {batch}; bar = median, whisker = p10–p90){_busy(rows)}",
+                   "variant", "latency (ms)")
 
 
 def size_chart(results: list[BenchResult]) -> go.Figure:
@@ -157,7 +163,7 @@ def tome_chart(rows) -> go.Figure:
                                      arrayminus=[100 * (row.top1 - row.top1_ci95[0]) for row in rows]))
     fig.add_scatter(x=rs, y=[100 * row.top1_agreement for row in rows], name="top-1 agreement with r=0 (%)",
                     yaxis="y2", mode="lines+markers", line=dict(dash="dash", color="gray"))
-    title = f"Token merging on {rows[0].model if rows else ''}: r vs latency and accuracy"
+    title = f"Token merging on {rows[0].model if rows else ''}: r vs latency and accuracy{_busy(rows)}"
     _layout(fig, title, "r (tokens merged per block)", "median latency (ms)")
     fig.update_layout(showlegend=True, xaxis_tickangle=0, legend=dict(orientation="h", y=-0.3),
                       yaxis2=dict(title="top-1 (%)", overlaying="y", side="right", rangemode="normal"))
@@ -202,7 +208,7 @@ def pareto_chart(rows, front, *, budget_ms: float | None = None, machine: str = 
         fig.add_scatter(x=[budget_ms, budget_ms], y=[y_low, y_high], mode="lines", name=f"budget {budget_ms:g} ms",
                         line=dict(color="red", dash="dot"), hoverinfo="name")
     _layout(fig, f"Accuracy vs latency{' on ' + machine if machine else ''} (marker area ~ size; faded = lossy, "
-                 "accuracy not published)", "median latency per call (log scale)", "top-1 (%)")
+                 f"accuracy not published){_busy(timed)}", "median latency per call (log scale)", "top-1 (%)")
     span = [r["median_ms"] for r in timed] + ([budget_ms] if budget_ms else [])
     fig.update_layout(showlegend=True, xaxis_tickangle=0, height=480, yaxis_range=[y_low, y_high],
                       xaxis=log_ms_axis(span) if span else dict(type="log"))

@@ -94,6 +94,10 @@ def recommend(rows, *, budget_ms: float | None = None, budget_mb: float | None =
                     f"{best.get('threads', '?')}), {size_mb:.1f} MB, within {limits}{where}.")
         if random:
             sentence += " (Random weights: answer agreement was not used, it is noise without trained weights.)"
+    busy = sorted({r["disturbed"] for r in rows if r.get("disturbed")})
+    if busy:  # a recommendation from a disturbed timing is not stated as a fact
+        sentence += (f" ⚠ Measured while the server was busy ({'; '.join(busy)[:200]}): the latencies may be slow "
+                     "and spread, so rerun when the server is idle before relying on this.")
     return Recommendation(best=best, runners_up=candidates[1:1 + runners_up], rejected=rejected, sentence=sentence,
                           budgets={"budget_ms": budget_ms, "budget_mb": budget_mb, "min_top1": min_top1,
                                    "min_agreement": min_agreement})

@@ -123,6 +123,20 @@ def write_conversion_csv(path: Path | str, results, accuracy: dict[str, float] |
 REDUCTION_COLUMNS = ["Model", "batch", "Inference Time", "Reduction", "Size", "Size Reduction", "reason"]
 
 
+def busy_mark(row) -> str:
+    """A row timed on a busy server says so in its table (core.activity), in a cell's width."""
+    return f"⚠ busy: {row.disturbed[:90]}" if getattr(row, "disturbed", "") else ""
+
+
+def busy_note(rows) -> str:
+    """One sentence for a results view whose timing was disturbed, or ""."""
+    busy = sorted({r.disturbed for r in rows if getattr(r, "disturbed", "")})
+    if not busy:
+        return ""
+    return (f"Measured while the server was busy ({'; '.join(busy)[:300]}): these figures may be slow and spread; "
+            "rerun when the server is idle.")
+
+
 def reduction_table(results) -> list[dict]:
     """The tutorial's table (Model, Inference Time, Reduction) plus size and size reduction vs the original."""
     originals = {r.batch_size: r for r in results if r.variant == ORIGINAL and r.latency}
@@ -137,7 +151,7 @@ def reduction_table(results) -> list[dict]:
         size_red = _reduction(1 - r.size_bytes / base.size_bytes) if base and base.size_bytes and r.size_bytes else ""
         rows.append({"Model": r.variant, "batch": r.batch_size, "Inference Time": f"{r.latency.median_ms:.2f}ms",
                      "Reduction": time_red, "Size": f"{r.size_bytes / 1e6:.1f} MB" if r.size_bytes else "",
-                     "Size Reduction": size_red, "reason": ""})
+                     "Size Reduction": size_red, "reason": busy_mark(r)})
     return rows
 
 
@@ -193,7 +207,8 @@ def tome_rows(rows) -> list[dict]:
              "eager median ms": f"{row.latency.median_ms:.2f}" if row.latency else "",
              "int8 median ms": f"{row.int8_latency.median_ms:.2f}" if row.int8_latency else "",
              "top-1": percent(row.top1, 2), "top-1 95% CI": _interval(row.top1_ci95), "n_images": row.n_images,
-             "top-1 agreement with r=0": percent(row.top1_agreement)} for row in rows]
+             "top-1 agreement with r=0": percent(row.top1_agreement), "timed": busy_mark(row) or "quiet"}
+            for row in rows]
 
 
 def sweep_rows(rows) -> list[dict]:
@@ -209,5 +224,5 @@ def sweep_rows(rows) -> list[dict]:
                       "peak RSS MB": f"{r.peak_rss_bytes / 1e6:.0f}" if r.peak_rss_bytes else "",
                       "top-1 %": f"{r.published_top1:.1f}" if r.published_top1 is not None else "",
                       "top-5 %": f"{r.published_top5:.1f}" if r.published_top5 is not None else "",
-                      "agreement": percent(r.top1_agreement), "reason": r.reason[:80]})
+                      "agreement": percent(r.top1_agreement), "reason": r.reason[:80] or busy_mark(r)})
     return table

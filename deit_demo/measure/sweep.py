@@ -134,6 +134,8 @@ def _row(entry: Entry, model, batch: int, threads: int) -> SweepRow:
         row.top1_agreement, row.max_abs_diff = entry.answers.top1_agreement, entry.answers.max_abs_diff
     if entry.ok:
         row.latency = LatencyStats(list(entry.samples_ms), batch_size=batch)
+    if entry.conditions is not None:
+        row.disturbed, row.conditions = entry.conditions.disturbed, entry.conditions.to_dict()
     return row
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deit_demo.core import activity
+from deit_demo.core.activity import Conditions
 from deit_demo.core.cpus import on_own_thread, torch_threads
 from deit_demo.core.errors import DeitDemoError, check_cancel, describe, quoted
 from deit_demo.variants.pipeline import AnswerCheck, ProgressFn
@@ -171,6 +173,7 @@ class Entry:
     answers: AnswerCheck | None = None
     samples_ms: list[float] = field(default_factory=list)
     peak_rss_bytes: int = 0
+    conditions: Conditions | None = None  # what else the process did while the job timed
 
     @property
     def ok(self) -> bool:
@@ -197,6 +200,7 @@ def measure(entries: Iterable[Entry], x: torch.Tensor | None, timing: TimingSett
     With `niceness`, the timing (and only the timing) runs on a thread of its own at that niceness, so that a
     server's answers come first: loads and compiles are Python holding the GIL, and a descheduled holder makes every
     other thread wait (8 visitors' DeiT-B p50 while a benchmark compiled pt2e_int8: 2.1-2.3 s niced, 1.4-1.8 s not).
+    Each entry's `conditions` says what else the process did while the blocks were timed (`core.activity`).
     """
     done: list[Entry] = []
     for entry in entries:
@@ -228,7 +232,10 @@ def measure(entries: Iterable[Entry], x: torch.Tensor | None, timing: TimingSett
             return time_interleaved(runners, x, timing, progress=progress, cancel=cancel, on_round=publish,
                                     failed=broken)
 
-    samples, peaks = on_own_thread(timed, name="deit-timing", niceness=niceness) if niceness else timed()
+    with activity.ACTIVITY.window(threads) as conditions:
+        samples, peaks = on_own_thread(timed, name="deit-timing", niceness=niceness) if niceness else timed()
+    for entry in done:
+        entry.conditions = conditions
     publish(samples)
     for entry in live:
         if entry.name in broken:

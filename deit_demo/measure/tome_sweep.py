@@ -4,7 +4,7 @@ labelled data, and agreement with the unmerged model, through the one timing loo
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from deit_demo.core.cpus import torch_threads
 from deit_demo.core.errors import DeitDemoError, check_cancel, quoted
@@ -30,6 +30,8 @@ class TomeSweepRow:
     n_images: int = 0
     top1_agreement: float | None = None  # with the unmerged model, on the example images
     weights: str = ""
+    disturbed: str = ""  # why the timing was not on a quiet server ("" when it was); see core.activity
+    conditions: dict = field(default_factory=dict)
 
     def to_row(self) -> dict:
         row = {k: v for k, v in asdict(self).items() if k not in ("latency", "int8_latency")}
@@ -92,6 +94,7 @@ def tome_sweep(loaded, rs, settings: BenchSettings, store=None, *, int8: bool = 
             if not timed[name].ok:
                 raise DeitDemoError(f"token merging ({name}) failed: {timed[name].reason}")
         eager = timed[f"r={row.r}"]
+        row.disturbed, row.conditions = eager.conditions.disturbed, eager.conditions.to_dict()
         row.top1_agreement = eager.answers.top1_agreement
         row.latency = LatencyStats(eager.samples_ms, batch_size=batch)
         if int8:

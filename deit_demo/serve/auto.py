@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from deit_demo.core import activity
 from deit_demo.core.cpus import settle_heap, torch_threads
 from deit_demo.core.errors import describe, log_unexpected
 from deit_demo.core.models import LoadedModel
@@ -179,7 +180,7 @@ class AutoServe:
                 return current
             start = time.perf_counter()
             try:
-                with self.cpus.take(self.job_cpus()) as granted:
+                with self.cpus.take(self.job_cpus()) as granted, activity.ACTIVITY.doing(f"Auto preparing {model_key}"):
                     chosen = self._choose(loaded, granted)
             except Exception as err:
                 self._publish(replace(current, state="failed", rejected={

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deit_demo.core import activity
 from deit_demo.core.artifacts import ArtifactStore
 from deit_demo.core.errors import DeitDemoError
 from deit_demo.core.images import ImageSource, fetch_image_file
@@ -129,7 +130,7 @@ class Lab:
         loaded = self.model(model_key)
         chosen = parse_variant_keys(keys)
         start = time.perf_counter()
-        with self.server.cpus.take(self.heavy_cpus()):
+        with self.server.cpus.take(self.heavy_cpus()), activity.ACTIVITY.doing(f"a conversion of {model_key}"):
             outcome = ConvertOutcome(loaded, run_conversion(loaded, chosen, self.store, progress=progress,
                                                             tome_r=tome_r))
             if loaded.spec.eval_set is not None or self.config.eval_data:
@@ -150,14 +151,15 @@ class Lab:
                  tome_r: int | None = None) -> tuple[LoadedModel, list[AccuracyResult]]:
         """Top-1/top-5 of each variant on the model's labelled data (or the lab's --eval-data folder)."""
         loaded = self.model(model_key)
-        with self.server.cpus.take(self.heavy_cpus()):
+        with self.server.cpus.take(self.heavy_cpus()), activity.ACTIVITY.doing(f"an evaluation of {model_key}"):
             return loaded, evaluate(loaded, parse_variant_keys(keys), self.store, self.config.eval_data,
                                     progress=progress, tome_r=tome_r)
 
     def benchmark(self, model_key: str, settings: BenchSettings, *, progress: ProgressFn | None = None,
                   cancel: threading.Event | None = None, on_update=None) -> tuple[LoadedModel, list[BenchResult]]:
         """Time the variants in `settings` on this lab's CPUs (a job takes at most `heavy_cpus`)."""
-        with self.server.cpus.take(self.heavy_cpus(settings.resolved_threads())) as granted:
+        with self.server.cpus.take(self.heavy_cpus(settings.resolved_threads())) as granted, \
+                activity.ACTIVITY.doing(f"a benchmark of {model_key}"):
             settings.threads = granted
             loaded = self.model(model_key)
             return loaded, run_benchmark(loaded, settings, self.store, progress=progress, cancel=cancel,
@@ -167,7 +169,8 @@ class Lab:
                    progress: ProgressFn | None = None, cancel: threading.Event | None = None
                    ) -> tuple[LoadedModel, list[TomeSweepRow]]:
         """Token merging at each r: latency, accuracy on built-in data, agreement with r = 0."""
-        with self.server.cpus.take(self.heavy_cpus(settings.resolved_threads())) as granted:
+        with self.server.cpus.take(self.heavy_cpus(settings.resolved_threads())) as granted, \
+                activity.ACTIVITY.doing(f"an r sweep of {model_key}"):
             settings.threads = granted
             loaded = self.model(model_key)
             return loaded, tome_sweep(loaded, rs, settings, self.store, int8=int8, progress=progress, cancel=cancel,
@@ -176,7 +179,8 @@ class Lab:
     def sweep(self, settings: SweepSettings, *, progress: ProgressFn | None = None,
               cancel: threading.Event | None = None, on_update=None) -> list[SweepRow]:
         """Models x variants timed together, on the share of the CPUs a job may take."""
-        with self.server.cpus.take(self.heavy_cpus()) as granted:
+        with self.server.cpus.take(self.heavy_cpus()) as granted, \
+                activity.ACTIVITY.doing(f"a sweep of {', '.join(settings.models)}"):
             return run_sweep(settings, lambda key: self.model(key, settings.weights), self.store, progress=progress,
                              cancel=cancel, on_update=on_update, max_threads=granted,
                              timing_niceness=self.config.serve.heavy_niceness)

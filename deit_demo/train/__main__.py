@@ -1,4 +1,5 @@
-"""Retrain a bundled fixture: ``python -m deit_demo.train digits|synth [options]`` (each trainer's --help says which)."""
+"""Retrain a bundled fixture: ``python -m deit_demo.train digits|synth [options]`` (each trainer's --help lists
+them)."""
 
 import sys
 
