@@ -72,6 +72,36 @@ def test_classify_an_example(page):
     page.screenshot(path=str(SHOTS / "classify.png"), full_page=True)
 
 
+def test_auto_says_what_it_is_doing_without_a_refresh(page):
+    page.get_by_role("tab", name="Classify").click()
+    status = page.locator("#auto-status")
+    # The app prepares its model's candidates from start-up: preparing (how far), then ready, on the page as it goes
+    status.get_by_text("Auto").first.wait_for(timeout=10_000)
+    page.wait_for_function("document.querySelector('#auto-status').innerText.includes('✅')", timeout=300_000)
+    assert "Auto →" in status.inner_text()
+
+
+def test_on_a_phone_a_tapped_example_shows_its_answer_in_view(app_url, playwright):
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
+                                         "--disable-background-networking", "--disable-component-update"])
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                                  device_scale_factor=2)
+    page = context.new_page()
+    page.goto(app_url)
+    page.get_by_role("tab", name="Classify").wait_for(timeout=30_000)
+    cells = page.locator("#examples [data-testid^='dataset-cell-'][data-testid$='-0']")
+    cells.first.wait_for(timeout=10_000)
+    example = cells.nth(cells.count() - 1)  # the last example: several screens below the inputs
+    example.scroll_into_view_if_needed()
+    example.tap()
+    page.locator("#classify-timing").get_by_text("ms for the forward pass").wait_for(timeout=120_000)
+    page.wait_for_timeout(300)
+    box = page.locator("#classify-timing").bounding_box()
+    assert box is not None and 0 <= box["y"] < 844 - box["height"] / 2, box  # in the viewport, not screens away
+    page.screenshot(path=str(SHOTS / "phone.png"))
+    browser.close()
+
+
 @pytest.fixture(scope="module")
 def image_host():
     """The bundled images over http on 127.0.0.1, as a visitor's image host."""

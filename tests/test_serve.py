@@ -40,18 +40,22 @@ def compiled_like(monkeypatch):
     variant = CompiledLike()
     monkeypatch.setitem(VARIANTS, variant.key, variant)
     # It is the fastest, as a compiled graph is on DeiT-B (the timing itself is not what this test is about).
-    speed = {ORIGINAL: 9.0, variant.key: 2.0}
+    speed = {ORIGINAL: 9.0, variant.key: 2.0, "onnx_int8": 5.0}
     monkeypatch.setattr(timing, "time_interleaved",
                         lambda runners, *a, **k: ({name: [speed[name]] * 3 for name in runners}, {}))
     return variant
 
 
+@pytest.mark.parametrize("cheap_first", [False, True], ids=["alone", "with a cheap candidate"])
 def test_a_visitor_served_while_auto_compiles_its_lanes_gets_a_variant_with_its_own_runner(
-        compiled_like, monkeypatch, tmp_path):
+        compiled_like, monkeypatch, tmp_path, cheap_first):
     # The race this guards against: Auto used to put its choice where visitors read it while still preparing, then set
     # the compiled runner, compiled lane copies for 15-30 s, and only then the variant's name. A visitor in that
     # window was served ("original", <compiled runner>): the wrong label, and a graph compiled for another shape.
-    serve = ServeSettings(auto_variants=(compiled_like.key,), cpus=2, classify_lanes=2)  # lanes: 2 x 1 thread
+    # Lanes: 2 x 1 thread. With a cheap candidate listed after it, that one is prepared first (prepare_cost) and, once
+    # it beats the original, serves while the compiled one prepares: a faster answer soonest.
+    candidates = (compiled_like.key, "onnx_int8") if cheap_first else (compiled_like.key,)
+    serve = ServeSettings(auto_variants=candidates, cpus=2, classify_lanes=2)
     lab = Lab(AppConfig(model="deit_tiny", store_root=str(tmp_path), auto_prepare=False, isolate_conversions=False,
                         serve=serve))
     in_window, release, seen = threading.Event(), threading.Event(), []
@@ -70,19 +74,25 @@ def test_a_visitor_served_while_auto_compiles_its_lanes_gets_a_variant_with_its_
         assert in_window.wait(120), "the preparation never reached the lane copies"
         during = lab.server.auto.resolve(loaded)
         variant, runner, _, sentence = during.serving()
-        assert (variant, runner) == (ORIGINAL, None) and during.state == "preparing", (variant, runner)
-        assert "being converted and checked" in sentence
+        assert during.state == "preparing" and "⏳ Auto is timing them" in lab.auto_status("deit_tiny")
+        if cheap_first:
+            assert variant == "onnx_int8" and runner is not None and runner is during.runner, (variant, runner)
+            assert "still being prepared" in sentence and "faster than the original" in sentence
+        else:
+            assert (variant, runner) == (ORIGINAL, None), (variant, runner)
+            assert "being converted and checked" in sentence
         _, answer = lab.classify(str(example_images()[1]), "deit_tiny", AUTO)
-        assert answer.variant == ORIGINAL
+        assert answer.variant == variant
     finally:
         release.set()
         preparing.join(120)
     ready = lab.server.auto.resolve(loaded)
     assert ready is seen[0] and ready.state == "ready" and ready.variant == compiled_like.key
-    variant, runner, agreement, _ = ready.serving()
-    assert variant == compiled_like.key and runner is ready.runner and agreement == 1.0
-    assert len(ready.lane_runners) == 1 and ready.lane_runners[0] is not runner
-    assert during.state == "preparing" and during.runner is None  # what a visitor held before is unchanged
+    assert lab.auto_status("deit_tiny").startswith("✅ Auto → test_compiled")
+    served, served_runner, agreement, _ = ready.serving()
+    assert served == compiled_like.key and served_runner is ready.runner and agreement == 1.0
+    assert len(ready.lane_runners) == 1 and ready.lane_runners[0] is not served_runner
+    assert during.state == "preparing" and during.variant == variant  # what a visitor held before is unchanged
 
 
 def test_a_published_choice_cannot_be_edited():

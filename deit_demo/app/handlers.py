@@ -118,6 +118,14 @@ def heads_for_model(model_key: str) -> tuple:
     return gr.update(visible=distilled), gr.update(visible=distilled)
 
 
+def auto_status(lab: Lab, model_key) -> str:
+    """The Classify tab's line on Auto for the selected model (polled; never loads anything)."""
+    try:
+        return html.escape(lab.auto_status(model_key), quote=False)
+    except DeitDemoError:
+        return ""
+
+
 @boundary("Fetching the image URL")
 def fetch_url_input(lab: Lab, url: str, request: gr.Request = None) -> tuple:
     """The step before Classify: an image URL is fetched into this visitor's folder and shown in the image box, so

@@ -109,27 +109,29 @@ def build_classify_tab(lab: Lab) -> None:
                 variant = gr.Dropdown(serving_choices(), value=AUTO, label="Variant (Auto: the fastest one that "
                                       "passed its answer check here; others are converted on first use)")
             run = gr.Button("Classify", variant="primary")
-            # The outputs are made first (rendered in the next column) so that the examples can cache into them.
-            banner = gr.Markdown(elem_id="weights-banner", render=False)
-            timing = gr.Markdown(elem_id="classify-timing", render=False)
-            head_a = gr.Label(num_top_classes=5, label="Prediction (class-token head for ⚗ models)",
-                              elem_id="label-main", render=False)
+        # The answer comes right after the inputs, before the examples: on a phone (one column) it is what follows
+        # the button, and page.js brings it into view when an example far below fills it in.
+        with gr.Column(scale=1, elem_id="classify-answer"):
+            auto_line = gr.Markdown(handlers.auto_status(lab, lab.config.model), elem_id="auto-status")
+            banner = gr.Markdown(elem_id="weights-banner")
+            timing = gr.Markdown(elem_id="classify-timing")
             distilled = MODELS[lab.config.model].distilled
-            head_b = gr.Label(num_top_classes=5, label=HEAD_TITLES["distillation"], visible=distilled,
-                              elem_id="label-distillation", render=False)
-            head_c = gr.Label(num_top_classes=5, label=HEAD_TITLES["average"], visible=distilled,
-                              elem_id="label-average", render=False)
-            outputs = [banner, timing, head_a, head_b, head_c]
-            with examples_cache(lab.sessions_root / "examples"):
-                gr.Examples(gallery(lab.config.model), inputs=[image, model], label="Examples", outputs=outputs,
-                            fn=partial(handlers.classify_example, lab), cache_examples=lab.config.cache_examples,
-                            cache_mode="lazy", elem_id="examples")
-        with gr.Column(scale=1):
-            banner.render()
-            timing.render()
             with gr.Row():
-                for head in outputs[2:]:
-                    head.render()
+                head_a = gr.Label(num_top_classes=5, label="Prediction (class-token head for ⚗ models)",
+                                  elem_id="label-main")
+                head_b = gr.Label(num_top_classes=5, label=HEAD_TITLES["distillation"], visible=distilled,
+                                  elem_id="label-distillation")
+                head_c = gr.Label(num_top_classes=5, label=HEAD_TITLES["average"], visible=distilled,
+                                  elem_id="label-average")
+    outputs = [banner, timing, head_a, head_b, head_c]
+    with examples_cache(lab.sessions_root / "examples"):
+        gr.Examples(gallery(lab.config.model), inputs=[image, model], label="Examples", outputs=outputs,
+                    fn=partial(handlers.classify_example, lab), cache_examples=lab.config.cache_examples,
+                    cache_mode="lazy", elem_id="examples")
+    # Auto's state for the selected model, kept current without a refresh (a cheap read; nothing is loaded)
+    status = partial(handlers.auto_status, lab)
+    gr.Timer(3).tick(status, [model], [auto_line], queue=False, show_progress="hidden", api_visibility="private")
+    model.change(status, [model], [auto_line], queue=False, show_progress="hidden", api_visibility="private")
     # Which heads show follows the model picked (an example sets it too), not each answer: see
     # handlers._classify_outputs.
     model.change(handlers.heads_for_model, [model], [head_b, head_c], queue=False, show_progress="hidden",
@@ -294,9 +296,13 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
     return demo
 
 
+# The page's own JavaScript, kept small and in its own file
+PAGE_HEAD = f"<script>{(Path(__file__).with_name('page.js')).read_text()}</script>"
+
+
 def launch_kwargs(lab: Lab) -> dict:
     """Server settings shared by app.py and the tests."""
 
-    return dict(max_file_size="20mb", enable_monitoring=False, show_error=False,
+    return dict(max_file_size="20mb", enable_monitoring=False, show_error=False, head=PAGE_HEAD,
                 allowed_paths=[str(lab.store_root)], footer_links=["api"],
                 mcp_server=importlib.util.find_spec("mcp") is not None)  # gradio[mcp]: agents get the tools

@@ -83,8 +83,11 @@ class AutoChoice:
 
     def sentence(self) -> str:
         """One line for the visitor: the variant Auto used and its agreement with the original."""
-        if self.state == "preparing":
+        if self.state == "preparing" and self.variant == ORIGINAL:
             return "Auto → original (the fast variants are being converted and checked in the background)"
+        if self.state == "preparing":  # the first verified variant that beat the original, while the others prepare
+            return (f"Auto → {self.variant}: {self._agreed(self.agreement)}, {self.speedup:.1f}× faster than the "
+                    "original here (the other candidates are still being prepared)")
         if self.variant != ORIGINAL:
             return (f"Auto → {self.variant}: {self._agreed(self.agreement)}, {self.speedup:.1f}× faster than the "
                     "original here")
@@ -97,6 +100,25 @@ class AutoChoice:
                     f"{self.median_ms[ORIGINAL]:.1f} ms)")
         why = "; ".join(f"{k}: {v}" for k, v in list(self.rejected.items())[:3])
         return f"Auto → original (no faster variant passed its answer check: {why})" if why else "Auto → original"
+
+
+@dataclass
+class AutoProgress:
+    """How far a preparation has got (shown while it runs; not part of what is served)."""
+
+    model: str
+    total: int
+    candidate: str = ""
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        left = ""
+        if self.done:  # a rough figure: the candidates done so far took this long each, and the timing is short
+            left = f", about {max(5, elapsed / self.done * (self.total - self.done) + 10):.0f} s left"
+        doing = f"preparing {self.candidate}" if self.candidate and self.done < self.total else "timing them"
+        return f"{doing} ({self.done} of {self.total} candidates done{left})"
 
 
 class AutoServe:
@@ -117,6 +139,7 @@ class AutoServe:
         self._todo: queue.Queue[str] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._preparing = threading.Lock()  # one preparation at a time: the worker's, or a caller that waits
+        self._progress: dict[str, AutoProgress] = {}  # model key -> the preparation under way
 
     def _key(self, loaded: LoadedModel) -> tuple[str, str]:
         return loaded.spec.key, loaded.weights_id
@@ -130,6 +153,20 @@ class AutoServe:
         with self._lock:
             self._choices[(choice.model, choice.weights_id)] = choice
         return choice
+
+    def status(self, model_key: str) -> str:
+        """One line on what Auto does for `model_key` now: preparing (which candidate, how far), ready (what it
+        serves and why) or failed (why). Never loads anything."""
+        with self._lock:
+            progress = self._progress.get(model_key)
+            choices = [c for (key, _), c in self._choices.items() if key == model_key]
+        now = choices[-1].sentence() if choices else "Auto → original"
+        if progress is not None:
+            return f"⏳ Auto is {progress.line()} for {model_key}. Meanwhile: {now}."
+        if not choices:
+            return f"Auto has not started for {model_key}: the first classification with Auto starts it."
+        icon = {"ready": "✅", "failed": "⚠️"}.get(choices[-1].state, "⏳")
+        return f"{icon} {now}."
 
     def request(self, model_key: str) -> None:
         """Prepare `model_key` in the background (once; later requests are free)."""
@@ -179,13 +216,19 @@ class AutoServe:
             if current.state != "preparing":
                 return current
             start = time.perf_counter()
+            with self._lock:
+                self._progress[model_key] = AutoProgress(model_key, len(self.candidates))
             try:
                 with self.cpus.take(self.job_cpus()) as granted, activity.ACTIVITY.doing(f"Auto preparing {model_key}"):
                     chosen = self._choose(loaded, granted)
             except Exception as err:
+                current = self.choice(loaded)  # an interim choice, if one was published, still serves
                 self._publish(replace(current, state="failed", rejected={
                     **current.rejected, "*": f"preparing the fast variants failed: {describe(err)}"}))
                 raise
+            finally:
+                with self._lock:
+                    self._progress.pop(model_key, None)
             chosen = self._publish(replace(chosen, seconds=time.perf_counter() - start))
             settle_heap()
             return chosen
@@ -198,14 +241,48 @@ class AutoServe:
             runner = prepare(get_variant(key), loaded, store, variant_context(loaded.spec, store))[2]
         return warm_for_visitors(runner, loaded, threads)
 
+    def _publish_interim(self, loaded: LoadedModel, key: str, original: Entry, candidate: Entry,
+                         x, threads: int, checked: int) -> bool:
+        """Serve `key` while the other candidates prepare, if its answers match and a short timing says it beats the
+        original; True when published."""
+        quick = TimingSettings(runs=4, warmup=1, block=3)
+        timed = {e.name: e for e in measure([Entry(ORIGINAL, original.runner),
+                                             Entry(key, candidate.runner, check=candidate.check)],
+                                            x, quick, threads=threads, min_agreement=1.0)}
+        if not timed[key].ok or not timed[ORIGINAL].ok:
+            return False
+        medians = {name: LatencyStats(e.samples_ms).median_ms for name, e in timed.items()}
+        if medians[key] >= medians[ORIGINAL]:
+            return False
+        self._publish(AutoChoice(loaded.spec.key, loaded.weights_id, variant=key,
+                                 agreement=timed[key].answers.top1_agreement, checked=checked,
+                                 median_ms={k: round(v, 2) for k, v in medians.items()},
+                                 runner=self.runners.get(loaded, key, settle=False),
+                                 warm_threads=frozenset({self.runners.threads})))
+        return True
+
     def _choose(self, loaded: LoadedModel, threads: int) -> AutoChoice:
         """A new, complete choice for `loaded` (nothing is published here)."""
         inputs = check_inputs(loaded.spec)
-        check = answer_check(loaded.model, inputs)
-        entries = [Entry(ORIGINAL, loaded.model), *entries_from(prepare_variants(loaded, self.candidates,
-                                                                                 self.runners.store), check=check)]
+        check, x = answer_check(loaded.model, inputs), next(iter(inputs.values()))
         timing = TimingSettings(runs=self.timing_runs, warmup=2, block=3)
-        entries = measure(entries, next(iter(inputs.values())), timing, threads=threads, min_agreement=1.0)
+        # Cheapest to prepare first (stable: the given order decides among equals), so that the first verified one
+        # to beat the original serves while the others are prepared (DeiT-B: the int8 ONNX model in seconds, the
+        # compiled graph after minutes).
+        order = sorted(self.candidates, key=lambda k: get_variant(k).prepare_cost)
+        progress = self._progress.get(loaded.spec.key)
+
+        def note(what: str, done: int, total: int) -> None:
+            if progress is not None:
+                with self._lock:  # status() reads it under the same lock
+                    progress.candidate, progress.done = what.removeprefix("preparing "), done
+
+        entries, interim = [Entry(ORIGINAL, loaded.model)], False
+        for item in prepare_variants(loaded, order, self.runners.store, progress=note):
+            entries += entries_from([item], check=check)
+            if not interim and item.runner is not None and not item.variant.compiles_per_shape:
+                interim = self._publish_interim(loaded, item.key, entries[0], entries[-1], x, threads, len(inputs))
+        entries = measure(entries, x, timing, threads=threads, min_agreement=1.0)
         rejected = {e.name: e.reason if e.status == "rejected" or e.reason.startswith("failed while")
                     else f"{e.status}: {e.reason.split(chr(10))[0][:160]}" for e in entries if not e.ok}
         timed = {e.name: e for e in entries if e.ok}

@@ -105,6 +105,10 @@ class Lab:
         """Auto's candidates for `model_key` prepared in the background; until then Auto serves the original."""
         self.server.auto.request(model_key)
 
+    def auto_status(self, model_key: str) -> str:
+        """One line on what Auto does for `model_key`: preparing (how far), ready (what and why) or failed (why)."""
+        return self.server.auto.status(get_spec(model_key).key)
+
     def fetch_image(self, url: str, session: str | None) -> Path:
         """An image URL fetched into the visitor's folder (so a slow host never holds a shared batch)."""
         return fetch_image_file(url, self.sessions.folder(session), self.server.fetch)

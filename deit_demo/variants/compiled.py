@@ -39,6 +39,7 @@ class _Bf16Io(nn.Module):
 @register
 class CompiledBf16(Variant):
     key = "compiled_bf16"
+    prepare_cost = 3
     precision = "bf16"
     compiles_per_shape = True
     family = "modern"
@@ -146,6 +147,7 @@ def drop_unused_parameters(graph_module: torch.fx.GraphModule) -> torch.fx.Graph
 @register
 class Pt2eInt8(Variant):
     key = "pt2e_int8"
+    prepare_cost = 3
     precision = "int8"
     compiles_per_shape = True
     family = "modern"

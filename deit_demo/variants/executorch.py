@@ -46,6 +46,7 @@ def pte_runner(path, notes: dict | None = None) -> Runner:
 
 
 class _ExecuTorch(Variant):
+    prepare_cost = 3
     family = "modern"
     version = 3  # 2: symbolic batch dimension (1..64); 3: exported from distinct example rows
     suffix = ".pte"

@@ -49,6 +49,7 @@ class _Onnx(Variant):
 @register
 class OnnxFp32(_Onnx):
     key = "onnx_fp32"
+    prepare_cost = 1
     title = "ONNX Runtime fp32"
     description = "torch.onnx.export(dynamo=True) -> .onnx, run by ONNX Runtime: portable to any ONNX runtime."
 
@@ -70,6 +71,7 @@ def export_quantized(model, path, ctx, quantize) -> None:
 @register
 class OnnxInt8(_Onnx):
     key = "onnx_int8"
+    prepare_cost = 1
     precision = "int8"
     title = "ONNX Runtime int8 (dynamic)"
     batch_invariant = False

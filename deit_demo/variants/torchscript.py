@@ -98,6 +98,7 @@ class Original(Variant):
 @register
 class Scripted(Variant):
     key = "scripted"
+    prepare_cost = 1
     title = "TorchScript"
     family = "classic"
     description = "torch.jit.script: a Python-free graph that C++ and the old mobile runtime can load."
@@ -114,6 +115,7 @@ class Scripted(Variant):
 @register
 class ScriptedInt8(Variant):
     key = "scripted_int8"
+    prepare_cost = 1
     precision = "int8"
     title = "TorchScript + dynamic int8"
     family = "classic"
