@@ -99,6 +99,10 @@ def test_on_a_phone_a_tapped_example_shows_its_answer_in_view(app_url, playwrigh
     box = page.locator("#classify-timing").bounding_box()
     assert box is not None and 0 <= box["y"] < 844 - box["height"] / 2, box  # in the viewport, not screens away
     page.screenshot(path=str(SHOTS / "phone.png"))
+    for tab in ("Convert", "Benchmark", "Decide", "About"):  # every tab fits the width: nothing to scroll sideways
+        page.get_by_role("tab", name=tab).click()
+        page.wait_for_timeout(300)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1, tab
     browser.close()
 
 

@@ -34,7 +34,7 @@ def results_payload(rows: list, **extra) -> dict:
 
 CSV_FIELDS = ["model", "variant", "batch_size", "threads", "status", "reason", "median_ms", "p10_ms", "p90_ms",
               "mean_ms", "stdev_ms", "iqr_ms", "throughput_ips", "size_bytes", "profiler_self_cpu_ms",
-              "peak_rss_bytes", "weights", "top1_agreement", "max_abs_diff", "samples_ms"]
+              "peak_rss_bytes", "weights", "top1_agreement", "max_abs_diff", "disturbed", "samples_ms"]
 
 
 def save_csv(path: Path | str, results: list) -> None:
