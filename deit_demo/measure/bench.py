@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
 from deit_demo.core.cpus import torch_threads, usable_cpus
-from deit_demo.core.errors import DeitDemoError, quoted
+from deit_demo.core.errors import DeitDemoError, describe, quoted
 from deit_demo.core.stdio import PROFILER_NOISE, filtered_stderr
+from deit_demo.measure.profile import Breakdown, breakdown, torch_profile, unavailable
 from deit_demo.measure.timing import LatencyStats, TimingSettings, check_timing, check_whole, entries_from, measure
 from deit_demo.variants import MAX_BATCH, ORIGINAL, parse_variant_keys
 from deit_demo.variants.base import check_tome_r
-from deit_demo.variants.pipeline import ProgressFn, answer_check, prepare_variants
+from deit_demo.variants.pipeline import ProgressFn, answer_check, prepare_variants, variant_context
 
 
 def parse_batch_sizes(value: str | int | list) -> list[int]:
@@ -87,9 +88,14 @@ class BenchResult:
     max_abs_diff: float | None = None
     disturbed: str = ""  # why the timing was not on a quiet server ("" when it was); see core.activity
     conditions: dict = field(default_factory=dict)
+    breakdown: Breakdown | None = None  # where the time goes, by operator class, from the runtime's own profiler
+    trace_events: list = field(default_factory=list, repr=False)  # the runtime's trace (saved as a file, not in rows)
 
     def to_row(self) -> dict:
-        row = {k: v for k, v in asdict(self).items() if k != "latency"}
+        skip = ("latency", "breakdown", "trace_events")
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        row["breakdown"] = self.breakdown.to_row() if self.breakdown is not None else None
+        row["profiled_after_timing"] = True  # the profilers ran in calls of their own, after the timed blocks
         row.update(self.latency.to_row() if self.latency else {})
         return row
 
@@ -104,6 +110,32 @@ def profile_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, to
     total_ms = sum(e.self_cpu_time_total for e in events) / 1000.0
     ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     return total_ms, [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1000.0, "calls": e.count} for e in ops]
+
+
+PROFILE_RUNS = 3  # calls each runtime's profiler sees, after the timing
+
+
+def profile_row(row: BenchResult, item, runner, x: torch.Tensor, loaded, store, tome_r: int | None) -> None:
+    """The profilers' view of one timed variant: the tutorial's torch.profiler total where torch sees the operators,
+    and every runtime's own breakdown by operator class (measure.profile)."""
+    if getattr(runner, "profiler_visible", True):
+        row.profiler_self_cpu_ms, row.profiler_ops = profile_once(runner, x)
+        row.profiler_note = "self-CPU total sums operator self times over threads; it is not wall time"
+    else:
+        row.profiler_note = ("torch.profiler cannot see inside this runtime; its own profiler's breakdown is shown "
+                             "instead")
+    ok, reason = item.variant.profiler_available()
+    if not ok:
+        row.breakdown = unavailable(row.variant, reason)
+        return
+    try:
+        ctx = variant_context(loaded.spec, store, tome_r)
+        profile = item.variant.profile(item.artifact, ctx, x, PROFILE_RUNS) or torch_profile(runner, x, PROFILE_RUNS)
+    except Exception as err:  # a profiler failing takes only its own view away
+        row.breakdown = unavailable(row.variant, f"its profiler failed: {describe(err)}")
+        return
+    row.breakdown = breakdown(row.variant, profile, wall_ms=row.latency.median_ms if row.latency else None)
+    row.trace_events = profile.trace
 
 
 def make_input(settings: BenchSettings, spec, batch_size: int) -> torch.Tensor:
@@ -158,17 +190,13 @@ def run_benchmark(loaded, settings: BenchSettings, store, *, progress: ProgressF
                           threads=threads, progress=progress, cancel=cancel, on_round=publish,
                           niceness=timing_niceness)
         batch_rows = rows(entries, batch_size)
-        if settings.profile:
+        if settings.profile:  # in calls of its own, after the timed blocks: it never changes the timed figures
+            items = {item.key: item for item in ready}
             for row, entry in zip(batch_rows, entries):
                 if not entry.ok:
                     continue
-                if getattr(entry.runner, "profiler_visible", True):
-                    with torch_threads(threads):
-                        row.profiler_self_cpu_ms, row.profiler_ops = profile_once(entry.runner, x)
-                    row.profiler_note = "self-CPU total sums operator self times over threads; it is not wall time"
-                else:
-                    row.profiler_note = ("torch.profiler cannot see inside this runtime; its operators run outside "
-                                         "PyTorch, so no self-CPU figure is shown")
+                with torch_threads(threads):
+                    profile_row(row, items[entry.name], entry.runner, x, loaded, store, settings.tome_r)
         results.extend(batch_rows)
     failed = [item for item in prepared if item.runner is None]
     results += rows(entries_from(failed), settings.batch_sizes[0])

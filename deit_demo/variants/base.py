@@ -114,6 +114,28 @@ class VariantContext:
         return torch.cat(rows)
 
 
+@dataclass
+class OpTime:
+    """One operator in a runtime's own profile: its kind (MatMulInteger, FullyConnected, aten::addmm), its node's
+    name where the runtime keeps one, its time summed over the profiled calls, and what its shapes say."""
+
+    kind: str
+    node: str
+    ms: float
+    features: tuple[int, int] | None = None  # (in, out) of a linear layer, where the shapes tell
+    rank: int = 0  # of its first input (4: per-head activations, an attention product)
+
+
+@dataclass
+class RuntimeProfile:
+    """What a runtime's profiler saw over some calls, with its trace in the Chrome trace event format."""
+
+    runtime: str
+    ops: list[OpTime]
+    trace: list[dict]
+    images: int  # images run while profiling (per-image figures divide by it)
+
+
 class Runner:
     """A loaded variant: call it with a batch, get logits. `notes` says how it ran (e.g. a loader fallback)."""
 
@@ -148,6 +170,15 @@ class Variant:
     # How long preparing it takes, roughly (DeiT-B, 2 CPUs): 1 seconds, 2 tens of seconds, 3 minutes. Auto prepares
     # its candidates cheapest first, so that a faster-than-original answer comes soonest.
     prepare_cost: int = 2
+
+    def profiler_available(self) -> tuple[bool, str]:
+        """Whether this variant's runtime can say where its time goes, and why not."""
+        return True, ""
+
+    def profile(self, artifact: Artifact, ctx: VariantContext, x: torch.Tensor, runs: int) -> RuntimeProfile | None:
+        """The runtime's own profile of `runs` calls on `x`; None: the runner runs PyTorch operators, and
+        torch.profiler sees them (measure.profile.torch_profile)."""
+        return None
 
     def store_key(self, ctx: VariantContext) -> str:
         """The artifact store's name for this variant made with `ctx` (a parametrized variant adds its setting)."""

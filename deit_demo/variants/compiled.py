@@ -36,12 +36,21 @@ class _Bf16Io(nn.Module):
         return self.inner(x.to(torch.bfloat16)).float()
 
 
+INDUCTOR_OPAQUE = ("inductor's C++ wrapper runs the whole compiled graph as one call, so torch.profiler sees one event "
+                   "('Call CompiledFxGraph') and none of its kernels (a copy compiled with "
+                   "torch._inductor.config.cpp.enable_kernel_profile would show them: a second compile, not done here)")
+
+
 @register
 class CompiledBf16(Variant):
     key = "compiled_bf16"
     prepare_cost = 3
     precision = "bf16"
     compiles_per_shape = True
+
+    def profiler_available(self):
+        return False, INDUCTOR_OPAQUE
+
     family = "modern"
     suffix = ".pt2"
     # 3: ExportedProgram compiled with freezing at load. The AOTInductor package it used to be answered wrongly on
@@ -150,6 +159,10 @@ class Pt2eInt8(Variant):
     prepare_cost = 3
     precision = "int8"
     compiles_per_shape = True
+
+    def profiler_available(self):
+        return False, INDUCTOR_OPAQUE
+
     family = "modern"
     suffix = ".pt2"
     # 3: ExportedProgram + inductor freezing at load (AOTInductor lost the int8 weight prepacking); 4: no fp32 leftovers;

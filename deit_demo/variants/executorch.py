@@ -57,6 +57,12 @@ class _ExecuTorch(Variant):
     def load(self, artifact, ctx):
         return pte_runner(artifact.path)
 
+    def profiler_available(self):
+        # Checked with ETDump (_load_for_executorch(enable_etdump=True) and the devtools Inspector): this wheel records
+        # the program's load (Method::init, Program::load_method) and nothing per operator inside the XNNPACK delegate.
+        return False, ("ExecuTorch's ETDump in this build records only the program's load, no operator inside the "
+                       "XNNPACK delegate (a runtime built with the event tracer and XNNPACK's profiler would)")
+
 
 @register
 class ExecuTorchFp32(_ExecuTorch):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 
 import torch
 
-from deit_demo.variants.base import Runner, Variant, batch_dim, missing_packages
+from deit_demo.variants.base import OpTime, Runner, RuntimeProfile, Variant, batch_dim, missing_packages
 from deit_demo.variants.registry import register
 
 
@@ -34,6 +35,39 @@ def ort_runner(path, threads: int | None = None) -> Runner:
                   profiler_visible=False)
 
 
+def ort_profile(path, x: torch.Tensor, runs: int, threads: int | None = None) -> RuntimeProfile:
+    """ONNX Runtime's per-node trace of `runs` calls (a session of its own, with profiling on), which is already in the
+    Chrome trace event format."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_profiling, options.profile_file_prefix = True, str(Path(folder) / "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x.detach().cpu().numpy()}
+        for _ in range(runs + 1):  # the first call initialises: its nodes are dropped below
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+    first_run = len(nodes) // (runs + 1)
+    ops = []
+    for event in nodes[first_run:]:  # the warm-up call's nodes dropped
+        args = event.get("args", {})
+        inputs = [next(iter(d.values())) for d in args.get("input_type_shape", []) if d]
+        outputs = [next(iter(d.values())) for d in args.get("output_type_shape", []) if d]
+        features = (inputs[0][-1], outputs[0][-1]) if inputs and outputs and inputs[0] and outputs[0] else None
+        ops.append(OpTime(kind=args.get("op_name", event["name"]), node=event["name"].removesuffix("_kernel_time"),
+                          ms=event.get("dur", 0) / 1000.0, features=features, rank=len(inputs[0]) if inputs else 0))
+    return RuntimeProfile(runtime=f"onnxruntime {ort.__version__} (SessionOptions.enable_profiling)", ops=ops,
+                          trace=events, images=runs * x.shape[0])
+
+
 class _Onnx(Variant):
     family = "modern"
     version = 3  # 2: symbolic batch dimension (1..64); 3: exported from distinct example rows
@@ -44,6 +78,9 @@ class _Onnx(Variant):
 
     def load(self, artifact, ctx):
         return ort_runner(artifact.path)
+
+    def profile(self, artifact, ctx, x, runs):
+        return ort_profile(artifact.path, x, runs)
 
 
 @register

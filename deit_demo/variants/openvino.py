@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from deit_demo.core.cpus import native_bf16
-from deit_demo.variants.base import Runner, Variant, missing_packages
+from deit_demo.variants.base import OpTime, Runner, RuntimeProfile, Variant, missing_packages
 from deit_demo.variants.registry import register
 
 
@@ -66,6 +66,32 @@ def ov_runner(path: Path, precision: str) -> Runner:
                   profiler_visible=False)
 
 
+def ov_profile(path: Path, precision: str, x: torch.Tensor, runs: int) -> RuntimeProfile:
+    """OpenVINO's per-layer counters (`PERF_COUNT`) over `runs` calls, compiled as `ov_runner` compiles, turned into
+    Chrome trace events (one lane, the layers of each call one after another)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(read_ir_tar(path), "CPU", {
+        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "INFERENCE_PRECISION_HINT": precision, "PERF_COUNT": "YES"})
+    request = compiled.create_infer_request()
+    feed = [x.detach().contiguous().numpy()]
+    request.infer(feed)  # the first call initialises: not the model's time
+    ops, trace, clock_us = [], [], 0.0
+    for _ in range(runs):
+        request.infer(feed)
+        for layer in request.get_profiling_info():
+            if layer.status != layer.status.EXECUTED:
+                continue
+            us = layer.real_time.total_seconds() * 1e6
+            ops.append(OpTime(kind=layer.node_type, node=layer.node_name, ms=us / 1000.0))
+            trace.append({"name": layer.node_type, "ph": "X", "ts": clock_us, "dur": us, "pid": 0, "tid": 0,
+                          "cat": "layer", "args": {"node": layer.node_name, "exec_type": layer.exec_type}})
+            clock_us += us
+    return RuntimeProfile(runtime=f"openvino {ov.__version__} (PERF_COUNT)", ops=ops, trace=trace,
+                          images=runs * x.shape[0])
+
+
 class _OpenVino(Variant):
     family = "modern"
     suffix = ".tar"
@@ -80,6 +106,9 @@ class _OpenVino(Variant):
 
     def load(self, artifact, ctx):
         return ov_runner(artifact.path, self.inference_precision)
+
+    def profile(self, artifact, ctx, x, runs):
+        return ov_profile(artifact.path, self.inference_precision, x, runs)
 
 
 @register

@@ -1,0 +1,75 @@
+"""Where the time goes: each runtime's own profiler, mapped onto one set of operator classes, on real DeiT-Ti traces."""
+
+import json
+
+import pytest
+import torch
+
+from deit_demo.measure.profile import CLASSES, Breakdown, breakdown, classify, explain, torch_profile, write_trace
+from deit_demo.variants import get_variant
+from deit_demo.variants.base import OpTime
+from deit_demo.variants.pipeline import prepare_variants, variant_context
+
+# What each runtime must show, by class, on DeiT-Ti: every layer kind a ViT has, found under its own class
+EXPECTED = {
+    "original": {"linear: QKV", "linear: projection", "linear: MLP", "attention matmuls", "layer norm", "GELU",
+                 "patch embedding"},
+    "scripted_int8": {"attention matmuls", "layer norm", "GELU", "patch embedding"},
+    "onnx_int8": {"linear: QKV", "linear: projection", "linear: MLP", "attention matmuls", "softmax", "layer norm",
+                  "GELU", "patch embedding"},
+    "openvino_int8": {"linear: QKV", "linear: projection", "linear: MLP", "layer norm", "patch embedding"},
+}
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny, store):
+    return {item.key: item for item in prepare_variants(tiny, list(EXPECTED), store)}
+
+
+@pytest.mark.parametrize("key", list(EXPECTED))
+def test_a_real_trace_of_each_runtime_maps_onto_the_classes(key, prepared, tiny, store, tmp_path):
+    item = prepared[key]
+    if item.runner is None:
+        pytest.skip(f"{key} is {item.status} here: {item.reason}")
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        profile = (item.variant.profile(item.artifact, variant_context(tiny.spec, store), x, 2)
+                   or torch_profile(item.runner, x, 2))
+    result = breakdown(key, profile, wall_ms=10.0)
+    assert result.status == "ok" and result.total_ms > 0 and profile.images == 2
+    shown = {name for name, ms in result.ms.items() if ms > 0}
+    assert EXPECTED[key] <= shown, f"missing: {EXPECTED[key] - shown}; unmapped: {result.unmapped}"
+    assert result.share.get("other", 0) < 0.15, (result.unmapped, result.top_ops.get("other"))  # named, and small
+    assert set(result.ms) <= set(CLASSES) and abs(sum(result.share.values()) - 1) < 1e-6
+    assert all(name for name in result.unmapped)  # what fell to "other" is listed by name, never silently
+    trace = json.loads(write_trace(profile, tmp_path / "trace.json").read_text())
+    assert len(trace["traceEvents"]) > 20 and all({"name", "ph", "ts"} <= set(e) for e in trace["traceEvents"][:50]
+                                                 if e.get("ph") == "X")
+    assert result.gap_note().startswith("operators ")
+
+
+@pytest.mark.parametrize("key", ["executorch_int8", "pt2e_int8", "tome_int8"])
+def test_a_runtime_whose_profiler_cannot_see_inside_says_why(key):
+    ok, reason = get_variant(key).profiler_available()
+    assert not ok and len(reason) > 40
+
+
+def test_linear_layers_are_split_by_role_from_names_or_shapes():
+    assert classify(OpTime("FullyConnected", "__module.blocks.0.attn.qkv/aten::linear/MatMul", 1.0)) == "linear: QKV"
+    assert classify(OpTime("FullyConnected", "__module.blocks.3.mlp.fc2/aten::linear/MatMul", 1.0)) == "linear: MLP"
+    assert classify(OpTime("MatMul", "node_MatMul_12", 1.0, features=(192, 192), rank=3)) == "linear: projection"
+    assert classify(OpTime("aten::addmm", "", 1.0, features=(192, 576))) == "linear: QKV"
+    assert classify(OpTime("FusedMatMul", "node", 1.0, rank=4)) == "attention matmuls"
+    assert classify(OpTime("DynamicQuantizeLinear", "x_quant", 1.0, rank=4)) == "quantize / dequantize"
+    assert classify(OpTime("SomethingNew", "node_1", 1.0)) == "other"
+
+
+def test_the_explanation_names_the_class_that_makes_the_difference():
+    fast = Breakdown("pt2e_int8", "torch", ms={"linear: MLP": 10.0, "attention matmuls": 3.0, "softmax": 1.0},
+                     wall_ms=15.0, total_ms=14.0, top_ops={"attention matmuls": [("aten::bmm", 3.0)]})
+    slow = Breakdown("onnx_int8", "onnxruntime 1.32.0 (SessionOptions.enable_profiling)",
+                     ms={"linear: MLP": 11.0, "attention matmuls": 12.1, "softmax": 1.5}, wall_ms=26.0,
+                     total_ms=24.6, top_ops={"attention matmuls": [("MatMul", 9.0), ("FusedMatMul", 3.1)]})
+    assert explain([slow, fast]) == ["onnx_int8 spends 9.1 ms more than pt2e_int8 in attention matmuls (MatMul in "
+                                     "onnxruntime 1.32.0)."]
+    assert explain([fast]) == []
