@@ -193,6 +193,8 @@ def test_benchmark_draws_plotly_charts(page):
     for plot in ("plot-latency", "plot-size", "plot-scatter"):
         axes = rendered_axes(page, plot)
         assert_spans_its_data(axes["y"])
+    assert page.locator("#plot-breakdown .barlayer path").count() > 3  # where the time goes, stacked by class
+    assert "operators" in page.locator("#breakdown-notes").inner_text()
     table = page.locator("#bench-table").inner_text()
     assert all(key in table for key in ("original", "scripted", "scripted_int8")) and "Reduction" in table
     page.screenshot(path=str(SHOTS / "benchmark.png"), full_page=True)

@@ -81,6 +81,17 @@ def test_convert_and_bench_cli(tmp_path, store):
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert len(rows) == 4 and all(len(r["samples_ms"]) == 4 for r in rows)
     assert (tmp_path / "b.html").stat().st_size > 100_000 and (tmp_path / "b.csv").exists()
+    out = run_cli("profile", "--model", "deit_tiny", "--weights", "random", "--variants",
+                  "original,onnx_int8,executorch_int8", "--runs", "3", "--warmup", "1", "--threads", "1",
+                  "--store", str(store.root), "--json", str(tmp_path / "p.json"), "--html", str(tmp_path / "p.html"),
+                  "--traces", str(tmp_path / "traces"), timeout=900)
+    assert out.returncode == 0, out.stderr
+    assert "| class | original | onnx_int8 |" in out.stdout and "| linear: MLP |" in out.stdout
+    assert "more than" in out.stdout and "executorch_int8: no breakdown: ExecuTorch's ETDump" in out.stdout
+    payload = json.loads((tmp_path / "p.json").read_text())
+    assert payload["profiled_after_timing"] and {r["variant"] for r in payload["rows"]} >= {"original", "onnx_int8"}
+    traces = sorted(p.name for p in (tmp_path / "traces").iterdir())
+    assert len(traces) == 2 and all(json.loads((tmp_path / "traces" / n).read_text())["traceEvents"] for n in traces)
 
 
 def test_json_to_stdout_is_only_json():

@@ -1,5 +1,7 @@
 """The app's handlers called directly with a Lab: no server, no browser. What a visitor would see, as data."""
 
+import json
+
 import pytest
 
 gr = pytest.importorskip("gradio")
@@ -98,7 +100,12 @@ def test_benchmark_handler_streams_then_saves(lab):
     final = updates[-1]
     assert final[0].startswith("✅ done") and "| original |" in final[1]
     assert [trace.x for trace in final[2].data][0] == ("original",)
-    assert sorted(f.rsplit(".", 1)[1] for f in final[-1]) == ["csv", "html", "json"]
+    files = sorted(final[-1])
+    assert sorted(f.rsplit(".", 1)[1] for f in files) == ["csv", "html", "json", "json"]
+    trace = json.loads(open(next(f for f in files if "_trace_original_b1" in f)).read())  # for Perfetto
+    assert len(trace["traceEvents"]) > 20
+    figure, notes = final[7], final[8]  # where the time goes, by operator class, and what the profiler missed
+    assert "linear: MLP" in {bar.name for bar in figure.data} and "operators" in notes
 
 
 @pytest.mark.parametrize("batch", ["zero", "0", "65", "1,,x", ""])

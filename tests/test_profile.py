@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from deit_demo.measure.profile import CLASSES, Breakdown, breakdown, classify, explain, torch_profile, write_trace
+from deit_demo.measure.profile import CLASSES, Breakdown, breakdown, classify, explain, write_trace
 from deit_demo.variants import get_variant
-from deit_demo.variants.base import OpTime
+from deit_demo.variants.base import OpTime, torch_profile
 from deit_demo.variants.pipeline import prepare_variants, variant_context
 
 # What each runtime must show, by class, on DeiT-Ti: every layer kind a ViT has, found under its own class
@@ -18,7 +18,12 @@ EXPECTED = {
     "onnx_int8": {"linear: QKV", "linear: projection", "linear: MLP", "attention matmuls", "softmax", "layer norm",
                   "GELU", "patch embedding"},
     "openvino_int8": {"linear: QKV", "linear: projection", "linear: MLP", "layer norm", "patch embedding"},
+    "pt2e_int8": {"linear: QKV", "linear: projection", "linear: MLP", "attention matmuls", "softmax", "layer norm",
+                  "patch embedding"},
 }
+# The profiling copy of a compiled graph runs inductor's Python wrapper: its own calls ("Call CompiledFxGraph", dynamo's
+# cache lookup) are time the served graph (C++ wrapper) does not spend, shown by name under "other"
+OTHER_AT_MOST = {"pt2e_int8": 0.3}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +44,7 @@ def test_a_real_trace_of_each_runtime_maps_onto_the_classes(key, prepared, tiny,
     assert result.status == "ok" and result.total_ms > 0 and profile.images == 2
     shown = {name for name, ms in result.ms.items() if ms > 0}
     assert EXPECTED[key] <= shown, f"missing: {EXPECTED[key] - shown}; unmapped: {result.unmapped}"
-    assert result.share.get("other", 0) < 0.15, (result.unmapped, result.top_ops.get("other"))  # named, and small
+    assert result.share.get("other", 0) < OTHER_AT_MOST.get(key, 0.15), (result.unmapped, result.top_ops.get("other"))
     assert set(result.ms) <= set(CLASSES) and abs(sum(result.share.values()) - 1) < 1e-6
     assert all(name for name in result.unmapped)  # what fell to "other" is listed by name, never silently
     trace = json.loads(write_trace(profile, tmp_path / "trace.json").read_text())
@@ -48,7 +53,7 @@ def test_a_real_trace_of_each_runtime_maps_onto_the_classes(key, prepared, tiny,
     assert result.gap_note().startswith("operators ")
 
 
-@pytest.mark.parametrize("key", ["executorch_int8", "pt2e_int8", "tome_int8"])
+@pytest.mark.parametrize("key", ["executorch_fp32", "executorch_int8"])
 def test_a_runtime_whose_profiler_cannot_see_inside_says_why(key):
     ok, reason = get_variant(key).profiler_available()
     assert not ok and len(reason) > 40

@@ -23,6 +23,7 @@ from deit_demo.measure.bench import BenchSettings
 from deit_demo.measure.report import (
     CONVERT_COLUMNS,
     REDUCTION_COLUMNS,
+    breakdown_markdown,
     busy_note,
     conversion_rows,
     machine_line,
@@ -229,7 +230,8 @@ def render_benchmark(results, message: str) -> list:
     figures = charts.all_charts(results)
     reduction = to_markdown(reduction_table(results), REDUCTION_COLUMNS) if results else ""
     return [message, reduction, figures["latency"], figures["size"], figures["reduction"], figures["scatter"],
-            gr.update(value=figures.get("throughput"), visible="throughput" in figures), profiler_markdown(results)]
+            gr.update(value=figures.get("throughput"), visible="throughput" in figures), figures.get("breakdown"),
+            breakdown_markdown(results), profiler_markdown(results)]
 
 
 @boundary("The benchmark")

@@ -200,9 +200,13 @@ def build_benchmark_tab(lab: Lab) -> None:
         reduction_plot = gr.Plot(label="Reduction", elem_id="plot-reduction")
         scatter_plot = gr.Plot(label="Size vs latency", elem_id="plot-scatter")
     sweep_plot = gr.Plot(label="Batch sweep", visible=False, elem_id="plot-sweep")
-    with gr.Accordion("The profiler's view (per variant)", open=False):
+    with gr.Row():
+        breakdown_plot = gr.Plot(label="Where the time goes", elem_id="plot-breakdown")
+        breakdown_md = gr.Markdown(elem_id="breakdown-notes")
+    with gr.Accordion("The tutorial's torch.profiler view (per variant)", open=False):
         profile_md = gr.Markdown()
-    files = gr.File(label="Downloads (JSON, CSV, HTML charts)", file_count="multiple", interactive=False)
+    files = gr.File(label="Downloads (JSON, CSV, HTML charts, each runtime's trace for Perfetto)",
+                    file_count="multiple", interactive=False)
     with gr.Accordion("Token merging: r against latency and accuracy", open=False):
         with gr.Row():
             r_values = gr.Textbox("0,2,4,6,8", label="r values")
@@ -210,7 +214,8 @@ def build_benchmark_tab(lab: Lab) -> None:
             r_run = gr.Button("Run r sweep")
         r_plot = gr.Plot(label="r sweep", elem_id="plot-tome")
         r_table = gr.Markdown(elem_id="tome-table")
-    outputs = [status, table, latency_plot, size_plot, reduction_plot, scatter_plot, sweep_plot, profile_md, files]
+    outputs = [status, table, latency_plot, size_plot, reduction_plot, scatter_plot, sweep_plot, breakdown_plot,
+               breakdown_md, profile_md, files]
     inputs = [model, keys, runs, warmup, threads, batches, tome_r]
     run.click(preprocessed(partial(handlers.benchmark, lab), inputs), inputs, outputs, api_name="benchmark",
               preprocess=False, concurrency_limit=1, concurrency_id=HEAVY, time_limit=TIME_LIMITS["benchmark"])

@@ -1,7 +1,7 @@
-"""Command line: ``python -m deit_demo models|variants|classify|convert|evaluate|bench|sweep|compare|tome-sweep`` (or
-``deit-demo ...``). An entry point: it owns the process-wide settings of a CLI run (logging). Every job goes through
-the `Lab` facade (`deit_demo.service`); `measure`'s tables, charts and results files render what comes back. It may
-import every library package, never the app.
+"""Command line: ``deit-demo models|variants|classify|convert|evaluate|bench|profile|sweep|compare|tome-sweep``
+(or ``python -m deit_demo ...``). An entry point: it owns the process-wide settings of a CLI run (logging). Every
+job goes through the `Lab` facade (`deit_demo.service`); `measure`'s tables, charts and results files render what
+comes back. It may import every library package, never the app.
 
 Prints tables; ``--json PATH`` writes the data (``--json -``: only JSON on stdout, the tables go to stderr).
 """
@@ -19,6 +19,7 @@ from deit_demo.cli.commands import (
     cmd_convert,
     cmd_evaluate,
     cmd_models,
+    cmd_profile,
     cmd_sweep,
     cmd_tome_sweep,
     cmd_variants,
@@ -89,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--csv", metavar="PATH")
     p.add_argument("--html", metavar="PATH", help="write the Plotly charts to a standalone HTML file")
+    p = add("profile", cmd_profile, "where each variant's time goes, by operator class, from each runtime's profiler")
+    add_model(p)
+    p.add_argument("--variants", default="original,pt2e_int8,onnx_int8,openvino_int8,executorch_int8")
+    p.add_argument("--runs", type=int, default=10, help="timed runs (the wall median beside the breakdown)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="0 = the CPUs this process may use")
+    p.add_argument("--traces", metavar="DIR", help="write each runtime's trace (Chrome trace format) into DIR")
+    p.add_argument("--html", metavar="PATH", help="write the stacked chart to a standalone HTML file")
     p = add("sweep", cmd_sweep, "time models x variants together; Pareto chart and a recommendation under budgets")
     p.add_argument("--weights", default="hub", help="hub | random | PATH, for every model of the sweep")
     p.add_argument("--store", default=None, help="artifact store folder (default $DEIT_DEMO_HOME/artifacts)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 
 class TqdmProgress:
@@ -153,6 +154,47 @@ def cmd_bench(args) -> int:
         save_csv(args.csv, results)
     if args.html:
         charts.write_html(results, args.html, title=f"DeiT benchmark: {loaded.spec.key}")
+        print(f"wrote {args.html}", file=sys.stderr)
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from deit_demo.core.cpus import machine_info
+    from deit_demo.measure import charts
+    from deit_demo.measure.bench import BenchSettings
+    from deit_demo.measure.profile import CLASSES, explain, write_traces
+    from deit_demo.measure.report import machine_line, to_markdown
+    from deit_demo.measure.results import results_payload
+
+    settings = BenchSettings(variants=args.variants, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                             profile=True, tome_r=args.tome_r)
+    lab = _lab(args)
+    progress = TqdmProgress()
+    loaded, results = lab.benchmark(args.model, settings, progress=progress)
+    progress.close()
+    rows = [r.breakdown for r in results if r.breakdown is not None and r.batch_size == settings.batch_sizes[0]]
+    done = [b for b in rows if b.status == "ok"]
+    _emit(args, f"\nmodel: {loaded.spec.key}  weights: {loaded.weights}  threads: {settings.threads}  "
+                f"{machine_line(machine_info())}\nms per image by operator class (share of the profiler's total):\n")
+    table = [{"class": name, **{b.variant: f"{b.ms[name]:.2f} ({100 * b.share[name]:.0f}%)" if name in b.ms else ""
+                                for b in done}} for name in CLASSES if any(name in b.ms for b in done)]
+    table.append({"class": "profiler total", **{b.variant: f"{b.total_ms:.2f}" for b in done}})
+    table.append({"class": "wall median", **{b.variant: f"{b.wall_ms:.2f}" if b.wall_ms else "" for b in done}})
+    _emit(args, to_markdown(table, ["class", *[b.variant for b in done]]))
+    for line in explain(rows):
+        _emit(args, f"\n{line}")
+    for b in rows:
+        _emit(args, f"{b.variant}: {b.gap_note() if b.status == 'ok' else 'no breakdown: ' + b.reason}")
+        if b.unmapped:
+            _emit(args, f"  other: {', '.join(b.unmapped)}")
+    if args.traces:
+        Path(args.traces).mkdir(parents=True, exist_ok=True)
+        for path in write_traces(results, Path(args.traces) / f"profile_{loaded.spec.key}"):
+            print(f"wrote {path}", file=sys.stderr)
+    _write_json(args.json, results_payload([b.to_row() for b in rows], model=loaded.spec.key,
+                                           profiled_after_timing=True))
+    if args.html:
+        charts.write_figures_html([charts.breakdown_chart(rows)], args.html, f"Where the time goes: {loaded.spec.key}")
         print(f"wrote {args.html}", file=sys.stderr)
     return 0
 

@@ -17,10 +17,10 @@ import torch
 from deit_demo.core.cpus import torch_threads, usable_cpus
 from deit_demo.core.errors import DeitDemoError, describe, quoted
 from deit_demo.core.stdio import PROFILER_NOISE, filtered_stderr
-from deit_demo.measure.profile import Breakdown, breakdown, torch_profile, unavailable
+from deit_demo.measure.profile import Breakdown, breakdown, unavailable
 from deit_demo.measure.timing import LatencyStats, TimingSettings, check_timing, check_whole, entries_from, measure
 from deit_demo.variants import MAX_BATCH, ORIGINAL, parse_variant_keys
-from deit_demo.variants.base import check_tome_r
+from deit_demo.variants.base import check_tome_r, torch_profile
 from deit_demo.variants.pipeline import ProgressFn, answer_check, prepare_variants, variant_context
 
 

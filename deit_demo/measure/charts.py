@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from deit_demo.measure.bench import BenchResult
+from deit_demo.measure.profile import CLASSES
 from deit_demo.variants import ORIGINAL
 
 _PALETTE = qualitative.Plotly + qualitative.D3
@@ -126,6 +127,9 @@ def all_charts(results: list[BenchResult]) -> dict[str, go.Figure]:
               "scatter": scatter_chart(results)}
     if len({r.batch_size for r in results if r.latency}) > 1:
         charts["throughput"] = throughput_chart(results)
+    profiled = [r.breakdown for r in _first_per_variant(results) if r.breakdown is not None]
+    if any(b.status == "ok" for b in profiled):
+        charts["breakdown"] = breakdown_chart(profiled)
     return charts
 
 
@@ -212,6 +216,34 @@ def pareto_chart(rows, front, *, budget_ms: float | None = None, machine: str = 
     span = [r["median_ms"] for r in timed] + ([budget_ms] if budget_ms else [])
     fig.update_layout(showlegend=True, xaxis_tickangle=0, height=480, yaxis_range=[y_low, y_high],
                       xaxis=log_ms_axis(span) if span else dict(type="log"))
+    return fig
+
+
+CLASS_COLORS = dict(zip(CLASSES, ("#1f77b4", "#4a98c9", "#9ecae1", "#c6dbef", "#d62728", "#ff9896", "#2ca02c",
+                                    "#98df8a", "#9467bd", "#8c564b", "#bcbd22", "#7f7f7f")))
+
+
+def breakdown_chart(breakdowns) -> go.Figure:
+    """Each variant's time per image by operator class, stacked in a fixed order, from its runtime's own profiler;
+    a diamond marks the timed median (profilers sum over threads, or miss work between nodes)."""
+    rows = [b for b in breakdowns if b.status == "ok" and b.total_ms]
+    fig = go.Figure()
+    names = [b.variant for b in rows]
+    for name in CLASSES:
+        if not any(b.ms.get(name) for b in rows):
+            continue
+        tops = ["<br>".join(f"{op}: {ms:.2f} ms" for op, ms in b.top_ops.get(name, [])) for b in rows]
+        fig.add_bar(name=name, x=names, y=[b.ms.get(name, 0.0) for b in rows], marker_color=CLASS_COLORS[name],
+                    customdata=[[f"{100 * b.share.get(name, 0):.0f}", top] for b, top in zip(rows, tops)],
+                    hovertemplate=f"%{{x}} · {name}: %{{y:.2f}} ms (%{{customdata[0]}}%)<br>%{{customdata[1]}}"
+                                  "<extra></extra>")
+    walls = [b.wall_ms for b in rows]
+    if any(w is not None for w in walls):
+        fig.add_scatter(x=names, y=walls, mode="markers", name="wall-clock median",
+                        marker=dict(symbol="diamond", size=11, color="black"),
+                        hovertemplate="%{x}: %{y:.2f} ms timed<extra></extra>")
+    _layout(fig, "Where the time goes (each runtime's own profiler, per image)", "variant", "ms per image")
+    fig.update_layout(barmode="stack", showlegend=True, legend=dict(orientation="h", y=-0.35), height=460)
     return fig
 
 

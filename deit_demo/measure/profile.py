@@ -14,9 +14,6 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
-from deit_demo.core.stdio import PROFILER_NOISE, filtered_stderr
 from deit_demo.variants.base import OpTime, RuntimeProfile
 
 # The classes, in the order charts stack them (and one colour each)
@@ -65,7 +62,7 @@ def _linear_role(op: OpTime) -> str:
         return "linear: MLP"
     if re.search(r"scaled_dot_product|/aten::matmul|attn/.*MatMul", node):
         return "attention matmuls"
-    if op.rank >= 4:
+    if op.rank >= 4 or re.search(r"bmm|baddbmm", op.kind):  # products of two activations: a ViT's attention
         return "attention matmuls"
     if op.features is None:
         return "linear: other"
@@ -140,48 +137,24 @@ def unavailable(variant: str, reason: str) -> Breakdown:
     return Breakdown(variant, status="unavailable", reason=reason)
 
 
-def torch_profile(runner, x: torch.Tensor, runs: int = 3) -> RuntimeProfile:
-    """torch.profiler's view of `runner` (eager, TorchScript, inductor's compiled kernels) over `runs` calls, with
-    each operator's input shapes (a linear layer's role is read from them)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with torch.inference_mode():
-        for _ in range(3):  # outside the profile: lazy initialisation, and TorchScript's profiling runs, are not the
-            runner(x)  # model's time
-        with filtered_stderr(PROFILER_NOISE), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            for _ in range(runs):
-                runner(x)
-    ops = []
-    for event in prof.events():
-        if event.self_cpu_time_total <= 0:
-            continue
-        shapes = [list(s) for s in (event.input_shapes or []) if isinstance(s, (list, tuple))]
-        ops.append(OpTime(kind=event.name, node="", ms=event.self_cpu_time_total / 1000.0,
-                          features=_torch_features(event.name, shapes), rank=max((len(s) for s in shapes), default=0)))
-    trace = []
-    for event in prof.events():
-        trace.append({"name": event.name, "ph": "X", "ts": event.time_range.start, "dur": event.time_range.elapsed_us(),
-                      "pid": 0, "tid": event.thread, "cat": "cpu_op"})
-    return RuntimeProfile(runtime=f"torch {torch.__version__} (torch.profiler)", ops=ops, trace=trace,
-                          images=runs * x.shape[0])
-
-
-def _torch_features(name: str, shapes: list[list[int]]) -> tuple[int, int] | None:
-    """(in, out) of a linear layer from a torch operator's input shapes, where they tell."""
-    if name in ("aten::addmm",) and len(shapes) >= 3 and len(shapes[2]) == 2:
-        return shapes[2][0], shapes[2][1]
-    if name in ("aten::mm",) and len(shapes) >= 2 and len(shapes[1]) == 2:
-        return shapes[1][0], shapes[1][1]
-    if name in ("aten::linear",) and len(shapes) >= 2 and len(shapes[1]) == 2:
-        return shapes[1][1], shapes[1][0]
-    return None
-
-
 def write_trace(profile: RuntimeProfile, path: Path) -> Path:
     """`profile` as a Chrome trace event file."""
     path.write_text(json.dumps({"traceEvents": profile.trace, "displayTimeUnit": "ms",
                                 "otherData": {"runtime": profile.runtime, "images": profile.images}}))
     return path
+
+
+def write_traces(results, stem: Path | str) -> list[Path]:
+    """Each profiled row's runtime trace as `<stem>_trace_<variant>_b<batch>.json` (Chrome trace event format)."""
+    paths = []
+    for row in results:
+        if row.trace_events and row.breakdown is not None:
+            path = Path(f"{stem}_trace_{row.variant}_b{row.batch_size}.json")
+            path.write_text(json.dumps({"traceEvents": row.trace_events, "displayTimeUnit": "ms",
+                                        "otherData": {"variant": row.variant, "runtime": row.breakdown.runtime}}))
+            row.breakdown.trace = path.name
+            paths.append(path)
+    return paths
 
 
 def explain(rows: list[Breakdown]) -> list[str]:

@@ -165,6 +165,23 @@ def stats_rows(results) -> list[dict]:
             for r in results if r.latency]
 
 
+def breakdown_markdown(results) -> str:
+    """Under the breakdown chart: one sentence per variant against the fastest, each profiler's total against the wall
+    time, and why a variant has no breakdown."""
+    from deit_demo.measure.profile import explain
+
+    seen, rows = set(), []
+    for r in results:
+        if r.breakdown is not None and r.variant not in seen:
+            seen.add(r.variant)
+            rows.append(r.breakdown)
+    lines = [f"- {html.escape(s)}" for s in explain(rows)]
+    lines += [f"- {b.variant} ({html.escape(b.runtime)}): {html.escape(b.gap_note())}" for b in rows
+              if b.status == "ok" and b.gap_note()]
+    lines += [f"- {b.variant}: no breakdown: {html.escape(b.reason)}" for b in rows if b.status != "ok"]
+    return "\n".join(lines)
+
+
 def profiler_markdown(results) -> str:
     parts = []
     for r in results:

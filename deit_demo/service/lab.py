@@ -21,6 +21,7 @@ from deit_demo.measure import charts
 from deit_demo.measure.bench import BenchResult, BenchSettings, run_benchmark
 from deit_demo.measure.decide import Recommendation, save_sweep
 from deit_demo.measure.evaluate import AccuracyResult, evaluate
+from deit_demo.measure.profile import write_traces
 from deit_demo.measure.report import weights_banner
 from deit_demo.measure.results import results_payload, save_csv, write_json
 from deit_demo.measure.sweep import SweepRow, SweepSettings, run_sweep
@@ -195,7 +196,7 @@ class Lab:
         write_json(f"{stem}.json", results_payload(results, model=loaded.spec.key))
         save_csv(f"{stem}.csv", results)
         charts.write_html(results, f"{stem}.html", title=f"DeiT benchmark: {loaded.spec.key}")
-        return [Path(f"{stem}.json"), Path(f"{stem}.csv"), Path(f"{stem}.html")]
+        return [Path(f"{stem}.json"), Path(f"{stem}.csv"), Path(f"{stem}.html"), *write_traces(results, stem)]
 
 
     def save_sweep(self, rows: list[SweepRow], settings: SweepSettings, choice: Recommendation, folder: Path) -> Path:

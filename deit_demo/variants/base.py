@@ -21,6 +21,7 @@ from torch import nn
 from deit_demo.core.artifacts import Artifact
 from deit_demo.core.errors import DeitDemoError, quoted
 from deit_demo.core.models import ModelSpec
+from deit_demo.core.stdio import PROFILER_NOISE, filtered_stderr
 
 MAX_BATCH = 64  # exported variants take any batch from 1 to this
 # torch.export, dynamo and inductor are not thread-safe, and the app converts on several threads (a visitor's Convert,
@@ -96,6 +97,7 @@ class VariantContext:
     cache_dir: Path
     calibration: list[torch.Tensor] = field(default_factory=list)
     tome_r: int | None = None  # tokens merged per block by the token-merging variants; None: the model's default
+    kernel_profile: bool = False  # compile so that the profiler sees each kernel (a copy for profiling only)
 
     def __post_init__(self) -> None:
         check_tome_r(self.tome_r)
@@ -134,6 +136,46 @@ class RuntimeProfile:
     ops: list[OpTime]
     trace: list[dict]
     images: int  # images run while profiling (per-image figures divide by it)
+
+
+def torch_profile(runner, x: torch.Tensor, runs: int = 3) -> RuntimeProfile:
+    """torch.profiler's view of `runner` (eager, TorchScript, inductor's compiled kernels) over `runs` calls, with
+    each operator's input shapes (a linear layer's role is read from them)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        for _ in range(3):  # outside the profile: lazy initialisation, and TorchScript's profiling runs, are not the
+            runner(x)  # model's time
+        with filtered_stderr(PROFILER_NOISE), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(runs):
+                runner(x)
+    ops = []
+    for event in prof.events():
+        if event.self_cpu_time_total <= 0:
+            continue
+        shapes = [list(s) for s in (event.input_shapes or []) if isinstance(s, (list, tuple))]
+        ops.append(OpTime(kind=event.name, node="", ms=event.self_cpu_time_total / 1000.0,
+                          features=_torch_features(event.name, shapes), rank=max((len(s) for s in shapes), default=0)))
+    trace = []
+    for event in prof.events():
+        trace.append({"name": event.name, "ph": "X", "ts": event.time_range.start, "dur": event.time_range.elapsed_us(),
+                      "pid": 0, "tid": event.thread, "cat": "cpu_op"})
+    return RuntimeProfile(runtime=f"torch {torch.__version__} (torch.profiler)", ops=ops, trace=trace,
+                          images=runs * x.shape[0])
+
+
+def _torch_features(name: str, shapes: list[list[int]]) -> tuple[int, int] | None:
+    """(in, out) of a linear layer from a torch operator's input shapes, where they tell."""
+    if name in ("aten::addmm",) and len(shapes) >= 3 and len(shapes[2]) == 2:
+        return shapes[2][0], shapes[2][1]
+    if name in ("aten::mm",) and len(shapes) >= 2 and len(shapes[1]) == 2:
+        return shapes[1][0], shapes[1][1]
+    if name in ("aten::linear",) and len(shapes) >= 2 and len(shapes[1]) == 2:
+        return shapes[1][1], shapes[1][0]
+    if "qlinear" in name and len(shapes) >= 4 and len(shapes[3]) == 2:  # onednn's int8 linear: x, scales, W (in, out)
+        return shapes[3][0], shapes[3][1]
+    return None
+
 
 
 class Runner:

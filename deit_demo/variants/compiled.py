@@ -8,6 +8,7 @@ wrongly on deit_synth in torch 2.14.1 while the same graph under torch.compile w
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,15 @@ from torch import nn
 
 from deit_demo.core.cpus import native_bf16
 from deit_demo.core.paths import cache_folder
-from deit_demo.variants.base import COMPILE_LOCK, Runner, Variant, export_dynamic_batch, missing_packages
+from deit_demo.variants.base import (
+    COMPILE_LOCK,
+    Runner,
+    RuntimeProfile,
+    Variant,
+    export_dynamic_batch,
+    missing_packages,
+    torch_profile,
+)
 from deit_demo.variants.registry import register
 
 
@@ -36,9 +45,13 @@ class _Bf16Io(nn.Module):
         return self.inner(x.to(torch.bfloat16)).float()
 
 
-INDUCTOR_OPAQUE = ("inductor's C++ wrapper runs the whole compiled graph as one call, so torch.profiler sees one event "
-                   "('Call CompiledFxGraph') and none of its kernels (a copy compiled with "
-                   "torch._inductor.config.cpp.enable_kernel_profile would show them: a second compile, not done here)")
+def profile_compiled(variant, artifact, ctx, x: torch.Tensor, runs: int) -> RuntimeProfile:
+    """A compiled graph's kernels as torch.profiler sees them in a copy compiled for it: inductor's C++ wrapper runs the
+    served graph as one call ('Call CompiledFxGraph', one event). The copy costs a second compile."""
+    runner = variant.load(artifact, dataclasses.replace(ctx, kernel_profile=True))
+    profile = torch_profile(runner, x, runs)
+    profile.runtime = "torch.profiler over inductor's kernels (a copy compiled with cpp.enable_kernel_profile)"
+    return profile
 
 
 @register
@@ -48,8 +61,8 @@ class CompiledBf16(Variant):
     precision = "bf16"
     compiles_per_shape = True
 
-    def profiler_available(self):
-        return False, INDUCTOR_OPAQUE
+    def profile(self, artifact, ctx, x, runs):
+        return profile_compiled(self, artifact, ctx, x, runs)
 
     family = "modern"
     suffix = ".pt2"
@@ -76,12 +89,12 @@ class CompiledBf16(Variant):
     def load(self, artifact, ctx):
         module = torch.export.load(str(artifact.path)).module()
         rewritten = attention_in_bf16(module)
-        compiled = compile_frozen(module, torch.zeros_like(ctx.example()), ctx.cache_dir)
+        compiled = compile_frozen(module, torch.zeros_like(ctx.example()), ctx.cache_dir, ctx.kernel_profile)
         return Runner(compiled, {"runtime": "torch.compile (inductor, freezing) of the bf16 ExportedProgram",
                                  "attention": f"two bf16 GEMMs and an fp32 softmax in {rewritten} blocks"})
 
 
-def compile_frozen(module: nn.Module, example: torch.Tensor, cache_dir: Path) -> Callable:
+def compile_frozen(module: nn.Module, example: torch.Tensor, cache_dir: Path, kernel_profile: bool = False) -> Callable:
     """torch.compile with inductor freezing, one specialisation per batch size and thread count.
 
     Compiled now for `example`'s shape so the first timed call is not a compile. Dynamo guards on the input's shape,
@@ -93,6 +106,8 @@ def compile_frozen(module: nn.Module, example: torch.Tensor, cache_dir: Path) ->
     With inductor's C++ wrapper, a call is one C++ function that releases the GIL for the whole pass. Its Python
     wrapper takes the GIL back between kernels, so any other Python thread stalled it at each kernel: in the app,
     Gradio's event loop took DeiT-B pt2e_int8 from 58-62 to 70-81 ms per image (benchmarks/load.py, same sitting).
+    `kernel_profile`: a copy for the profiler only, with the Python wrapper and a profiler event in every kernel (the
+    C++ wrapper's one call shows as a single event).
     """
     import torch._inductor.config as inductor_config
 
@@ -105,7 +120,10 @@ def compile_frozen(module: nn.Module, example: torch.Tensor, cache_dir: Path) ->
                torch.is_inference_mode_enabled(), torch.get_num_threads())
         if key in seen:
             return compiled(x)
-        with COMPILE_LOCK, inductor_cache(cache_dir), inductor_config.patch(freezing=True, cpp_wrapper=True):
+        options = {"freezing": True, "cpp_wrapper": not kernel_profile}
+        if kernel_profile:
+            options["cpp.enable_kernel_profile"] = True
+        with COMPILE_LOCK, inductor_cache(cache_dir), inductor_config.patch(options):
             out = compiled(x)
         seen.add(key)
         return out
@@ -160,8 +178,8 @@ class Pt2eInt8(Variant):
     precision = "int8"
     compiles_per_shape = True
 
-    def profiler_available(self):
-        return False, INDUCTOR_OPAQUE
+    def profile(self, artifact, ctx, x, runs):
+        return profile_compiled(self, artifact, ctx, x, runs)
 
     family = "modern"
     suffix = ".pt2"
@@ -199,7 +217,7 @@ class Pt2eInt8(Variant):
         module = torch.export.load(str(artifact.path)).module()
         bf16, isa = native_bf16()
         rewritten = attention_in_bf16(module) if bf16 else 0
-        compiled = compile_frozen(module, torch.zeros_like(ctx.example()), ctx.cache_dir)
+        compiled = compile_frozen(module, torch.zeros_like(ctx.example()), ctx.cache_dir, ctx.kernel_profile)
         return Runner(compiled, {"runtime": "torch.compile (inductor, freezing) of the int8 ExportedProgram",
                                  "attention": (f"bf16 products in {rewritten} blocks ({isa})" if rewritten
                                                else "fp32 (no native bf16 here)" if not bf16 else "fp32")})
