@@ -105,9 +105,10 @@ def build_classify_tab(lab: Lab) -> None:
                               elem_id="classify-image")
             url = gr.Textbox(label="…or an image URL (http/https)", placeholder="https://example.com/cat.jpg")
             with gr.Row():
-                model = gr.Dropdown(model_choices(), value=lab.config.model, label="Model")
+                # min_width: on a phone the two stack instead of squeezing their text under the arrow
+                model = gr.Dropdown(model_choices(), value=lab.config.model, label="Model", min_width=260)
                 variant = gr.Dropdown(serving_choices(), value=AUTO, label="Variant (Auto: the fastest one that "
-                                      "passed its answer check here; others are converted on first use)")
+                                      "passed its answer check here; others are converted on first use)", min_width=260)
             run = gr.Button("Classify", variant="primary")
         # The answer comes right after the inputs, before the examples: on a phone (one column) it is what follows
         # the button, and page.js brings it into view when an example far below fills it in.

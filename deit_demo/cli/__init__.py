@@ -44,7 +44,9 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m deit_demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="deit-demo", description=(
+        "DeiT Deployment Lab from the command line: classify, convert, evaluate, benchmark, profile, sweep and "
+        "compare. Prints tables; --json PATH writes the data ('-': only JSON on stdout, the tables go to stderr)."))
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn, help_text: str) -> argparse.ArgumentParser:

@@ -257,8 +257,9 @@ def cmd_sweep(args) -> int:
     machine = machine_info()
     choice = decide.recommend(rows, budget_ms=settings.budget_ms, budget_mb=settings.budget_mb,
                               min_top1=settings.min_top1, min_agreement=settings.min_agreement, machine=machine)
-    _emit(args, f"\n{len(settings.models)} models x {len(settings.variants)} variants, threads "
-                f"{','.join(map(str, settings.threads))}, batch {','.join(map(str, settings.batch_sizes))}, "
+    timed_threads = ",".join(str(t) for t in dict.fromkeys(r.threads for r in rows)) or "-"
+    _emit(args, f"\n{len(settings.models)} model(s) x {len(settings.variants)} variant(s), threads "
+                f"{timed_threads}, batch {','.join(map(str, settings.batch_sizes))}, "
                 f"{settings.runs} runs after {settings.warmup} warm-up, interleaved in blocks; weights "
                 f"{settings.weights}; {machine_line(machine)}\n")
     _emit(args, to_markdown(sweep_rows(rows)))
