@@ -85,6 +85,9 @@ def cmd_classify(args) -> int:
 
     lab = _lab(args)
     # Auto from the CLI converts, checks and times its candidates first (once per store), then uses the fastest.
+    if args.variant == "auto":
+        print("Auto: converting, checking and timing its candidates first (the first time for a store takes a "
+              "minute or more; later runs reuse the files)...", file=sys.stderr)
     loaded, result = lab.classify(args.image, args.model, args.variant, k=args.top, tome_r=args.tome_r,
                                   wait_auto=True)
     _emit(args, f"model: {loaded.spec.key} ({loaded.spec.hub_name})   variant: {result.variant}")

@@ -7,8 +7,12 @@ TRAINERS = {"digits": "deit_demo.train.digits", "synth": "deit_demo.train.distil
 
 
 def main() -> int:
+    usage = f"usage: python -m deit_demo.train {{{'|'.join(TRAINERS)}}} [options] (each trainer's --help lists them)"
+    if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help"):
+        print(usage)
+        return 0
     if len(sys.argv) < 2 or sys.argv[1] not in TRAINERS:
-        print(f"usage: python -m deit_demo.train {{{'|'.join(TRAINERS)}}} [options]", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     import importlib
 

@@ -1,6 +1,6 @@
 """A DeiT trained here, with a distillation token, on scikit-learn's bundled digits: DeiT's central idea, offline.
 
-    python -m deit_demo.train digits [--out assets/deit_digits.safetensors] [--epochs 60]
+    python -m deit_demo.train digits [--out assets/deit_digits.safetensors] [--epochs 80]
 
 A small CNN teacher is trained first; then a small DeiT student (timm's `VisionTransformerDistilled`) learns with
 *hard-label distillation*: cross-entropy to the labels on the class token, cross-entropy to the teacher's argmax on
