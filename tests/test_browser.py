@@ -204,8 +204,12 @@ def rendered_axes(page, plot_id: str) -> dict:
     """What Plotly drew: each axis's type and range (a log axis's range in powers of ten) and the numbers plotted."""
     return page.evaluate("""(id) => {
         const plot = document.querySelector(`#${id} .js-plotly-plot`);
-        const values = (axis) => plot._fullData.flatMap(t => Array.from(t[axis] || []))
-                                               .filter(v => typeof v === "number" && isFinite(v));
+        const values = (axis) => plot._fullData.flatMap(t => {
+            const own = Array.from(t[axis] || []);
+            const bars = t[`error_${axis}`];  // a whisker (p90) is data the axis must show too
+            const tops = bars && bars.visible && bars.array ? own.map((v, i) => v + (bars.array[i] || 0)) : [];
+            return own.concat(tops);
+        }).filter(v => typeof v === "number" && isFinite(v));
         const layout = plot._fullLayout;
         return {x: {type: layout.xaxis.type, range: layout.xaxis.range, values: values("x")},
                 y: {type: layout.yaxis.type, range: layout.yaxis.range, values: values("y")}};

@@ -121,7 +121,7 @@ threading.Thread(target=convert_variant, args=(get_variant("onnx_int8_static"), 
 deadline = time.time() + 120
 while time.time() < deadline and not (converter._pool and converter._pool._processes):
     time.sleep(0.05)
-time.sleep(3.0)  # the worker is into its conversion
+time.sleep(10.0)  # the worker has imported torch and is into its conversion (a minute of work)
 print(" ".join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)
 time.sleep(600)
 """
