@@ -1,6 +1,7 @@
 """Where the time goes: each runtime's own profiler, mapped onto one set of operator classes, on real DeiT-Ti traces."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -22,8 +23,9 @@ EXPECTED = {
                   "patch embedding"},
 }
 # The profiling copy of a compiled graph runs inductor's Python wrapper: its own calls ("Call CompiledFxGraph", dynamo's
-# cache lookup) are time the served graph (C++ wrapper) does not spend, shown by name under "other"
-OTHER_AT_MOST = {"pt2e_int8": 0.3}
+# cache lookup) are time the served graph (C++ wrapper) does not spend. They show by name under "other", and their
+# share grows with the machine's load (Python), so the model's own operators are what must be mapped.
+WRAPPER = r"TorchDynamo|Torch-Compiled Region|Pregraph bytecode|AOTDispatcher|CompiledFxGraph"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,9 @@ def test_a_real_trace_of_each_runtime_maps_onto_the_classes(key, prepared, tiny,
     assert result.status == "ok" and result.total_ms > 0 and profile.images == 2
     shown = {name for name, ms in result.ms.items() if ms > 0}
     assert EXPECTED[key] <= shown, f"missing: {EXPECTED[key] - shown}; unmapped: {result.unmapped}"
-    assert result.share.get("other", 0) < OTHER_AT_MOST.get(key, 0.15), (result.unmapped, result.top_ops.get("other"))
+    model_ops = [op for op in profile.ops if not re.search(WRAPPER, op.kind)]
+    other = sum(op.ms for op in model_ops if classify(op) == "other") / sum(op.ms for op in model_ops)
+    assert other < 0.15, (result.unmapped, result.top_ops.get("other"))  # named, and small
     assert set(result.ms) <= set(CLASSES) and abs(sum(result.share.values()) - 1) < 1e-6
     assert all(name for name in result.unmapped)  # what fell to "other" is listed by name, never silently
     trace = json.loads(write_trace(profile, tmp_path / "trace.json").read_text())
