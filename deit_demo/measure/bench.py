@@ -112,6 +112,19 @@ def profile_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, to
     return total_ms, [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1000.0, "calls": e.count} for e in ops]
 
 
+def with_measurement(row: BenchResult, entry) -> BenchResult:
+    """`row` with what the timing loop measured for `entry`: status, size, memory, answers, samples, conditions."""
+    row.status, row.reason, row.size_bytes, row.peak_rss_bytes = entry.status, entry.reason, entry.size_bytes, \
+        entry.peak_rss_bytes
+    if entry.answers is not None:
+        row.top1_agreement, row.max_abs_diff = entry.answers.top1_agreement, entry.answers.max_abs_diff
+    if entry.ok:
+        row.latency = LatencyStats(list(entry.samples_ms), batch_size=row.batch_size)
+    if entry.conditions is not None:
+        row.disturbed, row.conditions = entry.conditions.disturbed, entry.conditions.to_dict()
+    return row
+
+
 PROFILE_RUNS = 3  # calls each runtime's profiler sees, after the timing
 
 
@@ -171,15 +184,7 @@ def run_benchmark(loaded, settings: BenchSettings, store, *, progress: ProgressF
     def rows(entries, batch_size: int) -> list[BenchResult]:
         out = []
         for e in entries:
-            row = BenchResult(batch_size=batch_size, variant=e.name, status=e.status, reason=e.reason,
-                              size_bytes=e.size_bytes, peak_rss_bytes=e.peak_rss_bytes, **common)
-            if e.answers is not None:
-                row.top1_agreement, row.max_abs_diff = e.answers.top1_agreement, e.answers.max_abs_diff
-            if e.ok:
-                row.latency = LatencyStats(list(e.samples_ms), batch_size=batch_size)
-            if e.conditions is not None:
-                row.disturbed, row.conditions = e.conditions.disturbed, e.conditions.to_dict()
-            out.append(row)
+            out.append(with_measurement(BenchResult(batch_size=batch_size, variant=e.name, **common), e))
         return out
 
     for batch_size in settings.batch_sizes:

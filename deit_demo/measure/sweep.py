@@ -11,8 +11,8 @@ import torch
 from deit_demo.core.cpus import torch_threads, usable_cpus
 from deit_demo.core.errors import DeitDemoError, check_cancel, quoted
 from deit_demo.core.models import get_spec
-from deit_demo.measure.bench import BenchResult, parse_batch_sizes
-from deit_demo.measure.timing import Entry, LatencyStats, TimingSettings, check_timing, measure
+from deit_demo.measure.bench import BenchResult, parse_batch_sizes, with_measurement
+from deit_demo.measure.timing import Entry, TimingSettings, check_timing, measure
 from deit_demo.variants import get_variant, parse_variant_keys
 from deit_demo.variants.base import check_tome_r
 from deit_demo.variants.pipeline import ProgressFn, answer_check, check_inputs, prepare_variants
@@ -126,17 +126,10 @@ def _input(spec, batch: int) -> torch.Tensor:
 
 def _row(entry: Entry, model, batch: int, threads: int) -> SweepRow:
     spec = model.spec
-    row = SweepRow(model=spec.key, variant=_variant(entry), batch_size=batch, threads=threads,
-                   status=entry.status, reason=entry.reason, weights=model.weights, size_bytes=entry.size_bytes,
-                   peak_rss_bytes=entry.peak_rss_bytes, published_top1=spec.top1, published_top5=spec.top5,
-                   accuracy_source=spec.accuracy_source, task=task_of(spec), lossy=get_variant(_variant(entry)).lossy)
-    if entry.answers is not None:
-        row.top1_agreement, row.max_abs_diff = entry.answers.top1_agreement, entry.answers.max_abs_diff
-    if entry.ok:
-        row.latency = LatencyStats(list(entry.samples_ms), batch_size=batch)
-    if entry.conditions is not None:
-        row.disturbed, row.conditions = entry.conditions.disturbed, entry.conditions.to_dict()
-    return row
+    row = SweepRow(model=spec.key, variant=_variant(entry), batch_size=batch, threads=threads, weights=model.weights,
+                   published_top1=spec.top1, published_top5=spec.top5, accuracy_source=spec.accuracy_source,
+                   task=task_of(spec), lossy=get_variant(_variant(entry)).lossy)
+    return with_measurement(row, entry)
 
 
 def _variant(entry: Entry) -> str:
