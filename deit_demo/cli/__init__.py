@@ -1,5 +1,5 @@
-"""Command line: ``deit-demo models|variants|classify|convert|evaluate|bench|profile|sweep|compare|tome-sweep``
-(or ``python -m deit_demo ...``). An entry point: it owns the process-wide settings of a CLI run (logging). Every
+"""Command line: ``deit-demo models|variants|classify|convert|evaluate|bench|profile|sweep|tune|card|compare|
+tome-sweep`` (or ``python -m deit_demo ...``). An entry point: it owns the process-wide settings of a CLI run (logging). Every
 job goes through the `Lab` facade (`deit_demo.service`); `measure`'s tables, charts and results files render what
 comes back. It may import every library package, never the app.
 
@@ -24,6 +24,7 @@ from deit_demo.cli.commands import (
     cmd_tome_sweep,
     cmd_variants,
 )
+from deit_demo.cli.ship import add_budget, add_ship_commands
 from deit_demo.core.errors import DeitDemoError
 from deit_demo.core.paths import home
 from deit_demo.variants import ORIGINAL
@@ -115,8 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-mb", type=float, default=None, help="file size budget")
     p.add_argument("--min-top1", type=float, default=None, help="minimum published top-1 (percent)")
     p.add_argument("--min-agreement", type=float, default=0.99, help="minimum top-1 agreement with the original")
+    add_budget(p)
     p.add_argument("--csv", metavar="PATH")
     p.add_argument("--html", metavar="PATH", help="write the Pareto chart to a standalone HTML file")
+    p.add_argument("--card", metavar="PATH", help="also write the recommended pair's deployment card: PATH.md and "
+                                                  "PATH.json (it measures the pair again, at batch 1 and 8)")
+    add_ship_commands(add, add_model)
     p = add("compare", cmd_compare, "compare saved results files (this machine or others): latency side by side")
     p.add_argument("files", nargs="+", help="results JSON files (bench --json, sweep --json)")
     p.add_argument("--html", metavar="PATH", help="write the comparison chart to a standalone HTML file")

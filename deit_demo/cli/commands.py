@@ -252,33 +252,43 @@ def cmd_sweep(args) -> int:
                              batch_sizes=args.batch, runs=args.runs, warmup=args.warmup, block=args.block,
                              weights=args.weights, tome_r=args.tome_r, budget_ms=args.budget_ms,
                              budget_mb=args.budget_mb, min_top1=args.min_top1,
-                             min_agreement=args.min_agreement)
+                             min_agreement=args.min_agreement, max_drop=args.max_drop, eval_data=args.eval_data)
     lab = _lab(args)
     progress = TqdmProgress()
     rows = lab.sweep(settings, progress=progress)
     progress.close()
     machine = machine_info()
     choice = decide.recommend(rows, budget_ms=settings.budget_ms, budget_mb=settings.budget_mb,
-                              min_top1=settings.min_top1, min_agreement=settings.min_agreement, machine=machine)
+                              min_top1=settings.min_top1, min_agreement=settings.min_agreement,
+                              max_drop=settings.max_drop, machine=machine)
     timed_threads = ",".join(str(t) for t in dict.fromkeys(r.threads for r in rows)) or "-"
     _emit(args, f"\n{len(settings.models)} model(s) x {len(settings.variants)} variant(s), threads "
                 f"{timed_threads}, batch {','.join(map(str, settings.batch_sizes))}, "
                 f"{settings.runs} runs after {settings.warmup} warm-up, interleaved in blocks; weights "
                 f"{settings.weights}; {machine_line(machine)}\n")
     _emit(args, to_markdown(sweep_rows(rows)))
+    for line in dict.fromkeys(f"tuned {r.model}/{r.variant}: {r.tuning}" for r in rows if r.tuning):
+        _emit(args, f"\n{line}")
     _emit(args, f"\nrecommendation: {choice.sentence}")
     for r in choice.runners_up:
-        _emit(args, f"  runner-up: {decide.pair_name(r)}: {r['published_top1']:.1f}% at {r['median_ms']:.1f} ms")
+        _emit(args, f"  runner-up: {decide.pair_name(r)}: {r['published_top1']:.1f}% at {r['median_ms']:.1f} ms"
+                    + (f" (measured {100 * r['top1']:.2f}%, {-r['top1_drop']:+.2f} points)" if r.get("top1_drop")
+                       is not None else ""))
     for r in choice.rejected:
         _emit(args, f"  lost: {r['pair']}: {r['why']}")
     if args.json:
         decide.save_sweep(args.json, rows, settings, choice)
+    if args.card:
+        from deit_demo.cli.ship import write_recommended_card
+
+        write_recommended_card(args, lab, choice)
     if args.csv:
         save_csv(args.csv, rows)
     if args.html:
         dicts = [r.to_row() for r in rows]
         charts.write_figures_html([charts.pareto_chart(dicts, decide.pareto_front(dicts), budget_ms=settings.budget_ms,
-                                                       machine=machine["cpu"])], args.html, "DeiT sweep")
+                                                       machine=machine["cpu"], choice=choice,
+                                                       max_drop=settings.max_drop)], args.html, "DeiT sweep")
         print(f"wrote {args.html}", file=sys.stderr)
     return 0
 
@@ -290,9 +300,12 @@ def cmd_compare(args) -> int:
 
     payloads = [load_results(path) for path in args.files]
     latency, machines = decide.compare(payloads)
+    warnings = decide.compare_warnings(payloads)
+    for line in warnings:
+        print(line, file=sys.stderr)
     _emit(args, to_markdown(machines))
     _emit(args, "\n" + to_markdown(latency))
-    _write_json(args.json, {"machines": machines, "rows": latency})
+    _write_json(args.json, {"machines": machines, "rows": latency, "warnings": warnings})
     if args.html:
         charts.write_figures_html([charts.compare_chart(latency, [p["label"] for p in payloads])], args.html,
                                   "DeiT results compared")

@@ -24,6 +24,7 @@ from deit_demo.core.errors import DeitDemoError, describe
 from deit_demo.core.paths import home
 
 MANIFEST = "manifest.json"
+TUNED = "tuned.json"  # per (model, weights): settings tuned to an accuracy budget (measure.tune)
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 STORAGE_WORDS = {errno.ENOSPC: ("No space left on device", "os error 28", "[Errno 28]"),
                  errno.EROFS: ("Read-only file system", "os error 30", "[Errno 30]"),
@@ -115,6 +116,29 @@ class ArtifactStore:
 
     def folder(self, model: str, weights_id: str, variant: str) -> Path:
         return self.root / model / weights_id / variant
+
+    def tuning_file(self, model: str, weights_id: str) -> Path:
+        return self.root / model / weights_id / TUNED
+
+    def tuned(self, model: str, weights_id: str) -> dict[str, dict]:
+        """What `save_tuned` stored for these weights: variant key -> its tuning record (with `r`); {} if none."""
+        try:
+            data = json.loads(self.tuning_file(model, weights_id).read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("r"), int)}
+
+    def save_tuned(self, model: str, weights_id: str, variant: str, record: dict) -> Path:
+        """Store a tuned setting (token merging's r, how it was chosen) beside the artifacts of these weights, written
+        atomically; the preparation then uses it wherever no r is asked for."""
+        path = self.tuning_file(model, weights_id)
+        with self._lock:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = {**self.tuned(model, weights_id), variant: record}
+            scratch = path.with_name(f".{TUNED}.{os.getpid()}.{threading.get_ident()}")
+            scratch.write_text(json.dumps(data, indent=2, default=str))
+            os.replace(scratch, path)
+        return path
 
     def new_workdir(self) -> Path:
         """A temporary folder inside the store (same file system, so `commit` can rename it). The store's folder is

@@ -85,7 +85,9 @@ class BenchResult:
     peak_rss_bytes: int = 0
     weights: str = ""
     top1_agreement: float | None = None
+    agreement_on: str = ""  # the images `top1_agreement` comes from, named, with their count
     max_abs_diff: float | None = None
+    tome_r: int | None = None  # the token-merging variants' r (tuned or chosen), shown wherever the variant appears
     disturbed: str = ""  # why the timing was not on a quiet server ("" when it was); see core.activity
     conditions: dict = field(default_factory=dict)
     breakdown: Breakdown | None = None  # where the time goes, by operator class, from the runtime's own profiler
@@ -118,6 +120,8 @@ def with_measurement(row: BenchResult, entry) -> BenchResult:
         entry.peak_rss_bytes
     if entry.answers is not None:
         row.top1_agreement, row.max_abs_diff = entry.answers.top1_agreement, entry.answers.max_abs_diff
+        row.agreement_on = entry.answers.images_named
+    row.tome_r = (getattr(entry.runner, "notes", None) or {}).get("r")
     if entry.ok:
         row.latency = LatencyStats(list(entry.samples_ms), batch_size=row.batch_size)
     if entry.conditions is not None:
@@ -142,7 +146,7 @@ def profile_row(row: BenchResult, item, runner, x: torch.Tensor, loaded, store, 
         row.breakdown = unavailable(row.variant, reason)
         return
     try:
-        ctx = variant_context(loaded.spec, store, tome_r)
+        ctx = variant_context(loaded.spec, store, tome_r, loaded.weights_id)
         profile = item.variant.profile(item.artifact, ctx, x, PROFILE_RUNS) or torch_profile(runner, x, PROFILE_RUNS)
     except Exception as err:  # a profiler failing takes only its own view away
         row.breakdown = unavailable(row.variant, f"its profiler failed: {describe(err)}")

@@ -186,34 +186,62 @@ def log_ms_axis(values_ms: list[float]) -> dict:
     return dict(type="log", range=[low, high], tickvals=ticks, ticktext=[f"{v:g} ms" for v in ticks])
 
 
-def pareto_chart(rows, front, *, budget_ms: float | None = None, machine: str = "") -> go.Figure:
-    """Published (or measured) top-1 against measured latency; marker area ~ file size; the frontier drawn."""
+def accuracy_of(row: dict) -> float | None:
+    """The top-1 (%) a chart and the frontier place a pair at: measured here on labelled data when it was (the
+    accuracy budget), else the model's published figure."""
+    if row.get("top1") is not None and row.get("n_images"):
+        return 100 * row["top1"]
+    return row.get("published_top1")
+
+
+def pareto_chart(rows, front, *, budget_ms: float | None = None, machine: str = "", choice=None,
+                 max_drop: float | None = None) -> go.Figure:
+    """Top-1 (measured where the sweep had an accuracy budget, else published) against measured latency; marker area
+    ~ file size; the frontier drawn. With `choice` (a Recommendation), pairs it disqualified are faded and say why on
+    hover; with `max_drop`, each model's accuracy budget is a dotted line (its original's measured top-1 less it)."""
+    from deit_demo.measure.decide import pair_name
+
+    lost = {r["pair"]: r["why"] for r in (choice.rejected if choice is not None else [])
+            if not r["why"].startswith("less accurate or slower")}
     fig = go.Figure()
-    timed = [r for r in rows if r.get("median_ms") is not None and r.get("published_top1") is not None]
+    timed = [r for r in rows if r.get("median_ms") is not None and accuracy_of(r) is not None]
     for variant in dict.fromkeys(r["variant"] for r in timed):
         mine = [r for r in timed if r["variant"] == variant]
-        fig.add_scatter(x=[r["median_ms"] for r in mine], y=[r["published_top1"] for r in mine], mode="markers+text",
-                        name=variant, text=[r["model"] for r in mine], textposition="top center",
+        why = [lost.get(pair_name(r), "") for r in mine]
+        faded = [0.2 if w else (0.45 if r.get("lossy") and r.get("top1") is None else 0.85) for r, w in zip(mine, why)]
+        fig.add_scatter(x=[r["median_ms"] for r in mine], y=[accuracy_of(r) for r in mine], mode="markers+text",
+                        name=variant, text=[r["model"] + (f" r={r['tome_r']}" if r.get("tome_r") is not None else "")
+                                            for r in mine], textposition="top center",
                         marker=dict(size=[max(8, min(40, 4 * (r.get("size_bytes", 0) / 1e6) ** 0.5)) for r in mine],
-                                    color=variant_color(variant), opacity=0.45 if mine[0].get("lossy") else 0.85,
-                                    line=dict(width=1, color="black")),
-                        customdata=[[r.get("size_bytes", 0) / 1e6, r.get("threads"), r.get("batch_size")]
-                                    for r in mine],
-                        hovertemplate="%{text} " + variant + ": %{x:.1f} ms, %{y:.1f}% top-1, %{customdata[0]:.0f} MB, "
-                                      "%{customdata[1]} threads, batch %{customdata[2]}<extra></extra>")
+                                    color=variant_color(variant), opacity=faded, line=dict(width=1, color="black")),
+                        customdata=[[r.get("size_bytes", 0) / 1e6, r.get("threads"), r.get("batch_size"),
+                                     ("<br>disqualified: " + "<br>".join(w[i:i + 90] for i in range(0, len(w), 90)))
+                                     if w else ""] for r, w in zip(mine, why)],
+                        hovertemplate="%{text} " + variant + ": %{x:.1f} ms, %{y:.2f}% top-1, %{customdata[0]:.0f} MB, "
+                                      "%{customdata[1]} threads, batch %{customdata[2]}%{customdata[3]}<extra></extra>")
     if front:
-        fig.add_scatter(x=[r["median_ms"] for r in front], y=[r["published_top1"] for r in front], mode="lines",
+        fig.add_scatter(x=[r["median_ms"] for r in front], y=[accuracy_of(r) for r in front], mode="lines",
                         name="Pareto frontier", line=dict(color="black", dash="dash", shape="hv"))
-    accuracies = [r["published_top1"] for r in timed] or [0.0, 100.0]
-    y_low, y_high = min(accuracies) - 1.5, max(accuracies) + 1.5
+    accuracies = [accuracy_of(r) for r in timed] or [0.0, 100.0]
+    references = {r["model"]: 100 * r["top1"] - r["top1_drop"] for r in timed
+                  if max_drop is not None and r.get("top1") is not None and r.get("top1_drop") is not None}
+    floors = {model: ref - max_drop for model, ref in references.items()}
+    y_low, y_high = min(accuracies + list(floors.values())) - 1.5, max(accuracies) + 1.5
+    span = [r["median_ms"] for r in timed] + ([budget_ms] if budget_ms else [])
+    for model, floor in floors.items():  # a trace, not a shape: see the latency budget below
+        fig.add_scatter(x=[min(span) * 0.9, max(span) * 1.1], y=[floor, floor], mode="lines",
+                        name=f"accuracy budget {model}: {floor:.2f}% (original - {max_drop:g})",
+                        line=dict(color="darkorange", dash="dot"), hoverinfo="name")
     if budget_ms:
         # A trace, not a shape: on a log axis Plotly reads a shape's x as a power of ten (a 50 ms budget drew a line at
         # 10^50 and stretched the axis to 10^54, every point squeezed against the left edge).
         fig.add_scatter(x=[budget_ms, budget_ms], y=[y_low, y_high], mode="lines", name=f"budget {budget_ms:g} ms",
                         line=dict(color="red", dash="dot"), hoverinfo="name")
-    _layout(fig, f"Accuracy vs latency{' on ' + machine if machine else ''} (marker area ~ size; faded = lossy, "
-                 f"accuracy not published){_busy(timed)}", "median latency per call (log scale)", "top-1 (%)")
-    span = [r["median_ms"] for r in timed] + ([budget_ms] if budget_ms else [])
+    measured = any(r.get("top1") is not None and r.get("n_images") for r in timed)
+    _layout(fig, f"Accuracy vs latency{' on ' + machine if machine else ''} (marker area ~ size; faded = "
+                 f"{'disqualified, hover for why' if lost else 'lossy, accuracy not measured'}"
+                 f"{'; top-1 measured on labelled data' if measured else ''}){_busy(timed)}",
+            "median latency per call (log scale)", "top-1 (%)")
     fig.update_layout(showlegend=True, xaxis_tickangle=0, height=480, yaxis_range=[y_low, y_high],
                       xaxis=log_ms_axis(span) if span else dict(type="log"))
     return fig

@@ -88,10 +88,24 @@ class AccuracyResult:
         return asdict(self)
 
 
-def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], dataset: LabelledSet,
-             progress: Callable[[int, int], None] | None = None) -> tuple[list[bool], list[bool]]:
-    """Per-image top-1 and top-5 outcomes of `fn` on `dataset`."""
-    top1, top5 = [], []
+@dataclass
+class Outcomes:
+    """Per-image results of one runner on one labelled set, in the set's order (so two runners pair up)."""
+
+    data: str
+    top1: list[bool]
+    top5: list[bool]
+    predicted: list[int]
+
+    @property
+    def n_images(self) -> int:
+        return len(self.top1)
+
+
+def outcomes(fn: Callable[[torch.Tensor], torch.Tensor], dataset: LabelledSet,
+             progress: Callable[[int, int], None] | None = None) -> Outcomes:
+    """Per-image top-1 and top-5 outcomes of `fn` on `dataset`, and its top-1 class for each image."""
+    top1, top5, predicted = [], [], []
     for x, label in dataset.items():
         # Made as a preprocessed visitor's image is (contiguous, outside inference mode): an inductor graph compiles
         # anew for other strides or dispatch keys, and the built-in sets come channels-last (15 s per compiled
@@ -102,9 +116,17 @@ def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], dataset: LabelledSet,
         top = logits.topk(min(5, logits.numel())).indices.tolist()
         top1.append(top[0] == label)
         top5.append(label in top)
+        predicted.append(top[0])
         if progress and (len(top1) % 20 == 0 or len(top1) == dataset.size):
             progress(len(top1), dataset.size)
-    return top1, top5
+    return Outcomes(dataset.name, top1, top5, predicted)
+
+
+def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], dataset: LabelledSet,
+             progress: Callable[[int, int], None] | None = None) -> tuple[list[bool], list[bool]]:
+    """Per-image top-1 and top-5 outcomes of `fn` on `dataset`."""
+    found = outcomes(fn, dataset, progress)
+    return found.top1, found.top5
 
 
 def evaluate(loaded: LoadedModel, keys: list[str], store, data: str | Path | None = None, *,

@@ -11,6 +11,7 @@ import html
 from pathlib import Path
 
 from deit_demo.core.models import LoadedModel, ModelSpec
+from deit_demo.measure.budget import signed
 from deit_demo.variants import ORIGINAL
 from deit_demo.variants.pipeline import size_reference
 
@@ -214,32 +215,64 @@ def accuracy_rows(rows) -> list[dict]:
     base = next((r.top1 for r in rows if r.variant == ORIGINAL and r.top1 is not None), None)
     return [{"variant": r.variant, "status": r.status, "top-1": percent(r.top1, 2), "top-1 95% CI": _interval(r.top1_ci95),
              "top-5": percent(r.top5, 2), "top-5 95% CI": _interval(r.top5_ci95),
-             "vs original (points)": f"{100 * (r.top1 - base):+.2f}" if None not in (base, r.top1) else "",
+             "vs original (points)": signed(100 * (r.top1 - base)) if None not in (base, r.top1) else "",
              "n_images": r.n_images, "reason": r.reason[:120]} for r in rows]
 
 
 def tome_rows(rows) -> list[dict]:
-    """A token-merging sweep as a table: r, tokens left, latency (eager, int8), accuracy with its interval."""
+    """A token-merging sweep as a table: r, tokens left, latency (eager, int8), accuracy with its interval, and the
+    agreement with r=0 on the images it names."""
     return [{"r": row.r, "tokens after last block": row.tokens_last_block,
              "eager median ms": f"{row.latency.median_ms:.2f}" if row.latency else "",
              "int8 median ms": f"{row.int8_latency.median_ms:.2f}" if row.int8_latency else "",
              "top-1": percent(row.top1, 2), "top-1 95% CI": _interval(row.top1_ci95), "n_images": row.n_images,
-             "top-1 agreement with r=0": percent(row.top1_agreement), "timed": busy_mark(row) or "quiet"}
-            for row in rows]
+             "top-1 agreement with r=0": percent(row.top1_agreement), "agreement on": row.agreement_on,
+             "timed": busy_mark(row) or "quiet"} for row in rows]
+
+
+def tune_rows(result) -> list[dict]:
+    """A tuning's probed r as a table: verdict, accuracy and its change, agreement, latency (same images)."""
+    dense = {"r": f"0 ({result.dense_variant})", "budget": "reference" if result.dense_variant == ORIGINAL else "",
+             "median ms": f"{result.dense_ms:.2f}" if result.dense_ms else ""}
+    return [dense] + [{"r": s.r, "budget": s.verdict, "top-1 % [95% CI]": f"{100 * s.top1:.2f} {_interval(s.top1_ci95)}",
+                       "vs original, points [95% CI]":
+                           f"{signed(-s.top1_drop)} [{signed(-s.top1_drop_ci95[1])}, {signed(-s.top1_drop_ci95[0])}]",
+                       "agreement": percent(s.agreement, 1), "median ms": f"{s.median_ms:.2f}" if s.median_ms else
+                       "(not timed: over the budget)" if s.verdict != "within" else "",
+                       "kept": "✓" if s.r == result.r and result.faster else ""} for s in result.steps]
+
+
+def variant_name(row) -> str:
+    """The variant as every table shows it: with its token-merging r where it has one (a row object or a dict)."""
+    get = row.get if isinstance(row, dict) else (lambda name, default=None: getattr(row, name, default))
+    return get("variant") + (f" (r={get('tome_r')})" if get("tome_r") is not None else "")
 
 
 def sweep_rows(rows) -> list[dict]:
-    """A models x variants sweep as a table: latency spread, throughput, size, memory, accuracy, agreement."""
+    """A models x variants sweep as a table: latency spread, throughput, size, memory, accuracy, agreement. With an
+    accuracy budget, the measured top-1 and its change against the original, and the agreement, all on the same
+    named images."""
     table = []
+    judged = any(getattr(r, "accuracy_verdict", "") for r in rows)
     for r in rows:
         stats = r.latency
-        table.append({"model": r.model, "variant": r.variant, "threads": r.threads, "batch": r.batch_size,
-                      "status": r.status, "median ms": f"{stats.median_ms:.2f}" if stats else "",
-                      "p10-p90 ms": f"{stats.p10_ms:.1f}-{stats.p90_ms:.1f}" if stats else "",
-                      "img/s": f"{stats.throughput_ips:.1f}" if stats else "",
-                      "size MB": f"{r.size_bytes / 1e6:.1f}" if r.size_bytes else "",
-                      "peak RSS MB": f"{r.peak_rss_bytes / 1e6:.0f}" if r.peak_rss_bytes else "",
-                      "top-1 %": f"{r.published_top1:.1f}" if r.published_top1 is not None else "",
-                      "top-5 %": f"{r.published_top5:.1f}" if r.published_top5 is not None else "",
-                      "agreement": percent(r.top1_agreement), "reason": r.reason[:80] or busy_mark(r)})
+        line = {"model": r.model, "variant": variant_name(r), "threads": r.threads, "batch": r.batch_size,
+                "status": r.status, "median ms": f"{stats.median_ms:.2f}" if stats else "",
+                "p10-p90 ms": f"{stats.p10_ms:.1f}-{stats.p90_ms:.1f}" if stats else "",
+                "img/s": f"{stats.throughput_ips:.1f}" if stats else "",
+                "size MB": f"{r.size_bytes / 1e6:.1f}" if r.size_bytes else "",
+                "peak RSS MB": f"{r.peak_rss_bytes / 1e6:.0f}" if r.peak_rss_bytes else "",
+                "top-1 %": f"{r.published_top1:.1f}" if r.published_top1 is not None else "",
+                "top-5 %": f"{r.published_top5:.1f}" if r.published_top5 is not None else ""}
+        if judged:
+            drop = r.top1_drop_ci95
+            line.update({"measured top-1 % [95% CI]": f"{100 * r.top1:.2f} {_interval(r.top1_ci95)}"
+                         if r.top1 is not None else "",
+                         "vs original, points [95% CI]":
+                             f"{signed(-r.top1_drop)} [{signed(-drop[1])}, {signed(-drop[0])}]"
+                         if r.top1_drop is not None else "",
+                         "budget": r.accuracy_verdict})
+        line.update({"agreement": percent(r.top1_agreement), "agreement on": r.agreement_on,
+                     "reason": r.reason[:80] or busy_mark(r)})
+        table.append(line)
     return table

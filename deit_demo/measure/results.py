@@ -1,5 +1,6 @@
 """Results files: the one JSON writer (``-`` = stdout), the CSV of benchmark rows, and saved files read back and
-checked. Every file carries `schema` and a `machine` block, so runs from different machines can be placed."""
+checked. Every file carries `schema`, a `machine` block and a `run` block (packages, commit, CPU flags, threads), so
+runs from different machines, builds and settings can be placed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from deit_demo.core.cpus import machine_info
 from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.provenance import run_metadata
 
 RESULTS_SCHEMA = "deit-demo-results/1"  # written into every results file, checked when one is read back
 MAX_RESULTS_BYTES = 20 * 2**20
@@ -27,9 +29,10 @@ def write_json(target: Path | str, payload: dict) -> dict:
 
 
 def results_payload(rows: list, **extra) -> dict:
-    """A results file's content: schema, machine, the rows (objects with `to_row()` or dicts), and `extra`."""
-    return {"schema": RESULTS_SCHEMA, **extra, "machine": machine_info(),
-            "rows": [r if isinstance(r, dict) else r.to_row() for r in rows]}
+    """A results file's content: schema, machine, the run's metadata (packages, commit, CPU flags, threads), the
+    rows (objects with `to_row()` or dicts, raw samples included), and `extra`."""
+    rows = [r if isinstance(r, dict) else r.to_row() for r in rows]
+    return {"schema": RESULTS_SCHEMA, **extra, "machine": machine_info(), "run": run_metadata(rows), "rows": rows}
 
 
 CSV_FIELDS = ["model", "variant", "batch_size", "threads", "status", "reason", "median_ms", "p10_ms", "p90_ms",

@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 import torch
 
 from deit_demo.core.cpus import torch_threads, usable_cpus
-from deit_demo.core.errors import DeitDemoError, check_cancel, quoted
+from deit_demo.core.errors import DeitDemoError, check_cancel, describe, quoted
 from deit_demo.core.models import get_spec
 from deit_demo.measure.bench import BenchResult, parse_batch_sizes, with_measurement
+from deit_demo.measure.budget import Judgement, check_max_drop, find_labelled, judge, unjudged
+from deit_demo.measure.evaluate import outcomes
 from deit_demo.measure.timing import Entry, TimingSettings, check_timing, measure
-from deit_demo.variants import get_variant, parse_variant_keys
+from deit_demo.measure.tune import DENSE, TuneSettings, tune
+from deit_demo.variants import ORIGINAL, get_variant, parse_variant_keys
 from deit_demo.variants.base import check_tome_r
 from deit_demo.variants.pipeline import ProgressFn, answer_check, check_inputs, prepare_variants
 
@@ -35,6 +38,8 @@ class SweepSettings:
     budget_mb: float | None = None
     min_top1: float | None = None  # percent
     min_agreement: float = 0.99
+    max_drop: float | None = None  # top-1 points a pair may lose against its model's original, measured
+    eval_data: str | None = None  # labelled image folder for the budget; None: each model's built-in test split
 
     def __post_init__(self) -> None:
         models = [m.strip() for m in (self.models.split(",") if isinstance(self.models, str) else self.models)
@@ -57,6 +62,7 @@ class SweepSettings:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
                 raise DeitDemoError(f"{name.replace('_', ' ')} must be a positive number (got {quoted(value)}).")
+        self.max_drop = check_max_drop(self.max_drop)
         if not 0 <= self.min_agreement <= 1:
             raise DeitDemoError(f"The minimum agreement is a fraction from 0 to 1 (got {quoted(self.min_agreement)}).")
 
@@ -70,6 +76,29 @@ class SweepRow(BenchResult):
     accuracy_source: str = ""
     task: str = "ImageNet-1k"  # accuracies compare only within one task
     lossy: bool = False
+    # The accuracy budget (budget.judge), when the sweep has one: measured on `eval_data`, against the original
+    accuracy_verdict: str = ""  # within | uncertain | over | unjudged; "" without a budget
+    accuracy_note: str = ""
+    eval_data: str = ""
+    n_images: int = 0
+    top1: float | None = None
+    top1_ci95: tuple[float, float] | None = None
+    top5: float | None = None
+    top5_ci95: tuple[float, float] | None = None
+    top1_drop: float | None = None  # points
+    top1_drop_ci95: tuple[float, float] | None = None
+    settle_images: int | None = None
+    check_agreement: float | None = None  # on the check inputs, when `top1_agreement` is on the labelled set
+    tuning: str = ""  # for a token-merging variant tuned to the budget: the r kept and why (measure.tune)
+
+    def judged(self, judgement: Judgement) -> SweepRow:
+        """This row with `judgement`'s figures; its agreement then comes from the same labelled images."""
+        for name, value in judgement.to_row().items():
+            setattr(self, name, value)
+        if judgement.agreement is not None:
+            self.check_agreement, self.top1_agreement = self.top1_agreement, judgement.agreement
+            self.agreement_on = judgement.images
+        return self
 
 
 def task_of(spec) -> str:
@@ -79,7 +108,7 @@ def task_of(spec) -> str:
 
 def run_sweep(settings: SweepSettings, load_model, store, *, progress: ProgressFn | None = None,
               cancel: threading.Event | None = None, on_update=None, max_threads: int | None = None,
-              timing_niceness: int = 0) -> list[SweepRow]:
+              timing_niceness: int = 0, tunings: dict | None = None) -> list[SweepRow]:
     """Time every (model, variant) pair of `settings` together (`measure`), for each thread count and batch size.
 
     `load_model(key)` returns a LoadedModel (the service's cache, or `models.load_model` with fixed weights). Runners
@@ -87,8 +116,23 @@ def run_sweep(settings: SweepSettings, load_model, store, *, progress: ProgressF
     `max_threads`: the CPUs this job was granted (a server keeps some for its visitors); counts above it are capped,
     and counts that become the same are timed once.
     `timing_niceness`: see `timing.measure`.
+    With `settings.max_drop`, every pair's top-1 is measured on its model's labelled set and judged against the
+    original (`judge_pairs`), and first the token-merging variants' r is tuned to that budget (`measure.tune`) and
+    stored, so the preparation uses it; `tunings` (a dict, if given) receives each (model, variant)'s TuneResult.
     """
     loaded = {key: load_model(key) for key in settings.models}
+    judgements: dict[tuple[str, str], Judgement] = {}
+    tunings = {} if tunings is None else tunings
+    if settings.max_drop is not None and settings.tome_r is None:
+        for key, model in loaded.items():  # the token-merging variants' r, tuned to the budget and stored
+            if find_labelled(model.spec, settings.eval_data)[0] is None:
+                continue  # its pairs are named as unjudged below
+            for variant in (v for v in settings.variants if v in DENSE):
+                tunings[(key, variant)] = tune(model, TuneSettings(
+                    settings.max_drop, variant, runs=settings.runs, warmup=settings.warmup, block=settings.block,
+                    threads=min(settings.threads[0] or usable_cpus(), max_threads or usable_cpus()),
+                    eval_data=settings.eval_data), store, progress=progress, cancel=cancel,
+                    timing_niceness=timing_niceness)
     timing = TimingSettings(runs=settings.runs, warmup=settings.warmup, block=settings.block)
     results: list[SweepRow] = []
     for threads in dict.fromkeys(min(t or usable_cpus(), max_threads or usable_cpus()) for t in settings.threads):
@@ -96,8 +140,11 @@ def run_sweep(settings: SweepSettings, load_model, store, *, progress: ProgressF
         with torch_threads(threads):  # runtimes fix their thread count when loaded
             for key, model in loaded.items():
                 check = answer_check(model.model, check_inputs(model.spec))
-                prepared += [(key, item, check) for item in prepare_variants(
+                mine = [(key, item, check) for item in prepare_variants(
                     model, settings.variants, store, progress=progress, cancel=cancel, tome_r=settings.tome_r)]
+                if settings.max_drop is not None and not any(k == key for k, _ in judgements):
+                    judgements.update(judge_pairs(model, [item for _, item, _ in mine], settings, progress))
+                prepared += mine
         batches: list[SweepRow] = []
         for batch in settings.batch_sizes:
             check_cancel(cancel)
@@ -106,7 +153,7 @@ def run_sweep(settings: SweepSettings, load_model, store, *, progress: ProgressF
                              x=_input(loaded[key].spec, batch)) for key, item, check in prepared]
 
             def rows(done: list[Entry], batch: int = batch) -> list[SweepRow]:
-                return [_row(e, loaded[e.name.split("/", 1)[0]], batch, threads) for e in done]
+                return [_row(e, loaded[e.name.split("/", 1)[0]], batch, threads, judgements) for e in done]
 
             publish = (lambda done: on_update(results + batches + rows(done))) if on_update else None
             batches += rows(measure(entries, None, timing, threads=threads, progress=progress, cancel=cancel,
@@ -115,6 +162,9 @@ def run_sweep(settings: SweepSettings, load_model, store, *, progress: ProgressF
         order = {key: i for i, key in enumerate((key, item.key) for key, item, _ in prepared)}
         results += sorted(batches, key=lambda r: (order[(r.model, r.variant)],
                                                   settings.batch_sizes.index(r.batch_size)))
+    for row in results:
+        if (row.model, row.variant) in tunings:
+            row.tuning = tunings[(row.model, row.variant)].sentence
     if on_update:
         on_update(results)
     return results
@@ -124,12 +174,37 @@ def _input(spec, batch: int) -> torch.Tensor:
     return torch.randn(batch, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(0))
 
 
-def _row(entry: Entry, model, batch: int, threads: int) -> SweepRow:
+def judge_pairs(model, items, settings: SweepSettings, progress: ProgressFn | None = None
+                ) -> dict[tuple[str, str], Judgement]:
+    """Each prepared pair of one model judged against its original on the model's labelled set (or why it cannot
+    be); the original itself is judged too, so that its row shows the reference figures."""
+    key = model.spec.key
+    dataset, why = find_labelled(model.spec, settings.eval_data)
+    if dataset is None:
+        return {(key, item.key): unjudged(why) for item in items}
+    report = (lambda what: lambda i, n: progress(f"accuracy of {what}", i, n)) if progress else (lambda what: None)
+    reference = outcomes(model.model, dataset, report(f"{key}/{ORIGINAL}"))
+    found = {}
+    for item in items:
+        if item.runner is None:
+            found[(key, item.key)] = unjudged(item.reason or item.status)
+            continue
+        try:
+            found[(key, item.key)] = judge(reference, outcomes(item.runner, dataset, report(f"{key}/{item.key}")),
+                                           settings.max_drop)
+        except Exception as err:  # loaded, but its runtime fails on the labelled data: that pair says so
+            found[(key, item.key)] = unjudged(f"it failed on {dataset.name}: {describe(err)}")
+    return found
+
+
+def _row(entry: Entry, model, batch: int, threads: int, judgements: dict | None = None) -> SweepRow:
     spec = model.spec
     row = SweepRow(model=spec.key, variant=_variant(entry), batch_size=batch, threads=threads, weights=model.weights,
                    published_top1=spec.top1, published_top5=spec.top5, accuracy_source=spec.accuracy_source,
                    task=task_of(spec), lossy=get_variant(_variant(entry)).lossy)
-    return with_measurement(row, entry)
+    row = with_measurement(row, entry)
+    judgement = (judgements or {}).get((spec.key, row.variant))
+    return row.judged(judgement) if judgement is not None else row
 
 
 def _variant(entry: Entry) -> str:

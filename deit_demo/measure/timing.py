@@ -139,7 +139,7 @@ class PeakRss:
 
 def _status_bytes(field_name: str) -> int:
     try:
-        match = re.search(rf"^{field_name}:\s+(\d+) kB", STATUS.read_text(), re.M)
+        match = re.search(rf"^{field_name}:\s+(\d+) kB", STATUS.read_text(), re.MULTILINE)
     except OSError:
         return 0
     return int(match.group(1)) * 1024 if match else 0

@@ -38,13 +38,17 @@ class RunnerCache:
         variant = get_variant(key)
         # The cache key needs only the spec and r; the full context (preprocessed calibration images) is built only
         # when the runner must be prepared, not on every classification.
-        name = variant.store_key(VariantContext(loaded.spec, self.store.root, tome_r=tome_r))
+        # A parametrized variant's key follows the r tuned and stored for these weights (a small file, read only then).
+        tuned = {k: v["r"] for k, v in self.store.tuned(loaded.spec.key, loaded.weights_id).items()} \
+            if variant.lossy and tome_r is None else {}
+        name = variant.store_key(VariantContext(loaded.spec, self.store.root, tome_r=tome_r, tuned_r=tuned))
 
         def load() -> Runner:
             if adopt is not None:
                 return warm_for_visitors(adopt, loaded, self.threads)
             with torch_threads(self.threads):
-                runner = prepare(variant, loaded, self.store, variant_context(loaded.spec, self.store, tome_r))[2]
+                runner = prepare(variant, loaded, self.store,
+                                     variant_context(loaded.spec, self.store, tome_r, loaded.weights_id))[2]
             if settle:
                 settle_heap()
             return runner

@@ -19,6 +19,7 @@ from deit_demo.core.images import ImageSource, fetch_image_file
 from deit_demo.core.models import MODELS, LoadedModel, ModelCache, get_spec
 from deit_demo.measure import charts
 from deit_demo.measure.bench import BenchResult, BenchSettings, run_benchmark
+from deit_demo.measure.card import CardSettings, card_markdown, make_card
 from deit_demo.measure.decide import Recommendation, save_sweep
 from deit_demo.measure.evaluate import AccuracyResult, evaluate
 from deit_demo.measure.profile import write_traces
@@ -26,6 +27,7 @@ from deit_demo.measure.report import weights_banner
 from deit_demo.measure.results import results_payload, save_csv, write_json
 from deit_demo.measure.sweep import SweepRow, SweepSettings, run_sweep
 from deit_demo.measure.tome_sweep import TomeSweepRow, tome_sweep
+from deit_demo.measure.tune import TuneResult, TuneSettings, tune
 from deit_demo.serve.classify import ClassifyResult
 from deit_demo.serve.server import Server
 from deit_demo.service.config import AppConfig
@@ -183,12 +185,46 @@ class Lab:
 
     def sweep(self, settings: SweepSettings, *, progress: ProgressFn | None = None,
               cancel: threading.Event | None = None, on_update=None) -> list[SweepRow]:
-        """Models x variants timed together, on the share of the CPUs a job may take."""
+        """Models x variants timed together, on the share of the CPUs a job may take; with an accuracy budget, each
+        pair judged on the labelled set (the settings' folder, else the lab's --eval-data, else the built-in split)
+        and the token-merging r tuned to it first."""
+        settings.eval_data = settings.eval_data or self.config.eval_data
         with self.server.cpus.take(self.heavy_cpus()) as granted, \
                 activity.ACTIVITY.doing(f"a sweep of {', '.join(settings.models)}"):
             return run_sweep(settings, lambda key: self.model(key, settings.weights), self.store, progress=progress,
                              cancel=cancel, on_update=on_update, max_threads=granted,
                              timing_niceness=self.config.serve.heavy_niceness)
+
+    def tune(self, model_key: str, settings: TuneSettings, *, progress: ProgressFn | None = None,
+             cancel: threading.Event | None = None) -> tuple[LoadedModel, TuneResult]:
+        """Token merging's r tuned to an accuracy budget (measured) and stored with the model's artifacts."""
+        settings.eval_data = settings.eval_data or self.config.eval_data
+        with self.server.cpus.take(self.heavy_cpus(settings.threads or None)) as granted, \
+                activity.ACTIVITY.doing(f"tuning {settings.variant} of {model_key}"):
+            settings.threads = granted
+            loaded = self.model(model_key)
+            return loaded, tune(loaded, settings, self.store, progress=progress, cancel=cancel,
+                                timing_niceness=self.config.serve.heavy_niceness)
+
+    def card(self, model_key: str, settings: CardSettings, *, progress: ProgressFn | None = None,
+             cancel: threading.Event | None = None) -> tuple[LoadedModel, dict]:
+        """The deployment card of one (model, variant) pair, measured now (see `measure.card`)."""
+        settings.eval_data = settings.eval_data or self.config.eval_data
+        with self.server.cpus.take(self.heavy_cpus(settings.threads or None)) as granted, \
+                activity.ACTIVITY.doing(f"a deployment card of {model_key}/{settings.variant}"):
+            settings.threads = granted
+            loaded = self.model(model_key)
+            return loaded, make_card(loaded, settings, self.store, progress=progress, cancel=cancel,
+                                     timing_niceness=self.config.serve.heavy_niceness)
+
+    def save_card(self, card: dict, stem: Path | str | None = None, folder: Path | None = None) -> list[Path]:
+        """The card as `stem`.md and `stem`.json (or a new name in `folder`)."""
+        stem = Path(stem) if stem else _stem(folder, f"card_{card['model']}_{card['variant']}")
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        markdown, data = stem.with_name(stem.name + ".md"), stem.with_name(stem.name + ".json")
+        markdown.write_text(card_markdown(card))
+        write_json(data, card)
+        return [markdown, data]
 
     def save_benchmark(self, loaded: LoadedModel, results: list[BenchResult], folder: Path) -> list[Path]:
         """JSON, CSV and standalone HTML charts of a benchmark, written into `folder`."""

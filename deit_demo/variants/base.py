@@ -98,6 +98,7 @@ class VariantContext:
     calibration: list[torch.Tensor] = field(default_factory=list)
     tome_r: int | None = None  # tokens merged per block by the token-merging variants; None: the model's default
     kernel_profile: bool = False  # compile so that the profiler sees each kernel (a copy for profiling only)
+    tuned_r: dict[str, int] = field(default_factory=dict)  # variant key -> r tuned to an accuracy budget (stored)
 
     def __post_init__(self) -> None:
         check_tome_r(self.tome_r)
@@ -105,6 +106,10 @@ class VariantContext:
     @property
     def r(self) -> int:
         return self.spec.tome_r if self.tome_r is None else self.tome_r
+
+    def r_for(self, key: str) -> int:
+        """The r of variant `key`: the one asked for, else the one tuned for it and stored, else the model's."""
+        return self.tome_r if self.tome_r is not None else self.tuned_r.get(key, self.spec.tome_r)
 
     def example(self, batch: int = 1) -> torch.Tensor:
         """A fixed input of the model's shape: `batch` different calibration images (seeded noise where there are

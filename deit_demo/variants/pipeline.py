@@ -43,11 +43,13 @@ def check_inputs(spec: ModelSpec, *, noise: int = 3, seed: int = 0) -> dict[str,
     return inputs
 
 
-def variant_context(spec: ModelSpec, store: ArtifactStore, tome_r: int | None = None) -> VariantContext:
+def variant_context(spec: ModelSpec, store: ArtifactStore, tome_r: int | None = None,
+                    weights_id: str | None = None) -> VariantContext:
     """What variants get for `spec`: compile caches inside the store, the example images as calibration, and the
-    token-merging setting (None: the model's default r)."""
+    token-merging setting (None: the r tuned for these weights and stored, else the model's default r)."""
+    tuned = {k: v["r"] for k, v in store.tuned(spec.key, weights_id).items()} if weights_id else {}
     return VariantContext(spec=spec, cache_dir=store.root / ".compile-cache",
-                          calibration=list(check_inputs(spec, noise=0).values()), tome_r=tome_r)
+                          calibration=list(check_inputs(spec, noise=0).values()), tome_r=tome_r, tuned_r=tuned)
 
 
 # ---------------------------------------------------------------------------------------------------- answer checks
@@ -61,6 +63,14 @@ class AnswerCheck:
     top5_overlap: float
     max_abs_diff: float
     top1_unchanged: dict[str, bool] = field(default_factory=dict)
+    images: int = 0  # how many images (rows of the inputs) the figures above come from
+
+    @property
+    def images_named(self) -> str:
+        """The images these figures come from, named, with their count."""
+        names = list(self.top1_unchanged)
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        return f"check inputs: {shown} ({self.images} images)"
 
 
 def compare_answers(reference: dict[str, torch.Tensor], candidate: dict[str, torch.Tensor]) -> AnswerCheck:
@@ -76,7 +86,7 @@ def compare_answers(reference: dict[str, torch.Tensor], candidate: dict[str, tor
             overlap.append(len(set(ref_row.tolist()) & set(got_row.tolist())) / k)
         max_diff = max(max_diff, float((ref - got).abs().max()))
     return AnswerCheck(top1_agreement=sum(agree) / len(agree), top5_overlap=sum(overlap) / len(overlap),
-                       max_abs_diff=max_diff, top1_unchanged=unchanged)
+                       max_abs_diff=max_diff, top1_unchanged=unchanged, images=len(agree))
 
 
 def run_inputs(fn: Callable[[torch.Tensor], torch.Tensor], inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -122,7 +132,7 @@ def require_available(variant: Variant) -> None:
 def convert_variant(variant: Variant, loaded: LoadedModel, store: ArtifactStore,
                     ctx: VariantContext | None = None) -> tuple[Artifact, bool]:
     """The verified artifact for (model, weights, variant): reused from the store, or converted and committed."""
-    ctx = ctx or variant_context(loaded.spec, store)
+    ctx = ctx or variant_context(loaded.spec, store, weights_id=loaded.weights_id)
     found = store.lookup(loaded.spec.key, loaded.weights_id, variant.store_key(ctx), variant.version)
     if found is not None:
         return found, True
@@ -150,7 +160,7 @@ def prepare(variant: Variant, loaded: LoadedModel, store: ArtifactStore,
             ctx: VariantContext | None = None) -> tuple[Artifact, bool, Runner]:
     """Convert (or reuse) and load one variant: (artifact, reused, runner). Raises if it cannot be prepared."""
     require_available(variant)
-    ctx = ctx or variant_context(loaded.spec, store)
+    ctx = ctx or variant_context(loaded.spec, store, weights_id=loaded.weights_id)
     try:
         artifact, reused = convert_variant(variant, loaded, store, ctx)
     except Exception as err:  # the store's faults in words a person can act on, for every caller
@@ -182,7 +192,7 @@ def prepare_variants(loaded: LoadedModel, keys: Iterable[str], store: ArtifactSt
                      progress: ProgressFn | None = None, cancel=None, tome_r: int | None = None) -> Iterator[Prepared]:
     """Prepare each variant in turn, yielding as it goes (so a caller can use and drop a runner before the next)."""
     keys = list(keys)
-    ctx = variant_context(loaded.spec, store, tome_r)
+    ctx = variant_context(loaded.spec, store, tome_r, loaded.weights_id)
     for i, key in enumerate(keys):
         check_cancel(cancel)
         variant = get_variant(key)

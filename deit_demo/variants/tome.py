@@ -21,7 +21,13 @@ class _TokenMerging(Variant):
     lossy = True
 
     def store_key(self, ctx) -> str:
-        return f"{self.key}-r{ctx.r}"
+        return f"{self.key}-r{ctx.r_for(self.key)}"
+
+    def notes_for(self, artifact, ctx) -> dict:
+        """How it runs: its r, and whether that r was tuned to an accuracy budget (`deit-demo tune`)."""
+        r = int(artifact.notes.get("r", ctx.r_for(self.key)))
+        tuned = ctx.tome_r is None and ctx.tuned_r.get(self.key) == r
+        return {"r": r, **({"r_source": "tuned to an accuracy budget"} if tuned else {})}
 
 
 @register
@@ -34,13 +40,14 @@ class TomeFp32(_TokenMerging):
     suffix = ".safetensors"
 
     def export(self, model, path, ctx):
-        save_weights(model, path, metadata={"r": str(ctx.r)})
-        return {"r": ctx.r, "tokens_per_block": ToMe(model, ctx.r).tokens_per_block(_tokens(model))}
+        r = ctx.r_for(self.key)
+        save_weights(model, path, metadata={"r": str(r)})
+        return {"r": r, "tokens_per_block": ToMe(model, r).tokens_per_block(_tokens(model))}
 
     def load(self, artifact, ctx):
         model = load_weights(create_model(ctx.spec), artifact.path)
-        r = int(artifact.notes.get("r", ctx.r))
-        return Runner(ToMe(model.eval().requires_grad_(False), r).eval(), {"r": r})
+        notes = self.notes_for(artifact, ctx)
+        return Runner(ToMe(model.eval().requires_grad_(False), notes["r"]).eval(), notes)
 
 
 @register
@@ -54,13 +61,14 @@ class TomeInt8(_TokenMerging, Pt2eInt8):
     version = 1
 
     def export(self, model, path, ctx):
-        merged = ToMe(copy.deepcopy(model), ctx.r).eval()
+        r = ctx.r_for(self.key)
+        merged = ToMe(copy.deepcopy(model), r).eval()
         notes = Pt2eInt8.export(self, merged, path, ctx)
-        return {**notes, "r": ctx.r, "tokens_per_block": merged.tokens_per_block(_tokens(model))}
+        return {**notes, "r": r, "tokens_per_block": merged.tokens_per_block(_tokens(model))}
 
     def load(self, artifact, ctx):
         runner = Pt2eInt8.load(self, artifact, ctx)
-        runner.notes["r"] = int(artifact.notes.get("r", ctx.r))
+        runner.notes.update(self.notes_for(artifact, ctx))
         return runner
 
 
