@@ -1,6 +1,6 @@
 """Command line: ``deit-demo models|variants|classify|convert|evaluate|bench|profile|sweep|tune|card|compare|
-tome-sweep`` (or ``python -m deit_demo ...``). An entry point: it owns the process-wide settings of a CLI run (logging). Every
-job goes through the `Lab` facade (`deit_demo.service`); `measure`'s tables, charts and results files render what
+tome-sweep`` (or ``python -m deit_demo ...``). An entry point: it owns the process-wide settings of a CLI run (logging).
+Every job goes through the `Lab` facade (`deit_demo.service`); `measure`'s tables, charts and results files render what
 comes back. It may import every library package, never the app.
 
 Prints tables; ``--json PATH`` writes the data (``--json -``: only JSON on stdout, the tables go to stderr).

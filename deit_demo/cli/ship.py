@@ -50,11 +50,9 @@ def add_ship_commands(add, add_model) -> None:
 def cmd_tune(args) -> int:
     from deit_demo.measure.report import to_markdown, tune_rows
     from deit_demo.measure.tune import TuneSettings
-    from deit_demo.variants import parse_variant_keys
-
     lab = _lab(args)
     results = []
-    for variant in parse_variant_keys(args.variants):
+    for variant in dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()):
         settings = TuneSettings(args.max_drop, variant, runs=args.runs, warmup=args.warmup, threads=args.threads,
                                 eval_data=args.eval_data)
         progress = TqdmProgress()

@@ -98,7 +98,7 @@ def make_card(loaded, settings: CardSettings, store, *, progress: ProgressFn | N
         if mine.ok:
             latency[batch] = _latency(mine.samples_ms, batch)
             peak = max(peak, mine.peak_rss_bytes)
-        if ORIGINAL in done and done[ORIGINAL].ok:
+        if variant.key != ORIGINAL and done[ORIGINAL].ok:
             original[batch] = _latency(done[ORIGINAL].samples_ms, batch)
     best = max(latency.values(), key=lambda v: v["throughput_ips"], default=None)
     card = {"schema": CARD_SCHEMA, "model": spec.key, "model_label": spec.label, "hub_name": spec.hub_name,

@@ -223,7 +223,7 @@ def pareto_chart(rows, front, *, budget_ms: float | None = None, machine: str = 
         fig.add_scatter(x=[r["median_ms"] for r in front], y=[accuracy_of(r) for r in front], mode="lines",
                         name="Pareto frontier", line=dict(color="black", dash="dash", shape="hv"))
     accuracies = [accuracy_of(r) for r in timed] or [0.0, 100.0]
-    references = {r["model"]: 100 * r["top1"] - r["top1_drop"] for r in timed
+    references = {r["model"]: 100 * r["top1"] + r["top1_drop"] for r in timed
                   if max_drop is not None and r.get("top1") is not None and r.get("top1_drop") is not None}
     floors = {model: ref - max_drop for model, ref in references.items()}
     y_low, y_high = min(accuracies + list(floors.values())) - 1.5, max(accuracies) + 1.5

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from deit_demo.measure.budget import UNCERTAIN, UNJUDGED, WITHIN, signed
+from deit_demo.measure.budget import OVER, UNCERTAIN, UNJUDGED, WITHIN, signed
 from deit_demo.measure.report import variant_name
 from deit_demo.measure.results import results_payload, write_json
 from deit_demo.measure.sweep import SweepRow, SweepSettings
@@ -84,7 +84,8 @@ def recommend(rows, *, budget_ms: float | None = None, budget_mb: float | None =
         elif r.get("status") != "ok" or r.get("median_ms") is None:
             why.append(f"{r.get('status', 'failed')}: {r.get('reason') or 'not timed'}")
         else:
-            measured = max_drop is not None and r.get("accuracy_verdict") == WITHIN
+            # measured on labelled data: that decides, not the agreement on a few check inputs
+            measured = max_drop is not None and r.get("accuracy_verdict") in (WITHIN, UNCERTAIN, OVER)
             if max_drop is not None:
                 why += _accuracy_budget(r, max_drop, uncertain, unjudged)
             elif r.get("lossy"):
