@@ -279,8 +279,6 @@ def cmd_sweep(args) -> int:
     if args.json:
         decide.save_sweep(args.json, rows, settings, choice)
     if args.card:
-        from deit_demo.cli.ship import write_recommended_card
-
         write_recommended_card(args, lab, choice)
     if args.csv:
         save_csv(args.csv, rows)
@@ -291,6 +289,24 @@ def cmd_sweep(args) -> int:
                                                        max_drop=settings.max_drop)], args.html, "DeiT sweep")
         print(f"wrote {args.html}", file=sys.stderr)
     return 0
+
+
+def write_recommended_card(args, lab, choice) -> None:
+    """`sweep --card STEM`: the recommended pair's card (nothing when nothing fits)."""
+    from deit_demo.measure.card import CardSettings
+
+    if choice.best is None:
+        print("no card: nothing fits the budgets", file=sys.stderr)
+        return
+    best = choice.best
+    settings = CardSettings(best["variant"], batch_sizes=sorted({1, 8, best.get("batch_size", 1)}), runs=args.runs,
+                            warmup=args.warmup, threads=best.get("threads") or 0, tome_r=best.get("tome_r"),
+                            eval_data=getattr(args, "eval_data", None))
+    progress = TqdmProgress()
+    _, card = lab.card(best["model"], settings, progress=progress)
+    progress.close()
+    for path in lab.save_card(card, args.card):
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def cmd_compare(args) -> int:

@@ -90,21 +90,3 @@ def cmd_card(args) -> int:
         print(f"wrote {path}", file=sys.stderr)
     _write_json(args.json, card)
     return 0
-
-
-def write_recommended_card(args, lab, choice) -> None:
-    """`sweep --card STEM`: the recommended pair's card (nothing when nothing fits)."""
-    from deit_demo.measure.card import CardSettings
-
-    if choice.best is None:
-        print("no card: nothing fits the budgets", file=sys.stderr)
-        return
-    best = choice.best
-    settings = CardSettings(best["variant"], batch_sizes=sorted({1, best.get("batch_size", 1)}), runs=args.runs,
-                            warmup=args.warmup, threads=best.get("threads") or 0, tome_r=best.get("tome_r"),
-                            eval_data=getattr(args, "eval_data", None))
-    progress = TqdmProgress()
-    _, card = lab.card(best["model"], settings, progress=progress)
-    progress.close()
-    for path in lab.save_card(card, args.card):
-        print(f"wrote {path}", file=sys.stderr)

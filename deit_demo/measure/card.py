@@ -90,7 +90,7 @@ def make_card(loaded, settings: CardSettings, store, *, progress: ProgressFn | N
         check_cancel(cancel)
         xb = torch.randn(batch, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(0))
         entries = [Entry(settings.variant, runner)]
-        if variant.key != ORIGINAL:  # timed together, so that the speed-up is measured, not assumed
+        if settings.variant != ORIGINAL:  # timed together, so that the speed-up is measured, not assumed
             entries.append(Entry(ORIGINAL, loaded.model))
         done = {e.name: e for e in measure(entries, xb, timing, threads=threads, progress=progress, cancel=cancel,
                                            niceness=timing_niceness)}
@@ -98,7 +98,7 @@ def make_card(loaded, settings: CardSettings, store, *, progress: ProgressFn | N
         if mine.ok:
             latency[batch] = _latency(mine.samples_ms, batch)
             peak = max(peak, mine.peak_rss_bytes)
-        if variant.key != ORIGINAL and done[ORIGINAL].ok:
+        if settings.variant != ORIGINAL and done[ORIGINAL].ok:
             original[batch] = _latency(done[ORIGINAL].samples_ms, batch)
     best = max(latency.values(), key=lambda v: v["throughput_ips"], default=None)
     card = {"schema": CARD_SCHEMA, "model": spec.key, "model_label": spec.label, "hub_name": spec.hub_name,

@@ -10,6 +10,7 @@ from plotly.colors import qualitative
 
 from deit_demo.measure.bench import BenchResult
 from deit_demo.measure.profile import CLASSES
+from deit_demo.measure.report import accuracy_of, pair_name
 from deit_demo.variants import ORIGINAL
 
 _PALETTE = qualitative.Plotly + qualitative.D3
@@ -186,21 +187,11 @@ def log_ms_axis(values_ms: list[float]) -> dict:
     return dict(type="log", range=[low, high], tickvals=ticks, ticktext=[f"{v:g} ms" for v in ticks])
 
 
-def accuracy_of(row: dict) -> float | None:
-    """The top-1 (%) a chart and the frontier place a pair at: measured here on labelled data when it was (the
-    accuracy budget), else the model's published figure."""
-    if row.get("top1") is not None and row.get("n_images"):
-        return 100 * row["top1"]
-    return row.get("published_top1")
-
-
 def pareto_chart(rows, front, *, budget_ms: float | None = None, machine: str = "", choice=None,
                  max_drop: float | None = None) -> go.Figure:
     """Top-1 (measured where the sweep had an accuracy budget, else published) against measured latency; marker area
     ~ file size; the frontier drawn. With `choice` (a Recommendation), pairs it disqualified are faded and say why on
     hover; with `max_drop`, each model's accuracy budget is a dotted line (its original's measured top-1 less it)."""
-    from deit_demo.measure.decide import pair_name
-
     lost = {r["pair"]: r["why"] for r in (choice.rejected if choice is not None else [])
             if not r["why"].startswith("less accurate or slower")}
     fig = go.Figure()

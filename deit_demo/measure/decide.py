@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from deit_demo.measure.budget import OVER, UNCERTAIN, UNJUDGED, WITHIN, signed
-from deit_demo.measure.report import variant_name
+from deit_demo.measure.report import accuracy_of, pair_name, variant_name
 from deit_demo.measure.results import results_payload, write_json
 from deit_demo.measure.sweep import SweepRow, SweepSettings
 from deit_demo.variants.registry import ORIGINAL
@@ -25,13 +25,6 @@ def row_dict(row) -> dict:
     if isinstance(row, dict):
         return row
     return row.to_row()
-
-
-def pair_name(row: dict) -> str:
-    name = f"{row['model']}/{variant_name(row)}"
-    extras = [f"threads={row['threads']}" if row.get("threads") else "", f"batch {row['batch_size']}"
-              if row.get("batch_size", 1) != 1 else ""]
-    return name + "".join(f", {e}" for e in extras if e)
 
 
 @dataclass
@@ -159,8 +152,6 @@ def _accuracy_words(row: dict, task: str) -> str:
 def pareto_front(rows) -> list[dict]:
     """Timed rows with an accuracy (measured on labelled data, else published; a lossy pair only when measured) that
     no other row beats on both latency and accuracy, fastest first."""
-    from deit_demo.measure.charts import accuracy_of
-
     rows = [row_dict(r) for r in rows]
     rows = [r for r in rows if r.get("median_ms") is not None and accuracy_of(r) is not None
             and (not r.get("lossy") or r.get("top1") is not None)]

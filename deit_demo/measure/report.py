@@ -249,6 +249,21 @@ def variant_name(row) -> str:
     return get("variant") + (f" (r={get('tome_r')})" if get("tome_r") is not None else "")
 
 
+def pair_name(row: dict) -> str:
+    name = f"{row['model']}/{variant_name(row)}"
+    extras = [f"threads={row['threads']}" if row.get("threads") else "", f"batch {row['batch_size']}"
+              if row.get("batch_size", 1) != 1 else ""]
+    return name + "".join(f", {e}" for e in extras if e)
+
+
+def accuracy_of(row: dict) -> float | None:
+    """The top-1 (%) a chart and the frontier place a pair at: measured here on labelled data when it was (the
+    accuracy budget), else the model's published figure."""
+    if row.get("top1") is not None and row.get("n_images"):
+        return 100 * row["top1"]
+    return row.get("published_top1")
+
+
 def sweep_rows(rows) -> list[dict]:
     """A models x variants sweep as a table: latency spread, throughput, size, memory, accuracy, agreement. With an
     accuracy budget, the measured top-1 and its change against the original, and the agreement, all on the same
