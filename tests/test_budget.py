@@ -2,6 +2,7 @@
 token merging tuned to it on deit_synth, deployment cards, and run metadata with compare's warnings."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -206,7 +207,6 @@ def test_the_stored_r_is_what_the_variant_runs_with(synth_sweep):
 
 
 def test_the_r_sweep_takes_agreement_on_the_images_of_its_accuracy():
-    from deit_demo.core.artifacts import ArtifactStore
     from deit_demo.core.models import load_model
     from deit_demo.measure.bench import BenchSettings
     from deit_demo.measure.tome_sweep import tome_sweep
@@ -272,3 +272,28 @@ def test_tune_from_the_cli_reports_the_r_kept(tmp_path):
     assert (row["r"] > 0 and row["speedup"] > 1) or "No r" in row["sentence"]
     assert "| r | budget |" in out.stdout and "tuned in" in out.stdout
     assert run_cli("tune", "--model", "deit_synth").returncode == 2  # the budget is required
+
+
+def test_the_decide_tab_takes_an_accuracy_budget_and_hands_out_the_card(tmp_path):
+    import gradio as gr
+
+    from deit_demo.app import decide_tab
+    from deit_demo.service.config import AppConfig
+    from deit_demo.service.lab import Lab
+    from tests.test_handlers import Recorder
+
+    lab = Lab(AppConfig(model="deit_synth", store_root=str(tmp_path / "store")))
+    with pytest.raises(gr.Error, match="accuracy budget"):
+        list(decide_tab.sweep(lab, ["deit_synth"], ["original"], "1", "1", 2, 0, None, None, None, "lots",
+                              progress=Recorder()))
+    updates = list(decide_tab.sweep(lab, ["deit_synth"], ["original", "scripted_int8"], "1", "1", 3, 0, None, None,
+                                    None, "1", progress=Recorder()))
+    verdict, chart, table, files = updates[-1]
+    assert verdict.startswith("**Ship deit_synth as ") and "measured on synthetic textures test split" in verdict
+    assert "Deployment card of deit_synth/" in verdict and "| budget |" in table
+    assert files[0].endswith(".json") and [Path(f).suffix for f in files[1:]] == [".md", ".json"]
+    card = json.loads(Path(files[2]).read_text())
+    assert card["variant"] in verdict and card["accuracy"]["n_images"] == 1200
+    assert any(trace.name.startswith("accuracy budget deit_synth") for trace in chart.data)
+    saved = json.loads(Path(files[0]).read_text())
+    assert saved["recommendation"]["budgets"]["max_drop"] == 1.0 and saved["run"]["packages"]["torch"]

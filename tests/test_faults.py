@@ -16,7 +16,7 @@ import torch
 gr = pytest.importorskip("gradio")
 
 import deit_demo.cli as cli  # noqa: E402
-from deit_demo.app import handlers  # noqa: E402
+from deit_demo.app import decide_tab, handlers  # noqa: E402
 from deit_demo.core.artifacts import MANIFEST, ArtifactStore  # noqa: E402
 from deit_demo.core.errors import DeitDemoError  # noqa: E402
 from deit_demo.core.models import read_checkpoint  # noqa: E402
@@ -62,13 +62,13 @@ HANDLER_CALLS = {
 def test_unexpected_errors_in_every_handler_are_one_line_with_a_reference(name, lab, monkeypatch, caplog, tmp_path):
     if name == "sweep":
         monkeypatch.setattr(Lab, "sweep", boom)
-        call = lambda lab: list(handlers.sweep(lab, ["deit_tiny"], ["original"], "1", "1", 2, 0, None, None, None,  # noqa
-                                               progress=progress))
+        call = lambda lab: list(decide_tab.sweep(lab, ["deit_tiny"], ["original"], "1", "1", 2, 0, None, None,  # noqa
+                                                 None, progress=progress))
     elif name == "compare":
         monkeypatch.setattr(decide, "compare", boom)
         good = tmp_path / "r.json"
         good.write_text(json.dumps({"schema": "deit-demo-results/1", "machine": {"cpu": "x"}, "rows": []}))
-        call = lambda lab: handlers.compare_files(lab, [str(good)])  # noqa: E731
+        call = lambda lab: decide_tab.compare_files(lab, [str(good)])  # noqa: E731
     else:
         method, call = HANDLER_CALLS[name]
         monkeypatch.setattr(Lab, method, boom)
@@ -143,7 +143,7 @@ def test_bad_urls_and_strings_are_one_clear_line(url, message, lab):
      "Batch sizes"),
     (lambda lab: list(handlers.benchmark(lab, "deit_tiny", ["tome_fp32"], 2, 1, 1, "1", -3, progress=progress)),
      "r must be"),
-    (lambda lab: list(handlers.sweep(lab, [], ["original"], "1", "1", 2, 0, None, None, None, progress=progress)),
+    (lambda lab: list(decide_tab.sweep(lab, [], ["original"], "1", "1", 2, 0, None, None, None, progress=progress)),
      "at least one model"),
 ])
 def test_empty_choices_and_out_of_range_controls(call, message, lab):

@@ -8,7 +8,7 @@ gr = pytest.importorskip("gradio")
 
 import torch  # noqa: E402
 
-from deit_demo.app import handlers
+from deit_demo.app import decide_tab, handlers
 from deit_demo.core.errors import DeitDemoError  # noqa: E402
 from deit_demo.measure.bench import BenchSettings, parse_batch_sizes  # noqa: E402
 from deit_demo.measure.report import CONVERT_COLUMNS  # noqa: E402
@@ -171,20 +171,20 @@ def test_tome_sweep_handler_draws_r_against_latency_and_accuracy(lab):
 
 
 def test_sweep_handler_draws_the_pareto_chart_and_names_the_machine(lab, tmp_path):
-    updates = list(handlers.sweep(lab, ["deit_tiny", "deit_tiny_distilled"], ["original"], "1", "1", 2, 0, 1000,
-                                  None, None, progress=Recorder()))
+    updates = list(decide_tab.sweep(lab, ["deit_tiny", "deit_tiny_distilled"], ["original"], "1", "1", 2, 0, 1000,
+                                    None, None, progress=Recorder()))
     verdict, chart, table, files = updates[-1]
     assert verdict.startswith("**Ship deit_tiny_distilled as original") and "Measured on CPU" in verdict
     assert {trace.name for trace in chart.data} >= {"original", "Pareto frontier"}
     assert "| deit_tiny | original |" in table and files[0].endswith(".json")
-    figure, machines, latency = handlers.compare_files(lab, [files[0], files[0]])
+    figure, machines, latency = decide_tab.compare_files(lab, [files[0], files[0]])
     assert len(figure.data) == 2 and "| deit_tiny | original |" in latency and "usable CPUs" in machines
     bad = tmp_path / "bad.json"
     bad.write_text('{"schema": "other"}')
     with pytest.raises(gr.Error, match="not a DeiT Lab results file"):
-        handlers.compare_files(lab, [str(bad)])
+        decide_tab.compare_files(lab, [str(bad)])
     with pytest.raises(gr.Error, match="Upload one or more"):
-        handlers.compare_files(lab, [])
+        decide_tab.compare_files(lab, [])
 
 
 def test_a_shared_batch_answers_each_visitor_and_fails_only_the_bad_item(lab):

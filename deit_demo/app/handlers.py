@@ -10,15 +10,14 @@ import inspect
 import queue
 import threading
 import time
-from pathlib import Path
 
 import gradio as gr
 
-from deit_demo.app.inputs import budget_box, tome_r_box
+from deit_demo.app.inputs import tome_r_box
 from deit_demo.core.cpus import machine_info
 from deit_demo.core.errors import Cancelled, DeitDemoError, log_unexpected
 from deit_demo.core.models import MODELS
-from deit_demo.measure import charts, decide
+from deit_demo.measure import charts
 from deit_demo.measure.bench import BenchSettings
 from deit_demo.measure.report import (
     CONVERT_COLUMNS,
@@ -29,13 +28,10 @@ from deit_demo.measure.report import (
     machine_line,
     profiler_markdown,
     reduction_table,
-    sweep_rows,
     to_markdown,
     tome_rows,
     write_conversion_csv,
 )
-from deit_demo.measure.results import load_results
-from deit_demo.measure.sweep import SweepSettings
 from deit_demo.serve.auto import AUTO
 from deit_demo.service.lab import Lab
 
@@ -287,60 +283,6 @@ def tome_sweep(lab: Lab, model_key, r_text, int8, n_runs, n_warmup, n_threads, r
     if busy_note(rows):
         note = f"⚠️ {html.escape(busy_note(rows))}\n\n{note}"
     return charts.tome_chart(rows), note + "\n\n" + to_markdown(tome_rows(rows))
-
-
-@boundary("The sweep")
-def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup, budget_ms, budget_mb, min_top1,
-          request: gr.Request = None, progress=gr.Progress()):
-    """Models x variants timed together; yields the Pareto chart as rounds complete, then the recommendation."""
-    try:
-        settings = SweepSettings(models=list(models or []), variants=list(variants or []),
-                                 threads=str(threads_text), batch_sizes=str(batch_text), runs=int(n_runs),
-                                 warmup=int(n_warmup), budget_ms=budget_box(budget_ms, "latency budget"),
-                                 budget_mb=budget_box(budget_mb, "size budget"),
-                                 min_top1=budget_box(min_top1, "minimum top-1"))
-    except DeitDemoError as err:
-        raise user_error(err) from None
-    machine = machine_info()
-    cancel = lab.cancel_event(_session(request))
-    cancel.clear()
-
-    def job(publish):
-        return lab.sweep(settings, progress=gradio_progress(progress), cancel=cancel, on_update=publish)
-
-    def view(rows, message):
-        dicts = [r.to_row() for r in rows]
-        chart = charts.pareto_chart(dicts, decide.pareto_front(dicts), budget_ms=settings.budget_ms,
-                                    machine=machine["cpu"])
-        return [message, chart, to_markdown(sweep_rows(rows))]
-
-    rows, error, latest = yield from _stream(job, view, "⏱️ sweeping… the chart fills in as rounds complete")
-    if isinstance(error, Cancelled):
-        yield view(latest, "⏹️ stopped; partial results shown (no recommendation from a partial sweep)") + [None]
-        return
-    if error is not None:
-        raise error
-    choice = decide.recommend(rows, budget_ms=settings.budget_ms, budget_mb=settings.budget_mb,
-                              min_top1=settings.min_top1, machine=machine)
-    path = lab.save_sweep(rows, settings, choice, lab.session_dir(_session(request)))
-    lost = "\n".join(f"- {html.escape(r['pair'])}: {html.escape(r['why'])}" for r in choice.rejected)
-    message = (f"**{html.escape(choice.sentence)}**\n\nMeasured on {html.escape(machine_line(machine))}."
-               + (f"\n\nWhy the others lost:\n{lost}" if lost else ""))
-    yield view(rows, message) + [[str(path)]]
-
-
-@boundary("The comparison")
-def compare_files(lab: Lab, files) -> tuple:
-    """Saved results files overlaid: the chart, the machines, and latency side by side with speed-ups."""
-    if not files:
-        raise gr.Error("Upload one or more results files (the JSON from Benchmark, Decide or the CLI's --json).")
-    try:
-        payloads = [load_results(f, label=f"{i + 1}:{Path(str(f)).name[:40]}") for i, f in enumerate(files)]
-    except DeitDemoError as err:
-        raise user_error(err) from None
-    latency, machines = decide.compare(payloads)
-    return (charts.compare_chart(latency, [p["label"] for p in payloads]), to_markdown(machines),
-            to_markdown(latency))
 
 
 @boundary("Stop")

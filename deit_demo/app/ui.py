@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from deit_demo.app import agents, handlers
+from deit_demo.app import agents, decide_tab, handlers
 from deit_demo.app.about import about_markdown
 from deit_demo.app.inputs import preprocessed
 from deit_demo.core.cpus import usable_cpus
@@ -229,8 +229,9 @@ def build_benchmark_tab(lab: Lab) -> None:
 
 def build_decide_tab(lab: Lab) -> None:
     gr.Markdown("Time several models and variants together on this machine, see accuracy against latency, and get "
-                "a recommendation under your budgets. Accuracy is the published ImageNet top-1 (measured, for the "
-                "models trained here).")
+                "a recommendation under your budgets, with its deployment card. Accuracy is the published ImageNet "
+                "top-1 (measured, for the models trained here); with an accuracy budget, each pair's top-1 is "
+                "measured on the model's labelled set against its original, and token merging's r is tuned to it.")
     with gr.Row():
         models = gr.CheckboxGroup(model_choices(), value=["deit_tiny", "deit_small"], label="Models", scale=2)
         keys = gr.CheckboxGroup(variant_choices(), value=[ORIGINAL, "scripted_int8"], label="Variants", scale=3)
@@ -245,16 +246,18 @@ def build_decide_tab(lab: Lab) -> None:
                                elem_id="decide-budget-ms")
         budget_mb = gr.Textbox("", label="Size budget (MB)", placeholder="no budget", elem_id="decide-budget-mb")
         min_top1 = gr.Textbox("", label="Minimum top-1 (%)", placeholder="no minimum", elem_id="decide-min-top1")
+        max_drop = gr.Textbox("", label="Accuracy budget (top-1 points under the original, measured)",
+                              placeholder="no budget", elem_id="decide-max-drop")
     with gr.Row():
         run = gr.Button("Run sweep", variant="primary")
         stop = gr.Button("Stop", variant="stop")
     verdict = gr.Markdown(elem_id="decide-recommendation")
     pareto = gr.Plot(label="Accuracy vs latency", elem_id="plot-pareto")
     table = gr.Markdown(elem_id="decide-table")
-    files = gr.File(label="Download the sweep (JSON, with the recommendation)", file_count="multiple",
-                    interactive=False)
-    inputs = [models, keys, threads, batches, runs, warmup, budget_ms, budget_mb, min_top1]
-    run.click(preprocessed(partial(handlers.sweep, lab), inputs), inputs, [verdict, pareto, table, files],
+    files = gr.File(label="Download the sweep (JSON, with the recommendation) and the deployment card (Markdown, JSON)",
+                    file_count="multiple", interactive=False)
+    inputs = [models, keys, threads, batches, runs, warmup, budget_ms, budget_mb, min_top1, max_drop]
+    run.click(preprocessed(partial(decide_tab.sweep, lab), inputs), inputs, [verdict, pareto, table, files],
               api_name="sweep", preprocess=False, concurrency_limit=1, concurrency_id=HEAVY,
               time_limit=TIME_LIMITS["sweep"])
     stop.click(partial(handlers.stop_benchmark, lab), None, verdict, api_name="stop_sweep", queue=False)
@@ -264,7 +267,7 @@ def build_decide_tab(lab: Lab) -> None:
         compare_plot = gr.Plot(label="Latency per results file", elem_id="plot-compare")
         machines = gr.Markdown(elem_id="compare-machines")
         latency = gr.Markdown(elem_id="compare-latency")
-    compare.click(partial(handlers.compare_files, lab), [uploads], [compare_plot, machines, latency],
+    compare.click(partial(decide_tab.compare_files, lab), [uploads], [compare_plot, machines, latency],
                   api_name="compare", concurrency_limit=2)
 
 
