@@ -18,7 +18,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="deit_base", help="default model (python -m deit_demo models)")
     parser.add_argument("--weights", default="hub", help="hub | random | PATH (.safetensors or DeiT .pth)")
     parser.add_argument("--offline", action="store_true", help="never reach the hub; random weights unless cached")
-    parser.add_argument("--eval-data", default=None, help="labelled image folder: Convert then reports accuracy")
+    parser.add_argument("--eval-data", default=None, help="labelled image folder: Convert reports accuracy, and "
+                        "Decide's accuracy budget is measured on it")
     parser.add_argument("--store", default=None, help="artifact store folder (default $DEIT_DEMO_HOME/artifacts)")
     parser.add_argument("--auto", default=None, metavar="KEYS",
                         help="comma list of the variants Auto may serve once verified (default: "
