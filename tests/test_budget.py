@@ -297,3 +297,19 @@ def test_the_decide_tab_takes_an_accuracy_budget_and_hands_out_the_card(tmp_path
     assert any(trace.name.startswith("accuracy budget deit_synth") for trace in chart.data)
     saved = json.loads(Path(files[0]).read_text())
     assert saved["recommendation"]["budgets"]["max_drop"] == 1.0 and saved["run"]["packages"]["torch"]
+
+
+def test_convert_and_evaluate_take_agreement_on_the_images_of_their_accuracy(tmp_path):
+    from deit_demo.measure.report import CONVERT_COLUMNS, conversion_rows
+    from deit_demo.service.config import AppConfig
+    from deit_demo.service.lab import Lab
+
+    lab = Lab(AppConfig(model="deit_synth", store_root=str(tmp_path / "store"), isolate_conversions=False))
+    outcome = lab.convert("deit_synth", ["original", "scripted_int8"])
+    images = "synthetic textures test split (1200 images)"
+    for row, accuracy in zip(outcome.results, outcome.accuracy):
+        assert row.agreement_on == accuracy.agreement_on == images
+        assert row.top1_agreement == accuracy.top1_agreement and "check_agreement" in row.notes
+    assert outcome.accuracy[0].top1_agreement == 1.0
+    table = conversion_rows(outcome.results, outcome.top1)
+    assert list(table[0]) == CONVERT_COLUMNS and table[1]["agreement on"] == images

@@ -83,6 +83,8 @@ class AccuracyResult:
     n_images: int = 0
     data: str = ""
     weights: str = ""
+    top1_agreement: float | None = None  # same top-1 as the original's, on the same images as top1
+    agreement_on: str = ""
 
     def to_row(self) -> dict:
         return asdict(self)
@@ -131,8 +133,10 @@ def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], dataset: LabelledSet,
 
 def evaluate(loaded: LoadedModel, keys: list[str], store, data: str | Path | None = None, *,
              progress: ProgressFn | None = None, tome_r: int | None = None) -> list[AccuracyResult]:
-    """Top-1/top-5 of every variant in `keys` on the same labelled set; one row each, whatever fails."""
+    """Top-1/top-5 of every variant in `keys` on the same labelled set, and its top-1 agreement with the original on
+    those images; one row each, whatever fails."""
     dataset = labelled_set(loaded.spec, data)
+    reference = outcomes(loaded.model, dataset)  # agreement is taken on the very images accuracy is
     rows = []
     for item in prepare_variants(loaded, keys, store, progress=progress, tome_r=tome_r):
         row = AccuracyResult(model=loaded.spec.key, variant=item.key, status=item.status, reason=item.reason,
@@ -140,11 +144,14 @@ def evaluate(loaded: LoadedModel, keys: list[str], store, data: str | Path | Non
         if item.runner is not None:
             report = (lambda i, n, k=item.key: progress(f"accuracy of {k}", i, n)) if progress else None
             try:
-                top1, top5 = accuracy(item.runner, dataset, report)
+                found = outcomes(item.runner, dataset, report)
             except Exception as err:  # loaded, but its runtime fails on the data: that row says so
                 row.status, row.reason = "failed", describe(err)
             else:
+                top1, top5 = found.top1, found.top5
                 row.top1, row.top5 = sum(top1) / len(top1), sum(top5) / len(top5)
+                row.top1_agreement = sum(a == b for a, b in zip(found.predicted, reference.predicted)) / len(top1)
+                row.agreement_on = f"{dataset.name} ({len(top1)} images)"
                 row.top1_ci95, row.top5_ci95 = accuracy_interval(top1), accuracy_interval(top5)
                 row.n_images = len(top1)
         rows.append(row)

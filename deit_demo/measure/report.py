@@ -80,7 +80,7 @@ def catalog_rows(specs: list[ModelSpec]) -> list[dict]:
 # ------------------------------------------------------------------------------------------------------ conversion
 
 CONVERT_COLUMNS = ["variant", "status", "file", "size MB", "% of original", "seconds", "top-1 agreement",
-                   "top-5 overlap", "max diff", "accuracy", "notes"]
+                   "agreement on", "top-5 overlap", "max diff", "accuracy", "notes"]
 
 
 def conversion_rows(results, accuracy: dict[str, float] | None = None) -> list[dict]:
@@ -92,12 +92,14 @@ def conversion_rows(results, accuracy: dict[str, float] | None = None) -> list[d
         notes = r.reason or "; ".join(str(r.notes[k]) for k in ("built_from", "loader", "lite_loader_error")
                                       if k in r.notes)
         rows.append({
-            "variant": r.variant, "status": r.status + (" (reused)" if r.reused else ""),
+            "variant": r.variant + (f" (r={r.notes['r']})" if "r" in r.notes else ""),
+            "status": r.status + (" (reused)" if r.reused else ""),
             "file": Path(r.path).name if r.path else "",
             "size MB": f"{r.size_bytes / 1e6:.1f}" if r.size_bytes else "",
             "% of original": f"{100 * r.size_bytes / base:.0f}%" if base and r.size_bytes else "",
             "seconds": f"{r.convert_s:.1f}" if r.status == "ok" else "",
-            "top-1 agreement": percent(r.top1_agreement), "top-5 overlap": percent(r.top5_overlap),
+            "top-1 agreement": percent(r.top1_agreement), "agreement on": r.agreement_on,
+            "top-5 overlap": percent(r.top5_overlap),
             "max diff": f"{r.max_abs_diff:.2g}" if r.max_abs_diff is not None else "",
             "accuracy": percent(accuracy.get(r.variant), 2), "notes": notes[:240],
         })
@@ -150,7 +152,7 @@ def reduction_table(results) -> list[dict]:
         base = originals.get(r.batch_size)
         time_red = _reduction(1 - r.latency.median_ms / base.latency.median_ms) if base else ""
         size_red = _reduction(1 - r.size_bytes / base.size_bytes) if base and base.size_bytes and r.size_bytes else ""
-        rows.append({"Model": r.variant, "batch": r.batch_size, "Inference Time": f"{r.latency.median_ms:.2f}ms",
+        rows.append({"Model": variant_name(r), "batch": r.batch_size, "Inference Time": f"{r.latency.median_ms:.2f}ms",
                      "Reduction": time_red, "Size": f"{r.size_bytes / 1e6:.1f} MB" if r.size_bytes else "",
                      "Size Reduction": size_red, "reason": busy_mark(r)})
     return rows
@@ -158,11 +160,11 @@ def reduction_table(results) -> list[dict]:
 
 def stats_rows(results) -> list[dict]:
     """The spread behind each median: percentiles, throughput, the profiler's total, memory, agreement."""
-    return [{"variant": r.variant, "batch": r.batch_size, "median ms": r.latency.median_ms,
+    return [{"variant": variant_name(r), "batch": r.batch_size, "median ms": r.latency.median_ms,
              "p10 ms": r.latency.p10_ms, "p90 ms": r.latency.p90_ms, "mean ms": r.latency.mean_ms,
              "stdev ms": r.latency.stdev_ms, "img/s": r.latency.throughput_ips, "n": len(r.latency.samples_ms),
              "profiler self-CPU ms": r.profiler_self_cpu_ms if r.profiler_self_cpu_ms is not None else "n/a",
-             "peak RSS MB": r.peak_rss_bytes / 1e6, "top-1 agree": r.top1_agreement}
+             "peak RSS MB": r.peak_rss_bytes / 1e6, "top-1 agree": r.top1_agreement, "agreement on": r.agreement_on}
             for r in results if r.latency]
 
 
@@ -213,10 +215,12 @@ def _interval(ci) -> str:
 def accuracy_rows(rows) -> list[dict]:
     """One row per AccuracyResult, with the change against the original in points."""
     base = next((r.top1 for r in rows if r.variant == ORIGINAL and r.top1 is not None), None)
-    return [{"variant": r.variant, "status": r.status, "top-1": percent(r.top1, 2), "top-1 95% CI": _interval(r.top1_ci95),
-             "top-5": percent(r.top5, 2), "top-5 95% CI": _interval(r.top5_ci95),
+    return [{"variant": r.variant, "status": r.status, "top-1": percent(r.top1, 2),
+             "top-1 95% CI": _interval(r.top1_ci95), "top-5": percent(r.top5, 2),
+             "top-5 95% CI": _interval(r.top5_ci95),
              "vs original (points)": signed(100 * (r.top1 - base)) if None not in (base, r.top1) else "",
-             "n_images": r.n_images, "reason": r.reason[:120]} for r in rows]
+             "n_images": r.n_images, "top-1 agreement": percent(r.top1_agreement, 1), "agreement on": r.agreement_on,
+             "reason": r.reason[:120]} for r in rows]
 
 
 def tome_rows(rows) -> list[dict]:

@@ -146,6 +146,12 @@ class Lab:
                     outcome.accuracy = evaluate(loaded, ok, self.store, self.config.eval_data, progress=progress,
                                                 tome_r=tome_r)
                     measured = [r for r in outcome.accuracy if r.n_images]
+                    same = {r.variant: r for r in measured}
+                    for row in outcome.results:  # accuracy and agreement in one row: from the same images
+                        if row.variant in same:
+                            row.notes["check_agreement"] = row.top1_agreement
+                            row.top1_agreement = same[row.variant].top1_agreement
+                            row.agreement_on = same[row.variant].agreement_on
                     if measured:
                         outcome.accuracy_note = (f"Accuracy: top-1 on {measured[0].data} ({measured[0].n_images} "
                                                  "labelled images).")

@@ -233,6 +233,7 @@ class ConversionResult:
     top5_overlap: float | None = None
     max_abs_diff: float | None = None
     top1_unchanged: dict = field(default_factory=dict)
+    agreement_on: str = ""  # the images the agreement figures come from, named, with their count
     weights: str = ""
     notes: dict = field(default_factory=dict)
 
@@ -262,6 +263,7 @@ def run_conversion(loaded: LoadedModel, keys: Iterable[str], store: ArtifactStor
                 answers = compare_answers(reference, run_inputs(item.runner, inputs))
                 row.top1_agreement, row.top5_overlap = answers.top1_agreement, answers.top5_overlap
                 row.max_abs_diff, row.top1_unchanged = answers.max_abs_diff, answers.top1_unchanged
+                row.agreement_on = answers.images_named
             except Exception as err:  # converted and loaded, but its runtime fails on a real input
                 row.status, row.reason = "failed", describe(err)
                 row.notes["traceback"] = traceback.format_exc(limit=4)
