@@ -244,6 +244,7 @@ def cmd_tome_sweep(args) -> int:
 def cmd_sweep(args) -> int:
     from deit_demo.core.cpus import machine_info
     from deit_demo.measure import charts, decide
+    from deit_demo.measure.budget import signed
     from deit_demo.measure.report import machine_line, sweep_rows, to_markdown
     from deit_demo.measure.results import save_csv
     from deit_demo.measure.sweep import SweepSettings
@@ -272,7 +273,7 @@ def cmd_sweep(args) -> int:
     _emit(args, f"\nrecommendation: {choice.sentence}")
     for r in choice.runners_up:
         _emit(args, f"  runner-up: {decide.pair_name(r)}: {r['published_top1']:.1f}% at {r['median_ms']:.1f} ms"
-                    + (f" (measured {100 * r['top1']:.2f}%, {-r['top1_drop']:+.2f} points)" if r.get("top1_drop")
+                    + (f" (measured {100 * r['top1']:.2f}%, {signed(-r['top1_drop'])} points)" if r.get("top1_drop")
                        is not None else ""))
     for r in choice.rejected:
         _emit(args, f"  lost: {r['pair']}: {r['why']}")

@@ -104,7 +104,7 @@ def recommend(rows, *, budget_ms: float | None = None, budget_mb: float | None =
     best = candidates[0] if candidates else None
     for r in candidates[1 + runners_up:]:
         rejected.append({"pair": pair_name(r), "why": f"less accurate or slower than the pick and the runners-up "
-                                                      f"({r['published_top1']}%, {r['median_ms']:.1f} ms)"})
+                                                      f"({accuracy_of(r):.2f}%, {r['median_ms']:.1f} ms)"})
     where = f" on {machine['cpu']} ({machine.get('usable_cpus', '?')} CPUs)" if machine else ""
     limits = ", ".join(f for f in (f"{budget_ms:g} ms" if budget_ms else "", f"{budget_mb:g} MB" if budget_mb else "",
                                    f"top-1 >= {min_top1:g}%" if min_top1 else "",

@@ -292,7 +292,7 @@ def sweep_rows(rows) -> list[dict]:
                              f"{signed(-r.top1_drop)} [{signed(-drop[1])}, {signed(-drop[0])}]"
                          if r.top1_drop is not None else "",
                          "budget": r.accuracy_verdict})
-        line.update({"agreement": percent(r.top1_agreement), "agreement on": r.agreement_on,
+        line.update({"agreement": percent(r.top1_agreement, 1 if judged else 0), "agreement on": r.agreement_on,
                      "reason": r.reason[:80] or busy_mark(r)})
         table.append(line)
     return table
