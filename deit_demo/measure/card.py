@@ -22,7 +22,7 @@ from deit_demo.core.provenance import run_metadata
 from deit_demo.core.stats import accuracy_interval
 from deit_demo.measure.bench import parse_batch_sizes
 from deit_demo.measure.budget import find_labelled, judge, signed
-from deit_demo.measure.evaluate import outcomes
+from deit_demo.measure.evaluate import eval_batch, outcomes
 from deit_demo.measure.timing import Entry, TimingSettings, check_timing, measure
 from deit_demo.variants import ORIGINAL, get_variant
 from deit_demo.variants.base import COMPILE_LOCK, check_tome_r
@@ -133,8 +133,8 @@ def _accuracy(loaded, runner, settings: CardSettings, threads: int, progress) ->
                 "agreement_on": check.images_named}
     report = (lambda what: lambda i, n: progress(f"accuracy of {what}", i, n)) if progress else (lambda what: None)
     with torch_threads(threads):
-        reference = outcomes(loaded.model, dataset, report(ORIGINAL))
-        mine = outcomes(runner, dataset, report(settings.variant))
+        reference = outcomes(loaded.model, dataset, report(ORIGINAL), eval_batch(get_variant(ORIGINAL)))
+        mine = outcomes(runner, dataset, report(settings.variant), eval_batch(get_variant(settings.variant)))
     j = judge(reference, mine, None)
     ref_top1, ref_top5 = (sum(v) / len(v) for v in (reference.top1, reference.top5))
     return {"source": "measured", "data": dataset.name, "n_images": j.n_images,

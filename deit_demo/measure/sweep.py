@@ -13,7 +13,7 @@ from deit_demo.core.errors import DeitDemoError, check_cancel, describe, quoted
 from deit_demo.core.models import get_spec
 from deit_demo.measure.bench import BenchResult, parse_batch_sizes, with_measurement
 from deit_demo.measure.budget import Judgement, check_max_drop, find_labelled, judge, unjudged
-from deit_demo.measure.evaluate import outcomes
+from deit_demo.measure.evaluate import eval_batch, outcomes
 from deit_demo.measure.timing import Entry, TimingSettings, check_timing, measure
 from deit_demo.measure.tune import DENSE, TuneSettings, tune
 from deit_demo.variants import ORIGINAL, get_variant, parse_variant_keys
@@ -183,15 +183,15 @@ def judge_pairs(model, items, settings: SweepSettings, progress: ProgressFn | No
     if dataset is None:
         return {(key, item.key): unjudged(why) for item in items}
     report = (lambda what: lambda i, n: progress(f"accuracy of {what}", i, n)) if progress else (lambda what: None)
-    reference = outcomes(model.model, dataset, report(f"{key}/{ORIGINAL}"))
+    reference = outcomes(model.model, dataset, report(f"{key}/{ORIGINAL}"), eval_batch(get_variant(ORIGINAL)))
     found = {}
     for item in items:
         if item.runner is None:
             found[(key, item.key)] = unjudged(item.reason or item.status)
             continue
         try:
-            found[(key, item.key)] = judge(reference, outcomes(item.runner, dataset, report(f"{key}/{item.key}")),
-                                           settings.max_drop)
+            found[(key, item.key)] = judge(reference, outcomes(item.runner, dataset, report(f"{key}/{item.key}"),
+                                                               eval_batch(item.variant)), settings.max_drop)
         except Exception as err:  # loaded, but its runtime fails on the labelled data: that pair says so
             found[(key, item.key)] = unjudged(f"it failed on {dataset.name}: {describe(err)}")
     return found

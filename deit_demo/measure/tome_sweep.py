@@ -10,7 +10,7 @@ from deit_demo.core.cpus import torch_threads
 from deit_demo.core.errors import DeitDemoError, check_cancel, quoted
 from deit_demo.core.stats import accuracy_interval
 from deit_demo.measure.bench import BenchSettings, make_input
-from deit_demo.measure.evaluate import builtin_set, outcomes
+from deit_demo.measure.evaluate import EVAL_BATCH, builtin_set, outcomes
 from deit_demo.measure.timing import Entry, LatencyStats, TimingSettings, measure
 from deit_demo.variants.pipeline import ProgressFn, answer_check, check_inputs, prepare_variants
 from deit_demo.variants.tome_merge import ToMe
@@ -68,7 +68,7 @@ def tome_sweep(loaded, rs, settings: BenchSettings, store=None, *, int8: bool = 
     tokens = loaded.model.patch_embed.num_patches + loaded.model.num_prefix_tokens
     check = answer_check(loaded.model, check_inputs(loaded.spec, noise=0))
     dataset = builtin_set(loaded.spec) if loaded.spec.eval_set is not None else None
-    reference = outcomes(loaded.model, dataset) if dataset is not None else None
+    reference = outcomes(loaded.model, dataset, batch=EVAL_BATCH) if dataset is not None else None
     rows, entries = [], []
     for i, r in enumerate(rs):
         check_cancel(cancel)
@@ -78,7 +78,7 @@ def tome_sweep(loaded, rs, settings: BenchSettings, store=None, *, int8: bool = 
         row = TomeSweepRow(model=loaded.spec.key, r=r, tokens_last_block=merged.tokens_per_block(tokens)[-1],
                            weights=loaded.weights)
         if dataset is not None:
-            found = outcomes(merged, dataset)
+            found = outcomes(merged, dataset, batch=EVAL_BATCH)  # eager ToMe merges each image on its own
             top1 = found.top1
             row.top1, row.top1_ci95, row.n_images = sum(top1) / len(top1), accuracy_interval(top1), len(top1)
             row.top1_agreement = sum(a == b for a, b in zip(found.predicted, reference.predicted)) / len(top1)

@@ -25,10 +25,10 @@ import torch
 from deit_demo.core.cpus import torch_threads, usable_cpus
 from deit_demo.core.errors import DeitDemoError, check_cancel, quoted
 from deit_demo.measure.budget import WITHIN, Judgement, check_max_drop, find_labelled, judge, signed
-from deit_demo.measure.evaluate import outcomes
+from deit_demo.measure.evaluate import eval_batch, outcomes
 from deit_demo.measure.timing import Entry, TimingSettings, check_timing, check_whole, measure
 from deit_demo.variants.pipeline import ProgressFn, answer_check, check_inputs, prepare_variants
-from deit_demo.variants.registry import ORIGINAL
+from deit_demo.variants.registry import ORIGINAL, get_variant
 
 DENSE = {"tome_fp32": ORIGINAL, "tome_int8": "pt2e_int8"}  # what each token-merging variant merges on top of
 
@@ -128,7 +128,7 @@ def tune(loaded, settings: TuneSettings, store, *, progress: ProgressFn | None =
         raise DeitDemoError(f"Tuning measures accuracy on labelled data: {why}.")
     threads = settings.threads or usable_cpus()
     report = (lambda what: lambda i, n: progress(f"accuracy of {what}", i, n)) if progress else (lambda what: None)
-    reference = outcomes(loaded.model, dataset, report("original"))
+    reference = outcomes(loaded.model, dataset, report(ORIGINAL), eval_batch(get_variant(ORIGINAL)))
     runners: dict[int, object] = {}
 
     def runner(key: str, r: int | None):
@@ -144,13 +144,15 @@ def tune(loaded, settings: TuneSettings, store, *, progress: ProgressFn | None =
         check_cancel(cancel)
         runners[r] = runner(settings.variant, r)
         with torch_threads(threads):
-            judged[r] = judge(reference, outcomes(runners[r], dataset, report(f"r={r}")), settings.max_drop)
+            judged[r] = judge(reference, outcomes(runners[r], dataset, report(f"r={r}"),
+                                                  eval_batch(get_variant(settings.variant))), settings.max_drop)
         return judged[r]
 
     dense_key = DENSE[settings.variant]
     dense = runner(dense_key, None)
     with torch_threads(threads):
-        dense_judgement = judge(reference, outcomes(dense, dataset, report(dense_key)), settings.max_drop)
+        dense_outcomes = outcomes(dense, dataset, report(dense_key), eval_batch(get_variant(dense_key)))
+        dense_judgement = judge(reference, dense_outcomes, settings.max_drop)
     low, high = 0, r_max(loaded) + 1  # low: within the budget (r = 0 is the dense model); high: not known within
     if dense_judgement.verdict != WITHIN:
         high = 0  # the dense variant itself is over: merging on top of it cannot help
