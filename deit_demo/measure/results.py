@@ -26,9 +26,10 @@ def write_json(target: Path | str, payload: dict) -> dict:
     return payload
 
 
-def results_payload(rows: list, **extra) -> dict:
-    """A results file's content: schema, machine, the rows (objects with `to_row()` or dicts), and `extra`."""
-    return {"schema": RESULTS_SCHEMA, **extra, "machine": machine_info(),
+def results_payload(rows: list, *, machine: dict | None = None, **extra) -> dict:
+    """A results file's content: schema, machine (this one unless given: a visitor's browser), the rows (objects
+    with `to_row()` or dicts), and `extra`."""
+    return {"schema": RESULTS_SCHEMA, **extra, "machine": machine or machine_info(),
             "rows": [r if isinstance(r, dict) else r.to_row() for r in rows]}
 
 
