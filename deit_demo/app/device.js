@@ -224,8 +224,8 @@ function tensorFromRGB(rgb, w, h, spec) {
 
 function chosenBackend() { return document.getElementById("device-backend").value; }
 
-async function ensureSession(model, key, backend, say) {
-  const id = `${model}/${key}/${backend}`;
+async function ensureSession(model, key, backend, say, options = {}) {
+  const id = `${model}/${key}/${backend}${Object.keys(options).length ? JSON.stringify(options) : ""}`;
   if (state.sessions.has(id)) return state.sessions.get(id);
   say(`Making sure the server has ${key} (made the first time anyone asks; checked against the original)…`);
   const format = await getJSON(`prepare/${model}/${key}`, {method: "POST"});
@@ -235,7 +235,7 @@ async function ensureSession(model, key, backend, say) {
   say(`Starting ${key} on ${backend}…`);
   const t0 = performance.now();
   const session = await ort.InferenceSession.create(file.bytes, {
-    executionProviders: [backend], graphOptimizationLevel: "all"});
+    executionProviders: [backend], graphOptimizationLevel: "all", ...options});
   const loadMs = performance.now() - t0;
   const spec = state.catalog.model;
   const x = new ort.Tensor("float32", noise(spec.input_size), [1, 3, spec.input_size, spec.input_size]);
@@ -288,36 +288,43 @@ function resolveFormat() {
   return picked === "auto" ? autoFormat(chosenBackend()).key : picked;
 }
 
+// Warm-up, then interleaved blocks with the first call of each dropped: the server's method (measure.timing).
+async function timeFormats(model, keys, backend, warmup, runs, block, options = {}, say = () => {}) {
+  const entries = {};
+  for (const key of keys) entries[key] = await ensureSession(model, key, backend, say, options);
+  const x = noise(state.catalog.model.input_size), samples = Object.fromEntries(keys.map((k) => [k, []]));
+  for (const key of keys) for (let i = 0; i < warmup; i++) await runTensor(entries[key], x);
+  const kept = Math.max(1, block - 1);
+  while (Math.min(...keys.map((k) => samples[k].length)) < runs) {
+    for (const key of keys) {
+      for (let i = 0; i < kept + (block > 1 ? 1 : 0); i++) {
+        const {ms} = await runTensor(entries[key], x);
+        if (block > 1 && i === 0) continue;
+        if (samples[key].length < runs) samples[key].push(ms);
+      }
+      say(`Timing on your device: ${key} ${samples[key].length}/${runs}…`);
+    }
+  }
+  return Object.fromEntries(keys.map((k) => [k, {samples_ms: samples[k], load_ms: entries[k].loadMs,
+    first_ms: entries[k].firstMs, download_ms: entries[k].downloadMs, size_bytes: entries[k].format.size_bytes,
+    threads: backend === "wasm" ? state.threads : 1}]));
+}
+
 async function benchmark() {
   const spec = state.catalog.model, backend = chosenBackend();
-  const warmup = int("device-warmup", 3), runs = int("device-runs", 10), block = int("device-block", 3);
+  const warmup = int("device-warmup", 3, 0), runs = int("device-runs", 10), block = int("device-block", 3);
   const keys = [...document.querySelectorAll("#device-bench-formats input:checked")].map((i) => i.value);
   if (!keys.length) keys.push(resolveFormat());
   const say = status();
   try {
-    const entries = {};
-    for (const key of keys) entries[key] = await ensureSession(spec.key, key, backend, say);
-    const x = noise(spec.input_size), samples = Object.fromEntries(keys.map((k) => [k, []]));
-    for (const key of keys) for (let i = 0; i < warmup; i++) await runTensor(entries[key], x);
-    const kept = Math.max(1, block - 1);
-    while (Math.min(...keys.map((k) => samples[k].length)) < runs) { // interleaved blocks, first of each dropped
-      for (const key of keys) {
-        for (let i = 0; i < kept + (block > 1 ? 1 : 0); i++) {
-          const {ms} = await runTensor(entries[key], x);
-          if (block > 1 && i === 0) continue;
-          if (samples[key].length < runs) samples[key].push(ms);
-        }
-        say(`Timing on your device: ${key} ${samples[key].length}/${runs}…`);
-      }
-    }
+    const timed = await timeFormats(spec.key, keys, backend, warmup, runs, block, {}, say);
     const stored = timings(), slot = `${spec.key}/${backend}`;
     stored[slot] = stored[slot] || {};
-    for (const key of keys) stored[slot][key] = median(samples[key]);
+    for (const key of keys) stored[slot][key] = median(timed[key].samples_ms);
     localStorage.setItem("deit-device-timings", JSON.stringify(stored));
-    state.lastRun = {model: spec.key, backend, threads: backend === "wasm" ? state.threads : 1, browser: state.caps.browser,
-      formats: keys.map((k) => ({variant: k, samples_ms: samples[k], load_ms: entries[k].loadMs,
-        first_ms: entries[k].firstMs, download_ms: entries[k].downloadMs, size_bytes: entries[k].format.size_bytes}))};
-    say(`Timed on your device: ${keys.map((k) => `${k} ${median(samples[k]).toFixed(1)} ms`).join(", ")}. ` +
+    state.lastRun = {model: spec.key, backend, threads: backend === "wasm" ? state.threads : 1,
+      browser: state.caps.browser, formats: keys.map((k) => ({variant: k, ...timed[k]}))};
+    say(`Timed on your device: ${keys.map((k) => `${k} ${median(timed[k].samples_ms).toFixed(1)} ms`).join(", ")}. ` +
         "Now timing the same files on this server…", "ok");
     refreshFormats();
     return JSON.stringify(state.lastRun);
@@ -329,7 +336,7 @@ async function benchmark() {
 
 const median = (v) => { const s = [...v].sort((a, b) => a - b), m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
 const mb = (bytes) => `${(bytes / 2 ** 20).toFixed(bytes < 10 * 2 ** 20 ? 1 : 0)} MB`;
-function int(id, fallback) { const v = Number(document.getElementById(id).value); return Number.isInteger(v) && v > 0 ? v : fallback; }
+function int(id, fallback, low = 1) { const v = Number(document.getElementById(id).value); return Number.isInteger(v) && v >= low ? v : fallback; }
 
 // --------------------------------------------------------------------------------------------------------- the UI
 
@@ -447,7 +454,9 @@ async function mount(root) {
   root.dataset.mounted = "1";
   try {
     state.caps = await capabilities();
-    state.threads = state.caps.maxThreads; // ORT Web's own default would take half the cores
+    const asked = Number(new URLSearchParams(location.search).get("threads")); // ?threads=N
+    // ORT Web's own default would take half the cores; one per core is what a visitor's device can give
+    state.threads = Number.isInteger(asked) && asked >= 1 ? Math.min(asked, state.caps.maxThreads) : state.caps.maxThreads;
     state.models = await getJSON("models");
     render(root);
     await loadCatalog(state.models.default);
@@ -458,7 +467,7 @@ async function mount(root) {
   }
 }
 
-window.deitDevice = {ready: false, benchmark, classify, preprocess, tensorFromRGB, runTensor, ensureSession, state,
+window.deitDevice = {ready: false, benchmark, timeFormats, classify, preprocess, tensorFromRGB, runTensor, ensureSession, state,
   lastRun: () => state.lastRun, describeBackend, loadCatalog};
 
 const mountWhenThere = () => {

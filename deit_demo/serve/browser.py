@@ -67,8 +67,8 @@ class Runtime:
     """Where this server's copy of ONNX Runtime Web is, or why there is none; fetched at most once at a time."""
 
     def __init__(self, local: Path | None = None, cache: Path | None = None, registry: str | None = None,
-                 fetch: bool = True):
-        self.pin = pinned()
+                 fetch: bool = True, lockfile: Path = WEB / "package-lock.json"):
+        self.pin = pinned(lockfile)
         self.local = local or WEB / "node_modules" / PACKAGE / "dist"
         self._cache = cache
         self.registry = registry or os.environ.get("DEIT_DEMO_NPM_REGISTRY") or DEFAULT_REGISTRY
