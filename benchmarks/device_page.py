@@ -14,9 +14,9 @@ ARGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-backgroun
 
 
 @contextlib.contextmanager
-def device_page(playwright, url: str, *, threads: int | None = None, viewport=(1280, 900)):
+def device_page(playwright, url: str, *, threads: int | None = None, viewport=(1280, 900), args=()):
     """A page on the Your device tab, mounted and ready (`?threads=N` pins ONNX Runtime Web's thread count)."""
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS + list(args))
     try:
         context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
         page = context.new_page()

@@ -19,6 +19,7 @@ import torch
 from deit_demo.core.errors import DeitDemoError
 from deit_demo.core.images import load_image, preprocess
 from deit_demo.core.models import MODELS
+from deit_demo.measure.bench import BenchSettings
 from deit_demo.serve.browser import RUNTIME_FILES, WEB, Runtime, integrity_matches
 from deit_demo.service.device import browser_keys, parse_device_run
 from deit_demo.train import synth
@@ -251,6 +252,39 @@ def test_a_three_run_benchmark_draws_your_device_beside_this_server(app, page):
     table = page.locator("#device-table").inner_text()
     assert "web_int8" in table and "×" in table
     page.screenshot(path=str(ROOT / "test-artifacts" / "screenshots" / "device.png"), full_page=True)
+
+
+def test_device_results_are_overlaid_with_the_server_by_compare(app, tmp_path):
+    from deit_demo.measure.decide import compare
+    from deit_demo.measure.results import load_results
+
+    run = parse_device_run(json.dumps(GOOD))
+    _, server = app.lab.benchmark("deit_synth", BenchSettings(variants=["web_int8"], runs=3, warmup=1, profile=False))
+    mine, theirs = app.lab.save_device(run, server, tmp_path)
+    latency, machines = compare([load_results(mine), load_results(theirs)])
+    row = next(r for r in latency if r["variant"] == "web_int8")
+    assert row[f"{mine.name} ms"] == "3.50" and float(row[f"{theirs.name} ms"]) > 0
+    assert machines[0]["cpu"] == "browser: Chrome (?)" and machines[0]["usable CPUs"] == 8
+    assert not machines[1]["cpu"].startswith("browser")
+
+
+@pytest.mark.browser
+def test_webgpu_runs_where_the_browser_has_it_and_fp16_only_where_the_adapter_can(app, playwright):
+    # Headless Chromium's WebGPU is SwiftShader, a software adapter without shader-f16: fp32 runs (slowly), and the
+    # page says so; fp16 is not offered.
+    t = preprocess(load_image(SYNTH.example_paths()[0]), SYNTH)
+    made = app.lab.browser_format("deit_synth", "onnx_fp32")
+    native = ort_runner(app.lab.browser_file("deit_synth", "onnx_fp32", made.sha256), threads=1)(t).numpy().ravel()
+    with device_page.device_page(playwright, app.local_url, args=["--enable-unsafe-webgpu"]) as page:
+        if not page.evaluate("!!window.deitDevice.state.caps.webgpu"):
+            pytest.skip("this Chromium has no WebGPU adapter at all")
+        assert "WebGPU: a software adapter" in page.locator("#device-caps").inner_text()
+        page.select_option("#device-backend", "webgpu")
+        fp16 = page.locator("#device-format option[value=web_fp16]")
+        assert fp16.is_disabled() == (not page.evaluate("window.deitDevice.state.caps.webgpu.f16"))
+        logits = device_page.logits_for_tensors(page, "deit_synth", "onnx_fp32", [t.numpy().ravel().tolist()],
+                                                backend="webgpu")[0]
+        assert np.abs(np.array(logits) - native).max() <= 1e-3
 
 
 @pytest.mark.browser

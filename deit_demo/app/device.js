@@ -28,7 +28,8 @@ async function capabilities() {
       if (adapter) {
         const info = adapter.info || {};
         const software = adapter.isFallbackAdapter || info.isFallbackAdapter || /swiftshader/i.test(info.architecture || "");
-        caps.webgpu = {vendor: info.vendor || "", architecture: info.architecture || "", software};
+        caps.webgpu = {vendor: info.vendor || "", architecture: info.architecture || "", software,
+                       f16: adapter.features.has("shader-f16")};
         caps.webgpuNote = software ? "a software adapter (slower than WASM here)" : `${info.vendor} ${info.architecture}`.trim();
       } else caps.webgpuNote = "this browser exposes WebGPU but found no adapter";
     } catch (err) { caps.webgpuNote = `WebGPU failed: ${err.message}`; }
@@ -272,8 +273,12 @@ function top5(logits, labels) {
 
 function timings() { try { return JSON.parse(localStorage.getItem("deit-device-timings") || "{}"); } catch { return {}; } }
 
+function runsHere(f, backend) {
+  return f.backends.includes(backend) && !(backend === "webgpu" && f.precision === "fp16" && !state.caps.webgpu.f16);
+}
+
 function autoFormat(backend) {
-  const formats = state.catalog.formats.filter((f) => f.backends.includes(backend) && !f.lossy && f.passed !== false);
+  const formats = state.catalog.formats.filter((f) => runsHere(f, backend) && !f.lossy && f.passed !== false);
   const mine = timings()[`${state.catalog.model.key}/${backend}`] || {};
   const timed = formats.filter((f) => mine[f.key]).sort((a, b) => mine[a.key] - mine[b.key]);
   if (timed.length) return {key: timed[0].key, why: "the fastest that passed its check, as timed on your device"};
@@ -388,6 +393,10 @@ function refreshFormats() {
   const boxes = [];
   for (const f of state.catalog.formats.filter((f) => f.backends.includes(backend))) {
     const size = `${f.size_exact ? "" : "≈ "}${mb(f.size_bytes)}`;
+    if (backend === "webgpu" && f.precision === "fp16" && !state.caps.webgpu.f16) {
+      options.push(`<option value="${f.key}" disabled>${f.key}: needs WebGPU's shader-f16, which this adapter lacks</option>`);
+      continue;
+    }
     const check = f.passed === false ? ", failed its check" : f.lossy ? `, lossy: ToMe r=${f.r}` : "";
     options.push(`<option value="${f.key}">${f.key}: ${escapeHtml(f.title)}, ${size}${check}</option>`);
     boxes.push(`<label><input type="checkbox" value="${f.key}"${f.key === auto.key ? " checked" : ""}> ${f.key} (${size})</label>`);

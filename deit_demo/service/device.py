@@ -185,15 +185,17 @@ def device_table(run: DeviceRun, server: list[BenchResult]) -> str:
     here = {r.variant: r for r in server if r.latency and r.latency.samples_ms}
     lines = [(f"**Your device** ({run.machine['cpu']}, {run.machine['backend']}) against **this server**, "
               f"batch 1, median with p10–p90."), "",
-             "| format | your device ms | p10–p90 | load ms | first inference ms | this server ms | ratio |",
-             "|---|---|---|---|---|---|---|"]
+             "| format | your device ms | p10–p90 | load ms | first inference ms | this server ms | server threads "
+             "| ratio |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in run.rows:
         mine = row.latency
         theirs = here.get(row.variant)
         server_ms = f"{theirs.latency.median_ms:.1f}" if theirs else (server_reason(server, row.variant) or "–")
         ratio = f"{mine.median_ms / theirs.latency.median_ms:.1f}×" if theirs else "–"
         lines.append(f"| {row.variant} | {mine.median_ms:.1f} | {mine.p10_ms:.1f}–{mine.p90_ms:.1f} | "
-                     f"{run.load_ms[row.variant]:.0f} | {run.first_ms[row.variant]:.0f} | {server_ms} | {ratio} |")
+                     f"{run.load_ms[row.variant]:.0f} | {run.first_ms[row.variant]:.0f} | {server_ms} | "
+                     f"{theirs.threads if theirs else '–'} | {ratio} |")
     return "\n".join(lines)
 
 
