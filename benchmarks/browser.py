@@ -25,22 +25,22 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import device_page
+import numpy as np
+import torch
 
-import device_page  # noqa: E402
-from deit_demo.app.process import configure_server_process  # noqa: E402
-from deit_demo.app.ui import build_app, launch_kwargs  # noqa: E402
-from deit_demo.core.cpus import machine_info  # noqa: E402
-from deit_demo.core.images import preprocess  # noqa: E402
-from deit_demo.core.models import MODELS  # noqa: E402
-from deit_demo.measure.timing import TimingSettings, time_interleaved  # noqa: E402
-from deit_demo.serve.server import ServeSettings  # noqa: E402
-from deit_demo.service.config import AppConfig  # noqa: E402
-from deit_demo.service.device import browser_keys  # noqa: E402
-from deit_demo.train import synth  # noqa: E402
-from deit_demo.variants import VARIANTS, Runner  # noqa: E402
-from deit_demo.variants.onnx import ort_runner  # noqa: E402
+from deit_demo.app.process import configure_server_process
+from deit_demo.app.ui import build_app, launch_kwargs
+from deit_demo.core.cpus import machine_info
+from deit_demo.core.images import preprocess
+from deit_demo.core.models import MODELS
+from deit_demo.measure.timing import TimingSettings, time_interleaved
+from deit_demo.serve.server import ServeSettings
+from deit_demo.service.config import AppConfig
+from deit_demo.service.device import browser_keys
+from deit_demo.train import synth
+from deit_demo.variants import VARIANTS, Runner
+from deit_demo.variants.onnx import ort_runner
 
 NATIVE = ("onnx_fp32", "onnx_int8", "onnx_int8_static")  # the server's ONNX Runtime variants
 HEADLINE = "deit_small"
