@@ -313,3 +313,34 @@ def test_no_runtime_on_the_server_says_what_to_run(app, playwright, tmp_path, mo
 def test_the_tab_fits_a_phone(app, playwright):
     with device_page.device_page(playwright, app.local_url, viewport=(390, 844)) as page:
         assert page.evaluate("document.scrollingElement.scrollWidth") <= 392
+
+
+@pytest.mark.browser
+def test_inside_an_embedding_page_without_isolation_it_runs_on_one_thread_and_says_how_to_get_more(app, playwright):
+    parent = b"<!doctype html><iframe id=f src='%s' style='width:1200px;height:900px'></iframe>" % app.local_url.encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(parent)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # another origin: another port
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    browser = playwright.chromium.launch(executable_path=device_page.CHROMIUM, args=device_page.ARGS)
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        frame = page.frame_locator("#f")
+        frame.get_by_role("tab", name="Your device").click()
+        caps = frame.locator("#device-caps")
+        caps.wait_for(timeout=60_000)
+        assert "1 thread: this page is embedded in another page" in caps.inner_text()
+        assert "Open the app at its own address" in caps.inner_text()
+    finally:
+        browser.close()
+        server.shutdown()
