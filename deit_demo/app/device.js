@@ -413,6 +413,17 @@ async function loadCatalog(model) {
   say(`Reading ${model}'s browser formats…`);
   state.catalog = await getJSON(`catalog/${model}`);
   refreshFormats();
+  const examples = document.getElementById("device-examples");
+  examples.innerHTML = state.catalog.model.examples.length ? "or an example (from this server): " +
+    state.catalog.model.examples.map((e, i) => `<button type="button" class="device-example" data-index="${i}">${escapeHtml(e.name)}</button>`).join(" ") : "";
+  examples.querySelectorAll("button").forEach((button) => button.addEventListener("click", async () => {
+    const e = state.catalog.model.examples[Number(button.dataset.index)];
+    try {
+      const response = await fetch(new URL(e.url, BASE));
+      if (!response.ok) throw new Error(`The example could not be fetched (HTTP ${response.status}).`);
+      await classify(await response.blob());
+    } catch (err) { status()(err.message, "error"); }
+  }));
   const rt = state.catalog.runtime;
   document.getElementById("device-runtime").textContent = rt.ready
     ? `ONNX Runtime Web ${rt.version} (${rt.source}).`
@@ -438,6 +449,7 @@ function render(root) {
     WASM SIMD ${caps.simd ? "yes" : "no"}; threads: ${escapeHtml(threadsNote)}; WebGPU: ${escapeHtml(caps.webgpuNote)}.</p>
   <p id="device-runtime"></p>
   <label class="device-file">Classify privately: <input type="file" id="device-classify" accept="image/*"></label>
+  <div id="device-examples"></div>
   <p id="device-status" role="status" aria-live="polite"></p>
   <div id="device-answer"></div>
   <details id="device-bench-settings" open><summary>Benchmark on your device</summary>

@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from deit_demo.app.handlers import _session, boundary
 from deit_demo.core.errors import DeitDemoError
-from deit_demo.core.models import MODELS
+from deit_demo.core.models import MODELS, get_spec
 from deit_demo.measure import charts
 from deit_demo.serve.browser import CONTENT_TYPES, ETags
 from deit_demo.service.device import device_table
@@ -115,7 +115,16 @@ def routes(lab: Lab) -> list[Route]:
             return _error(err, 404)
         return _file(request, path, f'"{p["sha256"]}"', YEAR)  # the store verified these bytes against the sha256
 
+    def example(request: Request) -> Response:
+        try:
+            paths = get_spec(request.path_params["model"]).example_paths()
+            path = paths[int(request.path_params["index"])]
+        except (DeitDemoError, IndexError, ValueError):
+            return _error(DeitDemoError("No such example."), 404)
+        return _file(request, path, etags(path), "public, max-age=3600")
+
     return [Route(f"{PREFIX}/device.js", page_js),
+            Route(PREFIX + "/example/{model}/{index}", example),
             Route(f"{PREFIX}/runtime", runtime_status),
             Route(PREFIX + "/ort/{version}/{name}", runtime_file),
             Route(f"{PREFIX}/models", models),
@@ -140,6 +149,7 @@ DEVICE_CSS = """
 #device-answer .device-row { display: grid; grid-template-columns: minmax(0, 1fr) 6rem 4rem; gap: 0.5rem;
   align-items: center; }
 #device-answer meter { width: 100%; }
+.device-example { margin: 0.15rem; padding: 0.1rem 0.5rem; border: 1px solid #ccc; border-radius: 4px; }
 #device-bench-formats { display: flex; flex-wrap: wrap; gap: 0.25rem 1rem; margin: 0.5rem 0; }
 """
 BENCH_JS = "async () => { return [await window.deitDevice.benchmark()]; }"

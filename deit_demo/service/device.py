@@ -89,7 +89,9 @@ def page_spec(spec: ModelSpec, labels: tuple[str, ...]) -> dict:
     """What the page needs to preprocess exactly as `core.images.preprocess` does, and to name the classes."""
     return {"key": spec.key, "label": spec.label, "input_size": spec.input_size, "resize_size": spec.resize_size,
             "interpolation": spec.interpolation, "mean": list(spec.mean), "std": list(spec.std),
-            "distilled": spec.distilled, "params": spec.params, "labels": list(labels)}
+            "distilled": spec.distilled, "params": spec.params, "labels": list(labels),
+            "examples": [{"name": path.stem.replace("_", " "), "url": f"example/{spec.key}/{i}"}
+                         for i, path in enumerate(spec.example_paths()[:8])]}
 
 
 class MadeOnce:
