@@ -187,8 +187,8 @@ def device_table(run: DeviceRun, server: list[BenchResult]) -> str:
     here = {r.variant: r for r in server if r.latency and r.latency.samples_ms}
     lines = [(f"**Your device** ({run.machine['cpu']}, {run.machine['backend']}) against **this server**, "
               f"batch 1, median with p10–p90."), "",
-             "| format | your device ms | p10–p90 | load ms | first inference ms | this server ms | server threads "
-             "| ratio |",
+             ("| format | your device ms | p10–p90 | load ms | first inference ms | this server ms | server threads "
+             "| ratio |"),
              "|---|---|---|---|---|---|---|---|"]
     for row in run.rows:
         mine = row.latency
