@@ -10,7 +10,6 @@
 No `from __future__ import annotations` here: Gradio reads the `gr.Request` annotation to pass the visitor's session.
 """
 
-import json
 import logging
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from deit_demo.core.errors import DeitDemoError
 from deit_demo.core.models import MODELS, get_spec
 from deit_demo.measure import charts
 from deit_demo.serve.browser import CONTENT_TYPES, ETags
-from deit_demo.service.device import device_table
+from deit_demo.service.device import as_dict, device_table
 from deit_demo.service.lab import Lab
 
 PREFIX = "/deit-web"
@@ -105,7 +104,7 @@ def routes(lab: Lab) -> list[Route]:
         except Exception as err:  # the server keeps serving; the page says what happened
             log.exception("preparing a browser format failed")
             return _error(DeitDemoError(f"Making this format failed on the server ({type(err).__name__})."), 500)
-        return JSONResponse(json.loads(json.dumps(made.__dict__, default=str)), headers={"Cache-Control": "no-store"})
+        return JSONResponse(as_dict(made), headers={"Cache-Control": "no-store"})
 
     def model_file(request: Request) -> Response:
         p = request.path_params

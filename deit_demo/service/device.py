@@ -134,9 +134,6 @@ class DeviceRun:
     load_ms: dict
     first_ms: dict
 
-    def payload_machine(self) -> dict:
-        return self.machine
-
 
 def parse_device_run(text: str) -> DeviceRun:
     """The JSON the page sends after its benchmark, with every field checked (it comes from a visitor)."""
