@@ -84,16 +84,17 @@ async function download(format, onProgress) {
     throw new Error(body.error || `The model file could not be downloaded (HTTP ${response.status}).`);
   }
   const total = Number(response.headers.get("Content-Length")) || format.size_bytes;
+  // Written straight into one buffer of the announced size: a phone holds the file once, not twice.
+  let bytes = new Uint8Array(total), received = 0;
   const reader = response.body.getReader();
-  const chunks = []; let received = 0;
   for (;;) {
     const {done, value} = await reader.read();
     if (done) break;
-    chunks.push(value); received += value.length;
+    if (received + value.length > bytes.length) { const grown = new Uint8Array((received + value.length) * 2); grown.set(bytes.subarray(0, received)); bytes = grown; }
+    bytes.set(value, received); received += value.length;
     onProgress(received, total);
   }
-  const bytes = new Uint8Array(received); let offset = 0;
-  for (const chunk of chunks) { bytes.set(chunk, offset); offset += chunk.length; }
+  bytes = bytes.subarray(0, received);
   const digest = await sha256Hex(bytes);
   if (digest !== null && digest !== format.sha256) {
     throw new Error(`The ${format.key} file is damaged: its sha256 (${digest.slice(0, 12)}…) is not the server's ` +
@@ -369,7 +370,8 @@ async function classify(file) {
     answer.innerHTML = rows.map((r) => `<div class="device-row"><span>${escapeHtml(r.label)}</span>` +
       `<meter min="0" max="1" value="${r.p}"></meter><b>${(100 * r.p).toFixed(1)}%</b></div>`).join("");
     const auto = document.getElementById("device-format").value === "auto" ? `Auto → ${key}` : key;
-    say(`${auto} on ${describeBackend(backend)}: ${ms.toFixed(1)} ms on your device. The image stayed on your device.` +
+    const warn = entry.format.passed === false ? " This format failed its check on the server: its answers may differ from the original's." : "";
+    say(`${auto} on ${describeBackend(backend)}: ${ms.toFixed(1)} ms on your device. The image stayed on your device.${warn}` +
         (spec.distilled ? " (Distilled model: the two heads averaged, as the exported model answers.)" : ""), "ok");
     return {top5: rows, ms, format: key};
   } catch (err) {
