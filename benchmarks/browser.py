@@ -158,6 +158,7 @@ def main(argv=None) -> None:
     parser.add_argument("--explore", action="store_true", help="also time the WASM options (graph levels, threads, "
                                                                 "ORT format, relaxed SIMD)")
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # a long run shows its tables as they come
     from playwright.sync_api import sync_playwright
 
     configure_server_process()
