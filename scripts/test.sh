@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (Debian's Chromium for the browser test, the pinned Python packages) and runs
-# the whole suite offline. Playwright drives /usr/bin/chromium; it never downloads a browser.
+# Installs everything the tests need (Debian's Chromium for the browser tests, ONNX Runtime Web from the npm registry,
+# the pinned Python packages) and runs the whole suite offline. Playwright drives /usr/bin/chromium; it never
+# downloads a browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
@@ -8,6 +9,12 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
+if ! command -v npm >/dev/null; then  # the Your device tab's runtime (ONNX Runtime Web) comes from the npm registry
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
+npm ci --prefix web --no-audit --no-fund --loglevel=error  # pinned by web/package-lock.json
 python3 -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 python3 -m pip install -q --disable-pip-version-check --no-deps -e .  # the deit-demo command; benchmarks import it
 export HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1

@@ -9,8 +9,9 @@ import io
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
-from deit_demo.app import agents, decide_tab, handlers
+from deit_demo.app import agents, decide_tab, device, handlers
 from deit_demo.app.about import about_markdown
 from deit_demo.app.inputs import preprocessed
 from deit_demo.core.cpus import usable_cpus
@@ -285,6 +286,8 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
             build_benchmark_tab(lab)
         with gr.Tab("Decide", id="decide"):
             build_decide_tab(lab)
+        with gr.Tab("Your device", id="device"):
+            device.build_device_tab(lab, partial)
         with gr.Tab("About", id="about"):
             gr.Markdown(about_markdown(), elem_id="about")
         # For agents (MCP) and API clients: classification and the read-only catalog; convert and benchmark are not
@@ -306,7 +309,9 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
 
 
 # The page's own JavaScript, kept small and in its own file
-PAGE_HEAD = f"<script>{(Path(__file__).with_name('page.js')).read_text()}</script>"
+PAGE_HEAD = (f"<script>{(Path(__file__).with_name('page.js')).read_text()}</script>"
+             f'<script type="module" src="{device.PREFIX.lstrip("/")}/device.js"></script>'
+             f"<style>{device.DEVICE_CSS}</style>")
 
 
 def launch_kwargs(lab: Lab) -> dict:
@@ -314,4 +319,5 @@ def launch_kwargs(lab: Lab) -> dict:
 
     return dict(max_file_size="20mb", enable_monitoring=False, show_error=False, head=PAGE_HEAD,
                 allowed_paths=[str(lab.store_root)], footer_links=["api"],
+                app_kwargs={"routes": device.routes(lab), "middleware": [Middleware(device.CrossOriginIsolation)]},
                 mcp_server=importlib.util.find_spec("mcp") is not None)  # gradio[mcp]: agents get the tools

@@ -276,3 +276,26 @@ def compare_chart(latency_rows: list[dict], labels: list[str]) -> go.Figure:
     _layout(fig, "Median latency per variant, per results file", "model/variant", "median latency (ms)")
     fig.update_layout(barmode="group", showlegend=True, legend=dict(orientation="h", y=-0.45))
     return fig
+
+
+def device_chart(device: list[BenchResult], server: list[BenchResult]) -> go.Figure:
+    """Each browser format on the visitor's device beside this server: median bars, p10–p90 whiskers, log ms axis."""
+    fig = go.Figure()
+    values = []
+    for name, rows, color in (("your device", device, "#ef553b"), ("this server", server, "#636efa")):
+        rows = _timed(rows, 1)
+        if not rows:
+            continue
+        values += [v for r in rows for v in (r.latency.p10_ms, r.latency.p90_ms) if v > 0]
+        fig.add_bar(name=name, x=[r.variant for r in rows], y=[r.latency.median_ms for r in rows],
+                    marker_color=color,
+                    error_y=dict(type="data", symmetric=False,
+                                 array=[r.latency.p90_ms - r.latency.median_ms for r in rows],
+                                 arrayminus=[r.latency.median_ms - r.latency.p10_ms for r in rows]),
+                    hovertemplate=f"{name} · %{{x}}: %{{y:.1f}} ms<extra></extra>")
+    _layout(fig, f"Your device against this server (batch 1; bar = median, whisker = p10–p90){_busy(server)}",
+            "format", "latency per image")
+    fig.update_layout(barmode="group", showlegend=True, legend=dict(orientation="h", y=1.02, x=0))
+    if values:
+        fig.update_yaxes(**log_ms_axis(values))
+    return fig

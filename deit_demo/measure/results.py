@@ -28,11 +28,15 @@ def write_json(target: Path | str, payload: dict) -> dict:
     return payload
 
 
-def results_payload(rows: list, **extra) -> dict:
-    """A results file's content: schema, machine, the run's metadata (packages, commit, CPU flags, threads), the
-    rows (objects with `to_row()` or dicts, raw samples included), and `extra`."""
+def results_payload(rows: list, *, machine: dict | None = None, **extra) -> dict:
+    """A results file's content: schema, machine (this one unless given: a visitor's browser), the run's metadata
+    (packages, commit, CPU flags, threads; no CPU flags for another machine's rows), the rows (objects with `to_row()`
+    or dicts, raw samples included), and `extra`."""
     rows = [r if isinstance(r, dict) else r.to_row() for r in rows]
-    return {"schema": RESULTS_SCHEMA, **extra, "machine": machine_info(), "run": run_metadata(rows), "rows": rows}
+    run = run_metadata(rows)
+    if machine is not None:  # measured elsewhere (a visitor's browser): this CPU's flags would not describe it
+        run["cpu_flags"] = []
+    return {"schema": RESULTS_SCHEMA, **extra, "machine": machine or machine_info(), "run": run, "rows": rows}
 
 
 CSV_FIELDS = ["model", "variant", "batch_size", "threads", "status", "reason", "median_ms", "p10_ms", "p90_ms",

@@ -32,6 +32,9 @@ class AppConfig:
     max_batch_size: int = 8  # visitors' classifications that share one forward pass
     queue_size: int = 16
     serve: ServeSettings = field(default_factory=ServeSettings)
+    # Where web/node_modules has no ONNX Runtime Web, download the pinned tarball once from the npm registry
+    # (checked against the lockfile's sha512). Off: the Your device tab says what to run instead.
+    fetch_web_runtime: bool = True
 
     def __post_init__(self) -> None:
         get_spec(self.model)

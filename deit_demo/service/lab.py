@@ -28,12 +28,14 @@ from deit_demo.measure.results import results_payload, save_csv, write_json
 from deit_demo.measure.sweep import SweepRow, SweepSettings, run_sweep
 from deit_demo.measure.tome_sweep import TomeSweepRow, tome_sweep
 from deit_demo.measure.tune import TuneResult, TuneSettings, tune
-from deit_demo.serve.classify import ClassifyResult
+from deit_demo.serve.browser import Runtime
+from deit_demo.serve.classify import ClassifyResult, labels_for
 from deit_demo.serve.server import Server
+from deit_demo.service import device
 from deit_demo.service.config import AppConfig
 from deit_demo.service.sessions import Sessions
-from deit_demo.variants import ORIGINAL, parse_variant_keys
-from deit_demo.variants.pipeline import ConversionResult, ProgressFn, run_conversion
+from deit_demo.variants import ORIGINAL, get_variant, parse_variant_keys
+from deit_demo.variants.pipeline import ConversionResult, ProgressFn, run_conversion, variant_context
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Lab:
         self.fallbacks: dict[str, str] = {}
         self.sessions = Sessions()
         self.server = Server(self.model, self.store, self.config.serve)
+        self.web_runtime = Runtime(fetch=self.config.fetch_web_runtime)
+        self._made_once = device.MadeOnce()
 
     # ---------------------------------------------------------------------------------------------- models
 
@@ -246,6 +250,65 @@ class Lab:
         path = Path(f"{_stem(folder, 'sweep')}.json")
         save_sweep(path, rows, settings, choice)
         return path
+
+
+    # ---------------------------------------------------------------------------------------------- the visitor's device
+
+    def browser_catalog(self, model_key: str) -> dict:
+        """What the page needs for `model_key`: how to preprocess, the labels, and each browser format with its size
+        (exact where the file is made, estimated until then: nothing is converted here)."""
+        loaded = self.model(model_key)
+        ctx = variant_context(loaded.spec, self.store)
+        formats = []
+        for key in device.browser_keys():
+            variant = get_variant(key)
+            found = self.store.lookup(loaded.spec.key, loaded.weights_id, variant.store_key(ctx), variant.version)
+            made = None
+            if found is not None:
+                made = ConversionResult(model=loaded.spec.key, variant=key, status="ok", size_bytes=found.size_bytes,
+                                        sha256=found.sha256, notes=found.notes)  # checked again when asked for
+            formats.append(device.as_dict(device.format_of(loaded.spec, key, made)))
+        return {"model": device.page_spec(loaded.spec, labels_for(loaded)), "weights": loaded.weights,
+                "banner": self.banner(loaded, markdown=False), "formats": formats,
+                "preference": list(device.WASM_PREFERENCE), "ask_first_bytes": device.ASK_FIRST_BYTES,
+                "runtime": self.web_runtime.status()}
+
+    def browser_format(self, model_key: str, key: str) -> device.BrowserFormat:
+        """Make (the first time anyone asks) and check one browser format; its download URL names its sha256."""
+        device.check_browser_variant(key)
+        loaded = self.model(model_key)
+        with self._made_once.lock(loaded.spec.key, key), self.server.cpus.take(self.heavy_cpus()), \
+                activity.ACTIVITY.doing(f"a browser format of {model_key}"):
+            made = run_conversion(loaded, [key], self.store)[0]
+        return device.format_of(loaded.spec, key, made)
+
+    def browser_file(self, model_key: str, key: str, sha256: str) -> Path:
+        """The stored file of a made format, verified; an error if it is not made or no longer has this sha256."""
+        device.check_browser_variant(key)
+        loaded = self.model(model_key)
+        variant = get_variant(key)
+        found = self.store.lookup(loaded.spec.key, loaded.weights_id,
+                                  variant.store_key(variant_context(loaded.spec, self.store)), variant.version)
+        if found is None or found.sha256 != sha256:
+            raise DeitDemoError(f"The {key} file of {model_key} with sha256 {sha256[:12]}… is not on this server "
+                                "(it was never made, or it changed): reload the formats and try again.")
+        return found.path
+
+    def device_benchmark(self, text: str, *, runs: int = 10) -> tuple[device.DeviceRun, list[BenchResult]]:
+        """The page's timings read back, and this server timing the same files (batch 1, the job's CPUs)."""
+        run = device.parse_device_run(text)
+        settings = BenchSettings(variants=[r.variant for r in run.rows], runs=runs, warmup=3, profile=False)
+        _, server = self.benchmark(run.model, settings)
+        return run, server
+
+    def save_device(self, run: device.DeviceRun, server: list[BenchResult], folder: Path) -> list[Path]:
+        """Two results files `compare` overlays: your device's (its machine is the browser) and this server's."""
+        stem = _stem(folder, f"device_{run.model}")
+        mine = Path(f"{stem}_your_device.json")
+        write_json(mine, results_payload(run.rows, model=run.model, machine=run.machine))
+        theirs = Path(f"{stem}_this_server.json")
+        write_json(theirs, results_payload(server, model=run.model))
+        return [mine, theirs]
 
 
 def _stem(folder: Path, prefix: str) -> Path:

@@ -16,6 +16,7 @@ from deit_demo.variants import onnx  # noqa: F401  isort: skip
 from deit_demo.variants import compiled  # noqa: F401  isort: skip
 from deit_demo.variants import openvino  # noqa: F401  isort: skip
 from deit_demo.variants import tome  # noqa: F401  isort: skip
+from deit_demo.variants import web  # noqa: F401  isort: skip
 from deit_demo.variants.base import MAX_BATCH, Runner, Variant, VariantContext
 from deit_demo.variants.registry import ORIGINAL, VARIANTS, get_variant, parse_variant_keys, register
 

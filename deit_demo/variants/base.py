@@ -217,6 +217,8 @@ class Variant:
     # How long preparing it takes, roughly (DeiT-B, 2 CPUs): 1 seconds, 2 tens of seconds, 3 minutes. Auto prepares
     # its candidates cheapest first, so that a faster-than-original answer comes soonest.
     prepare_cost: int = 2
+    # The ONNX Runtime Web backends that run this file in a visitor's browser ("wasm", "webgpu"); () for none.
+    browser: tuple[str, ...] = ()
 
     def profiler_available(self) -> tuple[bool, str]:
         """Whether this variant's runtime can say where its time goes, and why not."""
@@ -255,7 +257,7 @@ class Variant:
         ok, reason = self.available()
         return {"key": self.key, "title": self.title, "family": self.family, "precision": self.precision,
                 "lossy": self.lossy, "batch_invariant": self.batch_invariant, "description": self.description, "available": ok, "reason": reason,
-                "deprecation": self.deprecation}
+                "deprecation": self.deprecation, "browser": list(self.browser)}
 
 
 def missing_packages(*modules: str) -> tuple[bool, str]:

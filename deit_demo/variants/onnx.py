@@ -87,6 +87,7 @@ class _Onnx(Variant):
 class OnnxFp32(_Onnx):
     key = "onnx_fp32"
     prepare_cost = 1
+    browser = ("wasm", "webgpu")
     title = "ONNX Runtime fp32"
     description = "torch.onnx.export(dynamo=True) -> .onnx, run by ONNX Runtime: portable to any ONNX runtime."
 
@@ -109,6 +110,7 @@ def export_quantized(model, path, ctx, quantize) -> None:
 class OnnxInt8(_Onnx):
     key = "onnx_int8"
     prepare_cost = 1
+    browser = ("wasm",)
     precision = "int8"
     title = "ONNX Runtime int8 (dynamic)"
     batch_invariant = False

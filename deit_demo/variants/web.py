@@ -1,0 +1,121 @@
+"""Formats for the visitor's browser (ONNX Runtime Web): files the page downloads and runs on WASM or WebGPU.
+
+They are ONNX files like `onnx.py`'s, made and checked by the same pipeline, and the server runs them with ONNX
+Runtime too (which is how their answers are checked and how "this server" is timed beside "your device"). What
+differs is what is fast there: WASM has 128-bit SIMD and no VNNI, so its int8 kernels want uint8 weights, and every
+token that is not computed counts (docs/PERFORMANCE.md, "In the browser").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+
+import torch
+
+from deit_demo.variants.base import MAX_BATCH
+from deit_demo.variants.onnx import _CalibrationReader, _Onnx, export_quantized
+from deit_demo.variants.registry import register
+from deit_demo.variants.tome_merge import ToMe
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """ONNX Runtime's quantizer logs hints on the root logger and prints shape-inference notes on stdout."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_static_u8(fp32, out, calibration) -> None:
+    """Static QDQ int8 with uint8 weights per channel, calibrated: MatMul, Gemm and the patch-embedding Conv.
+
+    uint8 rather than int8 weights: ONNX Runtime Web's WASM kernels were 10-25% faster with them on DeiT-S, and
+    int8-weight ConvInteger has been a weak spot of onnxruntime-web.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out.with_name(out.stem + "_prep.onnx")
+    try:
+        with _quiet_quantizer():
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            quantize_static(str(prepared), str(out), _CalibrationReader("pixels", calibration),
+                            quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QUInt8,
+                            activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul", "Gemm", "Conv"])
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+@register
+class WebInt8(_Onnx):
+    key = "web_int8"
+    family = "browser"
+    precision = "int8"
+    prepare_cost = 1
+    browser = ("wasm",)
+    title = "Browser int8 (static QDQ, uint8 weights)"
+    description = ("For ONNX Runtime Web on WASM: static QDQ int8 per channel with uint8 weights and activations, "
+                   "the patch-embedding Conv included, calibrated on the example images.")
+
+    def export(self, model, path, ctx):
+        export_quantized(model, path, ctx, lambda fp32, out: quantize_static_u8(fp32, out, ctx.calibration))
+        return {"calibration_images": len(ctx.calibration)}
+
+
+@register
+class WebFp16(_Onnx):
+    key = "web_fp16"
+    family = "browser"
+    precision = "fp16"
+    prepare_cost = 1
+    browser = ("webgpu",)
+    title = "Browser fp16 (for WebGPU)"
+    description = ("fp32 ONNX with weights and compute in fp16 (inputs and outputs stay fp32): half the download, "
+                   "and the precision GPUs run fastest. On a CPU it is checked, not fast.")
+
+    def export(self, model, path, ctx):
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        def halve(fp32, out):
+            with _quiet_quantizer():
+                onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(out))
+
+        export_quantized(model, path, ctx, halve)
+        return {}
+
+
+@register
+class WebTomeInt8(_Onnx):
+    key = "web_tome_int8"
+    family = "browser"
+    precision = "int8"
+    lossy = True
+    prepare_cost = 1
+    browser = ("wasm",)
+    title = "Browser token merging + int8 (ToMe, dynamic uint8)"
+    description = ("ToMe with r tokens merged per block, exported to ONNX, then dynamic int8 with uint8 weights: "
+                   "fewer tokens is what a 128-bit SIMD CPU in a browser needs most. Lossy: answers may change.")
+
+    def store_key(self, ctx) -> str:
+        return f"{self.key}-r{ctx.r}"
+
+    def export(self, model, path, ctx):
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        merged = ToMe(copy.deepcopy(model), ctx.r).eval()
+
+        def quantize(fp32, out):
+            with _quiet_quantizer():
+                quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QUInt8)
+
+        export_quantized(merged, path, ctx, quantize)
+        return {"r": ctx.r, "max_batch": MAX_BATCH, "torch": torch.__version__}
