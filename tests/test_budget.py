@@ -313,3 +313,9 @@ def test_convert_and_evaluate_take_agreement_on_the_images_of_their_accuracy(tmp
     assert outcome.accuracy[0].top1_agreement == 1.0
     table = conversion_rows(outcome.results, outcome.top1)
     assert list(table[0]) == CONVERT_COLUMNS and table[1]["agreement on"] == images
+
+
+def test_a_file_that_does_not_say_is_not_held_against_the_others():
+    silent = payload("device.json")
+    del silent["rows"][0]["weights"]
+    assert decide.compare_warnings([silent, payload("server.json", weights="checkpoint:x")]) == []

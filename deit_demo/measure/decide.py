@@ -204,7 +204,8 @@ def compare(payloads: list[dict]) -> tuple[list[dict], list[dict]]:
 
 def compare_warnings(payloads: list[dict]) -> list[str]:
     """One line for each way the overlaid files differ that changes their figures: threads, batch sizes, package
-    versions, weights. Files written before the run block existed are read from their rows and machine block."""
+    versions, weights. Files written before the run block existed are read from their rows and machine block; a file
+    that does not say (a browser's rows name no weights) is not held against the others."""
     def facts(payload: dict) -> dict[str, str]:
         rows, run = payload.get("rows", []), payload.get("run") or {}
 
@@ -218,7 +219,7 @@ def compare_warnings(payloads: list[dict]) -> list[str]:
     found = [(p["label"], facts(p)) for p in payloads]
     lines = []
     for name in ("threads", "batch", "packages", "weights"):
-        if len({f[name] for _, f in found}) > 1:
+        if len({f[name] for _, f in found if f[name] != "?"}) > 1:  # "?": a file that does not say
             if name == "packages":  # only the packages that differ, else the line is unreadable
                 versions = [dict(item.rsplit(" ", 1) for item in f["packages"].split(", ") if " " in item)
                             for _, f in found]
