@@ -14,14 +14,11 @@ Random weights for the ImageNet models (no download here); loopback only.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import http.server
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -120,29 +117,6 @@ RELAXED_SIMD = ("WebAssembly.validate(new Uint8Array([0,97,115,109,1,0,0,0,1,5,1
                 "1,253,15,65,2,253,15,253,128,2,11]))")
 
 
-@contextlib.contextmanager
-def _serve_file(path: Path):
-    """`path` at a loopback URL, with the CORS header a cross-origin-isolated page needs to fetch it."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            data = path.read_bytes()
-            self.send_response(200)
-            self.send_header("Access-Control-Allow-Origin", "*")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
-    finally:
-        server.shutdown()
-
-
 def explore(lab, playwright, url: str, runs: int, threads: int) -> None:
     model = HEADLINE
     print(f"\n## WASM options, {model}, median of {runs} runs (one page each where the runtime needs it)\n")
@@ -167,8 +141,8 @@ def explore(lab, playwright, url: str, runs: int, threads: int) -> None:
                     print(f"| ORT format | {key} | conversion failed |")
                     continue
                 # fetched by the page from a loopback server (as a JSON list, 88 MB of numbers exhausted memory)
-                with _serve_file(ort_file) as file_url:
-                    samples = page.evaluate(EXPLORE_ORT, [file_url, {}, runs])
+                with device_page.serve_bytes(ort_file.read_bytes()) as base:
+                    samples = page.evaluate(EXPLORE_ORT, [f"{base}/{ort_file.name}", {}, runs])
                 print(f"| ORT format ({ort_file.stat().st_size / 2**20:.1f} MB) | {key} | {statistics.median(samples):.1f} |")
     with device_page.device_page(playwright, url, threads=1) as page:
         for key in paths:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.server
 import io
+import threading
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -91,3 +93,26 @@ def time_in_page(page, model: str, keys: list[str], *, backend: str = "wasm", wa
                  block: int = 3, options: dict | None = None) -> dict:
     """{key: {samples_ms, load_ms, first_ms, ...}} timed in the page the way the tab's benchmark times."""
     return page.evaluate(TIME, [model, keys, backend, warmup, runs, block, options or {}])
+
+
+@contextlib.contextmanager
+def serve_bytes(data: bytes):
+    """`data` at every path of a loopback server (yields its base URL), with the CORS header a cross-origin-isolated
+    page needs to fetch it: a stand-in npm registry, or a file the page loads."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Access-Control-Allow-Origin", "*")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()

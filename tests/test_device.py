@@ -50,21 +50,8 @@ def registry(tmp_path):
     if not all((DIST / n).is_file() for n in RUNTIME_FILES):
         pytest.fail("ONNX Runtime Web is not installed: run scripts/test.sh (it runs npm ci --prefix web)")
     data = _tarball(tmp_path)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", data
-    server.shutdown()
+    with device_page.serve_bytes(data) as url:
+        yield url, data
 
 
 def _lockfile(tmp_path: Path, data: bytes) -> Path:

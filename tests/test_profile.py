@@ -47,7 +47,14 @@ def test_a_real_trace_of_each_runtime_maps_onto_the_classes(key, prepared, tiny,
     shown = {name for name, ms in result.ms.items() if ms > 0}
     assert EXPECTED[key] <= shown, f"missing: {EXPECTED[key] - shown}; unmapped: {result.unmapped}"
     model_ops = [op for op in profile.ops if not re.search(WRAPPER, op.kind)]
-    other = sum(op.ms for op in model_ops if classify(op) == "other") / sum(op.ms for op in model_ops)
+    # Each named node at its fastest over the runs: one call stretched by a context switch (the other test worker
+    # shares the cores) once made a 4 µs element-wise node take 1.5 ms and tipped the share. Unnamed ops (PyTorch's)
+    # count as they are.
+    fastest: dict = {}
+    for op in model_ops:
+        key = (op.kind, op.node) if op.node else (op.kind, id(op))
+        fastest[key] = min(fastest.get(key, (float("inf"), op))[0], op.ms), op
+    other = sum(ms for ms, op in fastest.values() if classify(op) == "other") / sum(ms for ms, _ in fastest.values())
     assert other < 0.15, (result.unmapped, result.top_ops.get("other"))  # named, and small
     assert set(result.ms) <= set(CLASSES) and abs(sum(result.share.values()) - 1) < 1e-6
     assert all(name for name in result.unmapped)  # what fell to "other" is listed by name, never silently

@@ -30,13 +30,7 @@ def difference_interval(reference, candidate, level: float = 0.95, samples: int 
     import numpy as np
 
     diff = np.asarray(reference, dtype=np.float64) - np.asarray(candidate, dtype=np.float64)
-    if diff.size == 0:
-        return float("nan"), float("nan")
-    draws = np.random.default_rng(seed).integers(0, diff.size, (samples, diff.size))
-    means = diff[draws].mean(axis=1)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    return accuracy_interval(diff, level, samples, seed)  # the same bootstrap of a mean, over per-image differences
 
 
 def images_to_settle(reference, candidate, margin: float, z: float = 1.96) -> int | None:
