@@ -258,11 +258,9 @@ class Lab:
         """What the page needs for `model_key`: how to preprocess, the labels, and each browser format with its size
         (exact where the file is made, estimated until then: nothing is converted here)."""
         loaded = self.model(model_key)
-        ctx = variant_context(loaded.spec, self.store)
         formats = []
         for key in device.browser_keys():
-            variant = get_variant(key)
-            found = self.store.lookup(loaded.spec.key, loaded.weights_id, variant.store_key(ctx), variant.version)
+            found = self._stored(loaded, key)
             made = None
             if found is not None:
                 made = ConversionResult(model=loaded.spec.key, variant=key, status="ok", size_bytes=found.size_bytes,
@@ -285,14 +283,17 @@ class Lab:
     def browser_file(self, model_key: str, key: str, sha256: str) -> Path:
         """The stored file of a made format, verified; an error if it is not made or no longer has this sha256."""
         device.check_browser_variant(key)
-        loaded = self.model(model_key)
-        variant = get_variant(key)
-        found = self.store.lookup(loaded.spec.key, loaded.weights_id,
-                                  variant.store_key(variant_context(loaded.spec, self.store)), variant.version)
+        found = self._stored(self.model(model_key), key)
         if found is None or found.sha256 != sha256:
             raise DeitDemoError(f"The {key} file of {model_key} with sha256 {sha256[:12]}… is not on this server "
                                 "(it was never made, or it changed): reload the formats and try again.")
         return found.path
+
+    def _stored(self, loaded: LoadedModel, key: str):
+        """The verified stored file of variant `key` for `loaded`, or None: nothing is converted."""
+        variant = get_variant(key)
+        return self.store.lookup(loaded.spec.key, loaded.weights_id,
+                                 variant.store_key(variant_context(loaded.spec, self.store)), variant.version)
 
     def device_benchmark(self, text: str, *, runs: int = 10) -> tuple[device.DeviceRun, list[BenchResult]]:
         """The page's timings read back, and this server timing the same files (batch 1, the job's CPUs)."""
