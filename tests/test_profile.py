@@ -77,6 +77,8 @@ def test_linear_layers_are_split_by_role_from_names_or_shapes():
     assert classify(OpTime("aten::addmm", "", 1.0, features=(192, 576))) == "linear: QKV"
     assert classify(OpTime("FusedMatMul", "node", 1.0, rank=4)) == "attention matmuls"
     assert classify(OpTime("DynamicQuantizeLinear", "x_quant", 1.0, rank=4)) == "quantize / dequantize"
+    assert classify(OpTime("Multiply", "__module.blocks.0.norm1/aten::layer_norm/MVN_0_0/nncf_smoo", 1.0)) == \
+        "quantize / dequantize"
     assert classify(OpTime("SomethingNew", "node_1", 1.0)) == "other"
 
 

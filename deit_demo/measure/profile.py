@@ -26,6 +26,9 @@ RULES: list[tuple[str, str, str]] = [
     (r"scaled_dot_product|flash_attention|ScaledDotProductAttention", "", "attention matmuls"),
     (r"conv|patch_embed", "", "patch embedding"),
     ("", r"patch_embed\.proj|patch_embed/", "patch embedding"),
+    # NNCF's SmoothQuant scales (a Multiply before each int8 layer, named "nncf_smooth", cut short in counters) are
+    # the quantization's own work
+    ("", r"nncf_smoo", "quantize / dequantize"),
     (r"softmax", "", "softmax"),
     (r"layer_?norm|MVN", "", "layer norm"),
     (r"gelu", "", "GELU"),
