@@ -204,6 +204,15 @@ def test_the_stored_r_is_what_the_variant_runs_with(synth_sweep):
     assert item.runner.notes["r"] == tuned.r and item.runner.notes["r_source"] == "tuned to an accuracy budget"
     asked = next(prepare_variants(loaded, ["tome_fp32"], store, tome_r=tuned.r + 2))
     assert asked.runner.notes["r"] == tuned.r + 2 and "r_source" not in asked.runner.notes
+    # and the answer a visitor gets says so
+    from deit_demo.core.paths import ASSETS
+    from deit_demo.service.config import AppConfig
+    from deit_demo.service.lab import Lab
+
+    lab = Lab(AppConfig(model="deit_synth", store_root=str(store.root), auto_prepare=False,
+                        isolate_conversions=False))
+    result = lab.classify(str(ASSETS / "chelsea_cat.jpg"), "deit_synth", "tome_fp32")[1]
+    assert f"tome_fp32 merges r = {tuned.r} tokens per block, tuned to an accuracy budget" in result.note
 
 
 def test_the_r_sweep_takes_agreement_on_the_images_of_its_accuracy():

@@ -198,6 +198,12 @@ class Server:
         with torch_threads(threads) if recompiles else contextlib.nullcontext():
             results = classify_tensors(loaded, tensors, k=min(k, loaded.spec.num_classes), runner=runner,
                                        variant=variant_key, one_pass=one_pass, lanes=lanes)
+        # Token merging's r (and whether it was tuned to an accuracy budget) shows wherever the variant answers
+        settings = runner.notes if runner is not None and "r" in runner.notes else None
+        if settings:
+            how = f"{variant_key} merges r = {settings['r']} tokens per block" + (
+                f", {settings['r_source']}" if settings.get("r_source") else "")
+            note = f"{note} · {how}" if note else how
         for result in results:
             result.note, result.agreement = note, agreement
         return results
