@@ -18,6 +18,40 @@ def export_onnx(model, path, ctx) -> None:
                           input_names=["pixels"], output_names=["logits"], dynamic_shapes=(batch_dim(),))
 
 
+@contextlib.contextmanager
+def quiet_quantizer():
+    """ONNX Runtime's quantizer logs a pre-processing hint on the root logger at every call and prints shape-inference
+    notes on stdout."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_static_qdq(fp32, out, calibration, weight_type: str = "QInt8") -> None:
+    """Static QDQ int8, per channel, uint8 activations calibrated on `calibration`: MatMul, Gemm and the
+    patch-embedding Conv (what ORT fuses into int8 kernels). `weight_type`: QInt8 or QUInt8."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out.with_name(out.stem + "_prep.onnx")
+    try:
+        with quiet_quantizer():
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            quantize_static(str(prepared), str(out), _CalibrationReader("pixels", calibration),
+                            quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType[weight_type],
+                            activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+                            extra_options={"ActivationSymmetric": False})
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
 def ort_runner(path, threads: int | None = None) -> Runner:
     import onnxruntime as ort
 
@@ -118,18 +152,11 @@ class OnnxInt8(_Onnx):
                    "counterpart of the tutorial's dynamic int8).")
 
     def export(self, model, path, ctx):
-        import logging
-
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         def quantize(fp32, out):
-            root = logging.getLogger()
-            level = root.level
-            root.setLevel(logging.ERROR)  # ORT logs a pre-processing hint on the root logger at every call
-            try:
+            with quiet_quantizer():
                 quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True)
-            finally:
-                root.setLevel(level)
 
         export_quantized(model, path, ctx, quantize)
         return {}
@@ -154,19 +181,5 @@ class OnnxInt8Static(_Onnx):
                    "calibrated on the example images, in QDQ format (what ORT fuses into int8 kernels).")
 
     def export(self, model, path, ctx):
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        def quantize(fp32, out):
-            prepared = out.with_name(out.stem + "_prep.onnx")
-            try:
-                quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-                quantize_static(str(prepared), str(out), _CalibrationReader("pixels", ctx.calibration),
-                                quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                                activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul", "Gemm", "Conv"],
-                                extra_options={"ActivationSymmetric": False})
-            finally:
-                prepared.unlink(missing_ok=True)
-
-        export_quantized(model, path, ctx, quantize)
+        export_quantized(model, path, ctx, lambda fp32, out: quantize_static_qdq(fp32, out, ctx.calibration))
         return {"calibration_images": len(ctx.calibration)}

@@ -8,50 +8,14 @@ token that is not computed counts (docs/PERFORMANCE.md, "In the browser").
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import logging
 
 import torch
 
 from deit_demo.variants.base import MAX_BATCH
-from deit_demo.variants.onnx import _CalibrationReader, _Onnx, export_quantized
+from deit_demo.variants.onnx import _Onnx, export_quantized, quantize_static_qdq, quiet_quantizer
 from deit_demo.variants.registry import register
 from deit_demo.variants.tome_merge import ToMe
-
-
-@contextlib.contextmanager
-def _quiet_quantizer():
-    """ONNX Runtime's quantizer logs hints on the root logger and prints shape-inference notes on stdout."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
-
-
-def quantize_static_u8(fp32, out, calibration) -> None:
-    """Static QDQ int8 with uint8 weights per channel, calibrated: MatMul, Gemm and the patch-embedding Conv.
-
-    uint8 rather than int8 weights: ONNX Runtime Web's WASM kernels were 10-25% faster with them on DeiT-S, and
-    int8-weight ConvInteger has been a weak spot of onnxruntime-web.
-    """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = out.with_name(out.stem + "_prep.onnx")
-    try:
-        with _quiet_quantizer():
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-            quantize_static(str(prepared), str(out), _CalibrationReader("pixels", calibration),
-                            quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QUInt8,
-                            activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul", "Gemm", "Conv"])
-    finally:
-        prepared.unlink(missing_ok=True)
 
 
 @register
@@ -66,7 +30,10 @@ class WebInt8(_Onnx):
                    "the patch-embedding Conv included, calibrated on the example images.")
 
     def export(self, model, path, ctx):
-        export_quantized(model, path, ctx, lambda fp32, out: quantize_static_u8(fp32, out, ctx.calibration))
+        # uint8 rather than int8 weights: ONNX Runtime Web's WASM kernels were 10-25% faster with them on DeiT-S,
+        # and int8-weight ConvInteger has been a weak spot of onnxruntime-web
+        export_quantized(model, path, ctx,
+                         lambda fp32, out: quantize_static_qdq(fp32, out, ctx.calibration, weight_type="QUInt8"))
         return {"calibration_images": len(ctx.calibration)}
 
 
@@ -86,7 +53,7 @@ class WebFp16(_Onnx):
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         def halve(fp32, out):
-            with _quiet_quantizer():
+            with quiet_quantizer():
                 onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(out))
 
         export_quantized(model, path, ctx, halve)
@@ -114,7 +81,7 @@ class WebTomeInt8(_Onnx):
         merged = ToMe(copy.deepcopy(model), ctx.r).eval()
 
         def quantize(fp32, out):
-            with _quiet_quantizer():
+            with quiet_quantizer():
                 quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QUInt8)
 
         export_quantized(merged, path, ctx, quantize)
