@@ -232,6 +232,7 @@ def test_decide_sweep_draws_the_pareto_chart_and_recommends(page):
     for box in ("#decide-budget-ms", "#decide-budget-mb", "#decide-min-top1"):  # empty: no budget, not 0
         assert page.locator(f"{box} textarea, {box} input").first.input_value() == ""
     page.locator("#decide-budget-ms textarea, #decide-budget-ms input").first.fill("200")
+    page.locator("#decide-max-drop textarea, #decide-max-drop input").first.fill("1")
     page.get_by_role("button", name="Run sweep").click()
     page.locator("#decide-recommendation").get_by_text("Ship deit_small").wait_for(timeout=300_000)
     page.locator("#plot-pareto .js-plotly-plot svg.main-svg").first.wait_for(timeout=30_000)
@@ -241,6 +242,15 @@ def test_decide_sweep_draws_the_pareto_chart_and_recommends(page):
     assert_spans_its_data(axes["x"])  # it ran from 1 to 10^54 with a 50 ms budget line
     assert_spans_its_data(axes["y"])
     assert "Measured on CPU" in page.locator("#decide-recommendation").inner_text()
+    # The accuracy budget reached the sweep: without labelled data the int8 pairs are named as not judged
+    verdict = page.locator("#decide-recommendation")
+    verdict.get_by_text("Deployment card of deit_small/original").wait_for(timeout=300_000)
+    assert "at most 1 top-1 point under the original" in verdict.inner_text()
+    assert "deit_small/scripted_int8, threads=1: could not be judged" in verdict.inner_text()
+    with page.expect_download() as download:  # the card, as a visitor downloads it
+        page.locator("#decide-files tr").filter(has_text=".md").locator("td.download a").first.click()
+    card = Path(download.value.path()).read_text()
+    assert "deit_small" in card.splitlines()[0] and "p50" in card
     page.screenshot(path=str(SHOTS / "decide.png"), full_page=True)
 
 

@@ -77,7 +77,7 @@ def test_the_fastest_pair_within_the_budget_wins_and_the_others_say_why():
     choice = decide.recommend(rows, max_drop=1.0)
     assert choice.best["variant"] == "scripted_int8"  # agreement 90% on check inputs: the measured accuracy decides
     assert "measured on test split (1200 images, -0.30 points against the original)" in choice.sentence
-    assert "at most 1 top-1 points under the original" in choice.sentence
+    assert "at most 1 top-1 point under the original" in choice.sentence
     assert [u["pair"] for u in choice.uncertain] == ["deit_synth/tome_fp32 (r=8), threads=2"]
     assert "about 4000 labelled images would settle it" in choice.sentence
     why = {r["pair"]: r["why"] for r in choice.rejected}

@@ -256,7 +256,7 @@ def build_decide_tab(lab: Lab) -> None:
     pareto = gr.Plot(label="Accuracy vs latency", elem_id="plot-pareto")
     table = gr.Markdown(elem_id="decide-table")
     files = gr.File(label="Download the sweep (JSON, with the recommendation) and the deployment card (Markdown, JSON)",
-                    file_count="multiple", interactive=False)
+                    file_count="multiple", interactive=False, elem_id="decide-files")
     inputs = [models, keys, threads, batches, runs, warmup, budget_ms, budget_mb, min_top1, max_drop]
     run.click(preprocessed(partial(decide_tab.sweep, lab), inputs), inputs, [verdict, pareto, table, files],
               api_name="sweep", preprocess=False, concurrency_limit=1, concurrency_id=HEAVY,

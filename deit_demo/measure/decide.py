@@ -108,8 +108,8 @@ def recommend(rows, *, budget_ms: float | None = None, budget_mb: float | None =
     where = f" on {machine['cpu']} ({machine.get('usable_cpus', '?')} CPUs)" if machine else ""
     limits = ", ".join(f for f in (f"{budget_ms:g} ms" if budget_ms else "", f"{budget_mb:g} MB" if budget_mb else "",
                                    f"top-1 >= {min_top1:g}%" if min_top1 else "",
-                                   f"at most {max_drop:g} top-1 points under the original" if max_drop is not None
-                                   else "") if f) or "no budget"
+                                   f"at most {max_drop:g} top-1 point{'' if max_drop == 1 else 's'} under the original"
+                                   if max_drop is not None else "") if f) or "no budget"
     if best is None:
         sentence = f"Nothing fits ({limits}){where}: see why each pair lost, and loosen a budget."
     else:
