@@ -40,16 +40,16 @@ def test_a_real_trace_of_each_runtime_maps_onto_the_classes(key, prepared, tiny,
         pytest.skip(f"{key} is {item.status} here: {item.reason}")
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        profile = (item.variant.profile(item.artifact, variant_context(tiny.spec, store), x, 2)
-                   or torch_profile(item.runner, x, 2))
+        profile = (item.variant.profile(item.artifact, variant_context(tiny.spec, store), x, 4)
+                   or torch_profile(item.runner, x, 4))
     result = breakdown(key, profile, wall_ms=10.0)
-    assert result.status == "ok" and result.total_ms > 0 and profile.images == 2
+    assert result.status == "ok" and result.total_ms > 0 and profile.images == 4
     shown = {name for name, ms in result.ms.items() if ms > 0}
     assert EXPECTED[key] <= shown, f"missing: {EXPECTED[key] - shown}; unmapped: {result.unmapped}"
     model_ops = [op for op in profile.ops if not re.search(WRAPPER, op.kind)]
     # Each named node at its fastest over the runs: one call stretched by a context switch (the other test worker
-    # shares the cores) once made a 4 µs element-wise node take 1.5 ms and tipped the share. Unnamed ops (PyTorch's)
-    # count as they are.
+    # shares the cores) once made a 4 µs element-wise node take 1.5 ms and tipped the share; in CI an OpenVINO node
+    # stayed at 1.6 ms over two runs, hence four. Unnamed ops (PyTorch's) count as they are.
     fastest: dict = {}
     for op in model_ops:
         key = (op.kind, op.node) if op.node else (op.kind, id(op))
