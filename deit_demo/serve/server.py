@@ -199,8 +199,8 @@ class Server:
             results = classify_tensors(loaded, tensors, k=min(k, loaded.spec.num_classes), runner=runner,
                                        variant=variant_key, one_pass=one_pass, lanes=lanes)
         # Token merging's r (and whether it was tuned to an accuracy budget) shows wherever the variant answers
-        settings = runner.notes if runner is not None and "r" in runner.notes else None
-        if settings:
+        settings = getattr(runner, "notes", None) or {}  # any callable serves; a Runner says how it runs
+        if "r" in settings:
             how = f"{variant_key} merges r = {settings['r']} tokens per block" + (
                 f", {settings['r_source']}" if settings.get("r_source") else "")
             note = f"{note} · {how}" if note else how
