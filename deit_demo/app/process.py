@@ -9,6 +9,7 @@ import importlib.util
 import logging
 import sys
 
+from deit_demo.core.errors import quiet_upstream_noise
 from deit_demo.variants.base import confine_fx_patches_to_their_thread
 
 # How long a Python thread may hold the GIL while another waits for it (Python's default: 5 ms). A compile in the
@@ -41,6 +42,7 @@ def configure_server_process() -> None:
         print("warning: this torch has no torch.fx patch hook; a conversion may disturb visitors' answers",
               file=sys.stderr)
     mark_missing_imports()
+    quiet_upstream_noise()
     # Logging: an unexpected error reaches the `deit_demo` logger once, with its reference id and traceback; the
     # server's log is its standard error (what a Space shows), with a time on each record.
     logger = logging.getLogger("deit_demo")

@@ -25,7 +25,7 @@ from deit_demo.cli.commands import (
     cmd_variants,
 )
 from deit_demo.cli.ship import add_budget, add_ship_commands
-from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.errors import DeitDemoError, quiet_upstream_noise
 from deit_demo.core.paths import home
 from deit_demo.variants import ORIGINAL
 
@@ -143,6 +143,7 @@ def error_log() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_upstream_noise()
     try:
         return args.fn(args)
     except DeitDemoError as err:

@@ -58,7 +58,7 @@ def cmd_tune(args) -> int:
         progress = TqdmProgress()
         loaded, result = lab.tune(args.model, settings, progress=progress)
         progress.close()
-        _emit(args, f"\n{loaded.spec.key} {variant}, budget {result.max_drop:g} top-1 points, on {result.images}, "
+        _emit(args, f"\n{loaded.spec.key} {variant}, budget {result.max_drop:g} top-1 point{'' if result.max_drop == 1 else 's'}, on {result.images}, "
                     f"{result.threads} threads, {settings.runs} runs: tuned in {result.seconds:.1f} s")
         _emit(args, to_markdown(tune_rows(result)))
         _emit(args, f"\n{result.sentence}")

@@ -49,3 +49,19 @@ def log_unexpected(what: str, err: BaseException) -> str:
     logging.getLogger("deit_demo").error("%s failed unexpectedly [ref %s]", what, ref, exc_info=err)
     return (f"{what} failed unexpectedly ({type(err).__name__}; reference {ref}). The details are in the server log "
             "under that reference; please try again, or report the reference.")
+
+
+# Upstream warnings that say nothing a user of this project can act on, printed at every compile or export. Filtered
+# only where a process starts (the CLI's `main`, the server's `configure_server_process`), never on import.
+UPSTREAM_NOISE = (
+    # inductor's int8 (mkldnn) lowering copies weight zero points with torch.tensor(tensor): 4 lines per PT2E compile
+    ("To copy construct from a tensor", UserWarning, r"torch\._inductor"),
+)
+
+
+def quiet_upstream_noise() -> None:
+    """Ignore `UPSTREAM_NOISE` in this process (process-wide: for entry points only)."""
+    import warnings
+
+    for message, category, module in UPSTREAM_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
