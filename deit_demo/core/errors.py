@@ -59,9 +59,18 @@ UPSTREAM_NOISE = (
 )
 
 
+# torch's own loggers that warn at every first compile: an Enum registration deprecated inside torch itself, and "No
+# CUDA runtime is found" on a CPU-only machine, which is what this project runs on by design
+UPSTREAM_NOISY_LOGGERS = ("torch.utils._pytree", "torch.utils.cpp_extension")
+
+
 def quiet_upstream_noise() -> None:
-    """Ignore `UPSTREAM_NOISE` in this process (process-wide: for entry points only)."""
+    """Ignore `UPSTREAM_NOISE` and keep `UPSTREAM_NOISY_LOGGERS` to errors in this process (process-wide: for entry
+    points only)."""
+    import logging
     import warnings
 
     for message, category, module in UPSTREAM_NOISE:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name in UPSTREAM_NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
