@@ -72,13 +72,19 @@ def test_classify_an_example(page):
     page.screenshot(path=str(SHOTS / "classify.png"), full_page=True)
 
 
-def test_auto_says_what_it_is_doing_without_a_refresh(page):
+def test_auto_says_what_it_is_doing_without_a_refresh(page, app_url):
     page.get_by_role("tab", name="Classify").click()
     status = page.locator("#auto-status")
     # The app prepares its model's candidates from start-up: preparing (how far), then ready, on the page as it goes
     status.get_by_text("Auto").first.wait_for(timeout=10_000)
     page.wait_for_function("document.querySelector('#auto-status').innerText.includes('✅')", timeout=300_000)
     assert "Auto →" in status.inner_text()
+    # The model is loaded: a page opened now says its weights are random before it has classified anything
+    fresh = page.context.new_page()
+    fresh.goto(app_url)
+    fresh.locator("#weights-banner").get_by_text("RANDOM weights").wait_for(timeout=30_000)
+    assert fresh.locator("#classify-timing").inner_text().strip() == ""  # no answer on this page
+    fresh.close()
 
 
 def test_on_a_phone_a_tapped_example_shows_its_answer_in_view(app_url, playwright):

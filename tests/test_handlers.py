@@ -357,3 +357,15 @@ def test_the_cli_way_of_auto_prepares_first_then_answers(store, monkeypatch):
     assert choice.state == "ready" and result.variant == choice.variant and result.note == choice.sentence()
     assert choice.runner is not None or choice.variant == "original"
     assert settles == [1]  # one full collection per preparation (about 1 s holding the GIL on DeiT-B), not two
+
+
+def test_the_weights_banner_is_polled_without_loading_anything(tmp_path):
+    fresh = Lab(AppConfig(model="deit_digits", weights="random", store_root=str(tmp_path / "store"),
+                          auto_prepare=False))
+    assert fresh.loaded_banner("deit_digits") is None and len(fresh.cache) == 0  # polling loaded nothing
+    line, banner = handlers.classify_status(fresh, "deit_digits")
+    assert banner == gr.skip() and handlers.model_banner(fresh, "deit_digits") == ""
+    fresh.model("deit_digits")
+    line, banner = handlers.classify_status(fresh, "deit_digits")
+    assert "RANDOM weights" in banner and banner == handlers.model_banner(fresh, "deit_digits")
+    assert handlers.model_banner(fresh, "deit_synth") == "" and handlers.model_banner(fresh, "nonsense") == ""

@@ -123,6 +123,24 @@ def auto_status(lab: Lab, model_key) -> str:
         return ""
 
 
+def classify_status(lab: Lab, model_key) -> tuple:
+    """Auto's line and where the selected model's weights came from, polled (never loads anything): random weights
+    say so before anyone's first answer. The banner is left as it is while the model is not loaded."""
+    try:
+        banner = lab.loaded_banner(model_key)
+    except DeitDemoError:
+        banner = None
+    return auto_status(lab, model_key), gr.skip() if banner is None else banner
+
+
+def model_banner(lab: Lab, model_key) -> str:
+    """The weights banner when another model is picked: its own once loaded, else none until its first answer."""
+    try:
+        return lab.loaded_banner(model_key) or ""
+    except DeitDemoError:
+        return ""
+
+
 @boundary("Fetching the image URL")
 def fetch_url_input(lab: Lab, url: str, request: gr.Request = None) -> tuple:
     """The step before Classify: an image URL is fetched into this visitor's folder and shown in the image box, so

@@ -130,10 +130,14 @@ def build_classify_tab(lab: Lab) -> None:
         gr.Examples(gallery(lab.config.model), inputs=[image, model], label="Examples", outputs=outputs,
                     fn=partial(handlers.classify_example, lab), cache_examples=lab.config.cache_examples,
                     cache_mode="lazy", elem_id="examples")
-    # Auto's state for the selected model, kept current without a refresh (a cheap read; nothing is loaded)
+    # Auto's state and the weights banner for the selected model, kept current without a refresh (a cheap read;
+    # nothing is loaded)
     status = partial(handlers.auto_status, lab)
-    gr.Timer(3).tick(status, [model], [auto_line], queue=False, show_progress="hidden", api_visibility="private")
+    gr.Timer(3).tick(partial(handlers.classify_status, lab), [model], [auto_line, banner], queue=False,
+                     show_progress="hidden", api_visibility="private")
     model.change(status, [model], [auto_line], queue=False, show_progress="hidden", api_visibility="private")
+    model.change(partial(handlers.model_banner, lab), [model], [banner], queue=False, show_progress="hidden",
+                 api_visibility="private")
     # Which heads show follows the model picked (an example sets it too), not each answer: see
     # handlers._classify_outputs.
     model.change(handlers.heads_for_model, [model], [head_b, head_c], queue=False, show_progress="hidden",

@@ -47,6 +47,11 @@ class BoundedCache(Generic[T]):
                         self._items.popitem(last=False)
                 return value
 
+    def peek(self, match: Callable[[Hashable], bool]) -> T | None:
+        """The most recently used value whose key matches, or None: builds nothing and leaves the order as it is."""
+        with self._lock:
+            return next((value for key, value in reversed(self._items.items()) if match(key)), None)
+
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items
 

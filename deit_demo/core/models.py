@@ -294,5 +294,9 @@ class ModelCache:
     def get(self, key: str, weights: str | Path = "hub") -> LoadedModel:
         return self._cache.get((key, str(weights)), lambda: load_model(key, weights))
 
+    def peek(self, key: str) -> LoadedModel | None:
+        """The most recently used loaded copy of model `key` (any weights), or None: never loads, never reorders."""
+        return self._cache.peek(lambda cached: cached[0] == key)
+
     def __len__(self) -> int:
         return len(self._cache)

@@ -88,6 +88,11 @@ class Lab:
     def banner(self, loaded: LoadedModel, *, markdown: bool = True) -> str:
         return weights_banner(loaded, self.fallbacks.get(loaded.spec.key, ""), markdown=markdown)
 
+    def loaded_banner(self, key: str) -> str | None:
+        """`banner` for model `key` if it is loaded already, else None (never loads: the page polls it)."""
+        loaded = self.cache.peek(get_spec(key).key)
+        return None if loaded is None else self.banner(loaded)
+
     @property
     def store_root(self) -> Path:
         return self.store.root
