@@ -1,6 +1,7 @@
 """A real browser (Debian's Chromium, driven by Playwright) walks through every tab. Screenshots land in
 test-artifacts/screenshots/."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -240,7 +241,16 @@ def test_decide_sweep_draws_the_pareto_chart_and_recommends(page):
     page.locator("#decide-budget-ms textarea, #decide-budget-ms input").first.fill("200")
     page.locator("#decide-max-drop textarea, #decide-max-drop input").first.fill("1")
     page.get_by_role("button", name="Run sweep").click()
-    page.locator("#decide-recommendation").get_by_text("Ship deit_small").wait_for(timeout=300_000)
+    # The last line comes once the recommended pair's card is measured (or says why there is none). Which model
+    # wins depends on the machine: with the int8 pairs unjudged, DeiT-S's original is near the 200 ms budget on a
+    # busy 2-core machine.
+    page.wait_for_function("(() => { const t = document.querySelector('#decide-recommendation').innerText;"
+                           " return t.includes('Deployment card of') || t.includes('No deployment card'); })()",
+                           timeout=300_000)
+    verdict = page.locator("#decide-recommendation")
+    text = verdict.inner_text()
+    shipped = re.match(r"Ship (deit_small|deit_tiny) as original", text)
+    assert shipped and f"Deployment card of {shipped.group(1)}/original" in text, text
     page.locator("#plot-pareto .js-plotly-plot svg.main-svg").first.wait_for(timeout=30_000)
     assert page.locator("#plot-pareto .scatterlayer path.point").count() == 4  # 2 models x 2 variants
     axes = rendered_axes(page, "plot-pareto")
@@ -249,14 +259,12 @@ def test_decide_sweep_draws_the_pareto_chart_and_recommends(page):
     assert_spans_its_data(axes["y"])
     assert "Measured on CPU" in page.locator("#decide-recommendation").inner_text()
     # The accuracy budget reached the sweep: without labelled data the int8 pairs are named as not judged
-    verdict = page.locator("#decide-recommendation")
-    verdict.get_by_text("Deployment card of deit_small/original").wait_for(timeout=300_000)
-    assert "at most 1 top-1 point under the original" in verdict.inner_text()
-    assert "deit_small/scripted_int8, threads=1: could not be judged" in verdict.inner_text()
+    assert "at most 1 top-1 point under the original" in text
+    assert re.search(r"deit_small/scripted_int8, threads=\d+: could not be judged", text), text
     with page.expect_download() as download:  # the card, as a visitor downloads it
         page.locator("#decide-files tr").filter(has_text=".md").locator("td.download a").first.click()
     card = Path(download.value.path()).read_text()
-    assert "deit_small" in card.splitlines()[0] and "p50" in card
+    assert shipped.group(1) in card.splitlines()[0] and "p50" in card
     page.screenshot(path=str(SHOTS / "decide.png"), full_page=True)
 
 
