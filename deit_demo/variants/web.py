@@ -18,13 +18,18 @@ from deit_demo.variants.registry import register
 from deit_demo.variants.tome_merge import ToMe
 
 
-@register
-class WebInt8(_Onnx):
-    key = "web_int8"
+class _Browser(_Onnx):
+    """A file made for ONNX Runtime Web: quick to make (an export and a rewrite), lazily, when a visitor asks."""
+
     family = "browser"
-    precision = "int8"
     prepare_cost = 1
     browser = ("wasm",)
+
+
+@register
+class WebInt8(_Browser):
+    key = "web_int8"
+    precision = "int8"
     title = "Browser int8 (static QDQ, uint8 weights)"
     description = ("For ONNX Runtime Web on WASM: static QDQ int8 per channel with uint8 weights and activations, "
                    "the patch-embedding Conv included, calibrated on the example images.")
@@ -38,11 +43,9 @@ class WebInt8(_Onnx):
 
 
 @register
-class WebFp16(_Onnx):
+class WebFp16(_Browser):
     key = "web_fp16"
-    family = "browser"
     precision = "fp16"
-    prepare_cost = 1
     browser = ("webgpu",)
     title = "Browser fp16 (for WebGPU)"
     description = ("fp32 ONNX with weights and compute in fp16 (inputs and outputs stay fp32): half the download, "
@@ -61,13 +64,10 @@ class WebFp16(_Onnx):
 
 
 @register
-class WebTomeInt8(_Onnx):
+class WebTomeInt8(_Browser):
     key = "web_tome_int8"
-    family = "browser"
     precision = "int8"
     lossy = True
-    prepare_cost = 1
-    browser = ("wasm",)
     title = "Browser token merging + int8 (ToMe, dynamic uint8)"
     description = ("ToMe with r tokens merged per block, exported to ONNX, then dynamic int8 with uint8 weights: "
                    "fewer tokens is what a 128-bit SIMD CPU in a browser needs most. Lossy: answers may change.")
