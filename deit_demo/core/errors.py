@@ -52,7 +52,8 @@ def log_unexpected(what: str, err: BaseException) -> str:
 
 
 # Upstream warnings that say nothing a user of this project can act on, printed at every compile or export. Filtered
-# only where a process starts (the CLI's `main`, the server's `configure_server_process`), never on import.
+# only where a process starts (the CLI's `main`, the server's `configure_server_process`, the conversion worker's
+# start), never on import.
 UPSTREAM_NOISE = (
     # inductor's int8 (mkldnn) lowering copies weight zero points with torch.tensor(tensor): 4 lines per PT2E compile
     ("To copy construct from a tensor", UserWarning, r"torch\._inductor"),

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from deit_demo.core.artifacts import Artifact
-from deit_demo.core.errors import DeitDemoError, describe
+from deit_demo.core.errors import DeitDemoError, describe, quiet_upstream_noise
 
 IDLE_S = 120.0  # a worker with no conversion for this long exits and gives its memory back
 NICENESS = 10  # a conversion yields the CPUs to the visitors' answers
@@ -42,6 +42,7 @@ _loaded: dict[str, torch.nn.Module] = {}  # in the worker: model file -> the mod
 
 
 def _start_child() -> None:
+    quiet_upstream_noise()  # a process of its own: the server's filters do not cross the spawn
     try:
         os.nice(NICENESS)
     except OSError:
