@@ -4,15 +4,14 @@
 # downloads a browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+MISSING=()
+command -v chromium >/dev/null && command -v chromedriver >/dev/null || MISSING+=(chromium chromium-driver)
+# the Your device tab's runtime (ONNX Runtime Web) comes from the npm registry
+command -v npm >/dev/null || MISSING+=(nodejs npm)
+if [ ${#MISSING[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
-fi
-if ! command -v npm >/dev/null; then  # the Your device tab's runtime (ONNX Runtime Web) comes from the npm registry
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${MISSING[@]}" >/dev/null
 fi
 npm ci --prefix web --no-audit --no-fund --loglevel=error  # pinned by web/package-lock.json
 python3 -m pip install -q --disable-pip-version-check -r requirements-dev.txt

@@ -7,6 +7,7 @@ import http.server
 import importlib.util
 import io
 import json
+import shutil
 import tarfile
 import threading
 from pathlib import Path
@@ -337,3 +338,19 @@ def test_inside_an_embedding_page_without_isolation_it_runs_on_one_thread_and_sa
     finally:
         browser.close()
         server.shutdown()
+
+
+def test_a_format_is_checked_once_per_file_not_once_per_page_session(app, monkeypatch):
+    from deit_demo.service import lab as lab_module
+
+    first = app.lab.browser_format("deit_synth", "onnx_fp32")
+    assert first.ready and first.passed
+    calls, real = [], lab_module.run_conversion
+    monkeypatch.setattr(lab_module, "run_conversion", lambda *a, **k: calls.append(a) or real(*a, **k))
+    again = app.lab.browser_format("deit_synth", "onnx_fp32")  # a new page session asks again
+    assert again == first and calls == []
+    folder = app.lab.browser_file("deit_synth", "onnx_fp32", first.sha256).parent
+
+    shutil.rmtree(folder)  # the file is gone: it is made and checked again
+    remade = app.lab.browser_format("deit_synth", "onnx_fp32")
+    assert len(calls) == 1 and remade.ready

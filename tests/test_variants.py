@@ -144,6 +144,25 @@ def test_one_failing_variant_does_not_stop_others(tiny, store, monkeypatch):
     assert rows["original"].status == "ok" and rows["scripted_int8"].status == "ok"
 
 
+def test_a_settled_file_is_hashed_once_and_a_later_change_is_still_caught(tiny, tmp_path, monkeypatch):
+    from deit_demo.core import artifacts
+
+    store = ArtifactStore(tmp_path)
+    artifact, _ = convert_variant(get_variant("scripted"), tiny, store)
+    hashed, real = [], artifacts.sha256_file
+    monkeypatch.setattr(artifacts, "sha256_file", lambda path: hashed.append(path) or real(path))
+    monkeypatch.setattr(artifacts, "SETTLED_NS", 0)
+    store.verify(artifact)
+    store.verify(artifact)  # a page listing formats, then a download: hashed once
+    assert len(hashed) == 1
+    time.sleep(0.05)  # past the file clock's tick
+    with open(artifact.path, "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"tampered")
+    with pytest.raises(DeitDemoError, match="sha256"):
+        store.verify(artifact)
+
+
 def test_tampered_artifact_is_refused_and_rebuilt(tiny, tmp_path):
     store = ArtifactStore(tmp_path)
     variant = get_variant("scripted")

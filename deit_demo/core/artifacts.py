@@ -30,6 +30,7 @@ STORAGE_WORDS = {errno.ENOSPC: ("No space left on device", "os error 28", "[Errn
                  errno.EROFS: ("Read-only file system", "os error 30", "[Errno 30]"),
                  errno.EDQUOT: ("Disk quota exceeded", "os error 122", "[Errno 122]")}
 DEFAULT_CAP_BYTES = 8 * 1024**3
+SETTLED_NS = 2 * 10**9  # a file unchanged this long is hashed once per server (ArtifactStore.verify)
 
 
 def default_root() -> Path:
@@ -79,6 +80,9 @@ class ArtifactStore:
             raise DeitDemoError(f"The artifact store folder {self.root} cannot be made ({describe(err)}). Start with "
                                 "--store pointing somewhere writable.") from None
         self._lock = threading.RLock()
+        # Files already hashed, by what a change of content would change (size, times, inode): a page listing the
+        # browser formats, or a download, must not hash a 346 MB file each time.
+        self._verified: dict[tuple, str] = {}
 
     def storage_errno(self, err: BaseException) -> int | None:
         """The storage error behind `err` (ENOSPC, EROFS, ...), whichever library raised it, or None.
@@ -196,8 +200,19 @@ class ArtifactStore:
             raise DeitDemoError(f"{artifact.path} is outside the artifact store and will not be loaded.")
         if not path.is_file() or path.stat().st_size != artifact.size_bytes:
             raise DeitDemoError(f"Artifact {path.name} is missing or its size changed.")
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+        if self._verified.get(key) == artifact.sha256:
+            return
         if sha256_file(path) != artifact.sha256:
             raise DeitDemoError(f"Artifact {path.name} does not match its sha256; it was modified after conversion.")
+        # Remembered only once the file has been still for a while: file times tick coarsely, and a write within the
+        # same tick as the hash would leave them unchanged (git's "racy clean" case).
+        if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > SETTLED_NS:
+            with self._lock:
+                if len(self._verified) >= 1024:
+                    self._verified.clear()
+                self._verified[key] = artifact.sha256
 
     def artifacts(self) -> list[tuple[Path, int, float]]:
         """(folder, size_bytes, last_used) for every committed artifact folder."""

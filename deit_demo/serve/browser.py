@@ -23,6 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from deit_demo.core.artifacts import sha256_file
 from deit_demo.core.errors import DeitDemoError
 from deit_demo.core.paths import home
 
@@ -166,18 +167,11 @@ class ETags:
         self._known: dict[tuple, str] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, path: Path, sha256: str | None = None) -> str:
+    def __call__(self, path: Path) -> str:
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         with self._lock:
             if key not in self._known:
-                self._known[key] = sha256 or _sha256(path)
+                self._known[key] = sha256_file(path)
             return f'"{self._known[key]}"'
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

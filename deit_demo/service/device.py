@@ -21,7 +21,8 @@ from deit_demo.variants import VARIANTS, get_variant
 from deit_demo.variants.pipeline import ConversionResult
 
 BACKENDS = ("wasm", "webgpu")
-# A format passes its check when it gives the original's top-1 on at least this share of the check images (as Auto).
+# A format passes its check when it gives the original's top-1 on at least this share of the check images. Looser
+# than Auto on this server, which asks for every image; the page shows each format's agreement beside it.
 AGREEMENT_FLOOR = 0.75
 BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "int8": 1.05}
 ASK_FIRST_BYTES = 100 * 2**20  # the page asks before it downloads a file larger than this
@@ -95,15 +96,25 @@ def page_spec(spec: ModelSpec, labels: tuple[str, ...]) -> dict:
 
 
 class MadeOnce:
-    """One lock per (model, format): two visitors asking for the same new file wait for one conversion."""
+    """One lock per (model, format): two visitors asking for the same new file wait for one conversion; and each
+    made file's checked format, so the check runs once per file rather than once per page session."""
 
     def __init__(self):
         self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._checked: dict[tuple[str, str, str], BrowserFormat] = {}
         self._guard = threading.Lock()
 
     def lock(self, model: str, key: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault((model, key), threading.Lock())
+
+    def checked(self, model: str, weights_id: str, key: str) -> BrowserFormat | None:
+        with self._guard:
+            return self._checked.get((model, weights_id, key))
+
+    def remember(self, model: str, weights_id: str, made: BrowserFormat) -> None:
+        with self._guard:
+            self._checked[(model, weights_id, made.key)] = made
 
 
 # --------------------------------------------------------------------------------------------- results from the page

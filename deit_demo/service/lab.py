@@ -35,7 +35,8 @@ from deit_demo.service import device
 from deit_demo.service.config import AppConfig
 from deit_demo.service.sessions import Sessions
 from deit_demo.variants import ORIGINAL, get_variant, parse_variant_keys
-from deit_demo.variants.pipeline import ConversionResult, ProgressFn, run_conversion, variant_context
+from deit_demo.variants.base import VariantContext
+from deit_demo.variants.pipeline import ConversionResult, ProgressFn, run_conversion
 
 
 @dataclass
@@ -280,10 +281,18 @@ class Lab:
         """Make (the first time anyone asks) and check one browser format; its download URL names its sha256."""
         device.check_browser_variant(key)
         loaded = self.model(model_key)
-        with self._made_once.lock(loaded.spec.key, key), self.server.cpus.take(self.heavy_cpus()), \
-                activity.ACTIVITY.doing(f"a browser format of {model_key}"):
-            made = run_conversion(loaded, [key], self.store)[0]
-        return device.format_of(loaded.spec, key, made)
+        with self._made_once.lock(loaded.spec.key, key):
+            # Checked once per file: every new page session asks again, and the stored file still answers for it
+            checked = self._made_once.checked(loaded.spec.key, loaded.weights_id, key)
+            if checked is not None and (found := self._stored(loaded, key)) is not None \
+                    and found.sha256 == checked.sha256:
+                return checked
+            with self.server.cpus.take(self.heavy_cpus()), activity.ACTIVITY.doing(f"a browser format of {model_key}"):
+                made = run_conversion(loaded, [key], self.store)[0]
+            fmt = device.format_of(loaded.spec, key, made)
+            if fmt.ready:
+                self._made_once.remember(loaded.spec.key, loaded.weights_id, fmt)
+            return fmt
 
     def browser_file(self, model_key: str, key: str, sha256: str) -> Path:
         """The stored file of a made format, verified; an error if it is not made or no longer has this sha256."""
@@ -297,8 +306,9 @@ class Lab:
     def _stored(self, loaded: LoadedModel, key: str):
         """The verified stored file of variant `key` for `loaded`, or None: nothing is converted."""
         variant = get_variant(key)
+        # The key needs only the spec (a full variant_context decodes the example images): as RunnerCache does
         return self.store.lookup(loaded.spec.key, loaded.weights_id,
-                                 variant.store_key(variant_context(loaded.spec, self.store)), variant.version)
+                                 variant.store_key(VariantContext(loaded.spec, self.store.root)), variant.version)
 
     def device_benchmark(self, text: str, *, runs: int = 10) -> tuple[device.DeviceRun, list[BenchResult]]:
         """The page's timings read back, and this server timing the same files (batch 1, the job's CPUs)."""
