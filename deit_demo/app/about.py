@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deit_demo.core.models import MODELS
-from deit_demo.variants import VARIANTS
+from deit_demo.service import MODELS, VARIANTS
 
 ABOUT = """
 ## What DeiT is, and why it matters

@@ -2,17 +2,15 @@
 tools: they take the server's CPUs for minutes. No `from __future__ import annotations`: Gradio derives each tool's
 schema from these type hints and its description from the docstring."""
 
-from deit_demo.app.handlers import boundary
-from deit_demo.core.errors import DeitDemoError, quoted
-from deit_demo.service.lab import Lab
+from deit_demo.app.events import boundary
+from deit_demo.present.report import weights_banner
+from deit_demo.service import MODELS, VARIANTS, DeitDemoError, Lab, quoted
 
 
 def _agent_image(image: str):
     """An agent's image: a bundled example's file name, an http(s) URL (fetched safely), or a data: URI. Never a
     path on the server: an agent must not be able to probe the server's files."""
     import base64
-
-    from deit_demo.core.models import MODELS
 
     text = (image or "").strip()
     examples = {p.name: p for spec in MODELS.values() for p in spec.example_paths()}
@@ -51,7 +49,7 @@ def classify_image(lab: Lab, image: str, model: str = "deit_base", variant: str 
         raise DeitDemoError(f"top_k must be a whole number from 1 to 20 (got {quoted(top_k)}).")
     loaded, result = lab.classify(_agent_image(image), model, variant or "auto", k=top_k)
     return {"model": result.model, "variant": result.variant, "how_chosen": result.note, "weights": result.weights,
-            "weights_note": lab.banner(loaded, markdown=False), "elapsed_ms": round(result.elapsed_ms, 2),
+            "weights_note": weights_banner(loaded, markdown=False), "elapsed_ms": round(result.elapsed_ms, 2),
             "heads": {head: [{"label": p.label, "index": p.index, "probability": round(p.prob, 6)} for p in preds]
                       for head, preds in result.heads.items()}}
 
@@ -65,9 +63,6 @@ def list_models(lab: Lab) -> list:
         token, its top-1 and top-5 ImageNet accuracy in percent (published; measured here for the models trained
         here) with their source, and the deployment variants available on this server.
     """
-    from deit_demo.core.models import MODELS
-    from deit_demo.variants import VARIANTS
-
     available = [key for key, v in VARIANTS.items() if v.available()[0]]
     return [{"key": s.key, "label": s.label, "family": s.family, "params": s.params, "input_size": s.input_size,
              "distilled": s.distilled, "top1": s.top1, "top5": s.top5, "accuracy_source": s.accuracy_source,

@@ -18,13 +18,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from deit_demo.app.handlers import _session, boundary
-from deit_demo.core.errors import DeitDemoError
-from deit_demo.core.models import MODELS, get_spec
-from deit_demo.measure import charts
-from deit_demo.serve.browser import CONTENT_TYPES, ETags
+from deit_demo.app.events import boundary, partial, session_of
+from deit_demo.present import charts
+from deit_demo.service import MODELS, Busy, DeitDemoError, Lab, get_spec
 from deit_demo.service.device import as_dict, device_table
-from deit_demo.service.lab import Lab
 
 PREFIX = "/deit-web"
 PAGE_JS = Path(__file__).with_name("device.js")
@@ -57,33 +54,38 @@ def _error(err: Exception, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": str(err)}, status_code=status, headers={"Cache-Control": "no-store"})
 
 
-def _file(request: Request, path: Path, etag: str, cache: str) -> Response:
+def _file(request: Request, path: Path, etag: str, cache: str, media_type: str) -> Response:
     """`path` with a strong ETag; 304 when the browser already holds these bytes."""
     if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": cache})
-    return FileResponse(path, media_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"),
-                        headers={"ETag": etag, "Cache-Control": cache})
+    return FileResponse(path, media_type=media_type, headers={"ETag": etag, "Cache-Control": cache})
+
+
+def visitor_of(request: Request) -> str:
+    """Who asks, for the door's share per visitor: the page's own id for this tab (a header it sends), else the
+    client's address. Anyone can send another id; the door's queue length bounds what that buys."""
+    page = request.headers.get("x-deit-visitor", "")[:64]
+    return f"page:{page}" if page else f"host:{request.client.host if request.client else '?'}"
 
 
 def routes(lab: Lab) -> list[Route]:
-    etags = ETags()
+    formats = lab.device
+
+    def send(request: Request, path: Path, etag: str, cache: str) -> Response:
+        return _file(request, path, etag, cache, formats.content_type(path))
 
     def page_js(request: Request) -> Response:
-        return _file(request, PAGE_JS, etags(PAGE_JS), "no-cache")  # revalidated: it changes with the app
+        return send(request, PAGE_JS, formats.etag(PAGE_JS), "no-cache")  # revalidated: it changes with the app
 
     def runtime_status(request: Request) -> Response:
-        return JSONResponse(lab.web_runtime.status(), headers={"Cache-Control": "no-store"})
+        return JSONResponse(formats.runtime_status(), headers={"Cache-Control": "no-store"})
 
     def runtime_file(request: Request) -> Response:
-        version, name = request.path_params["version"], request.path_params["name"]
-        if version != lab.web_runtime.pin.version:
-            return _error(DeitDemoError(f"This server has ONNX Runtime Web {lab.web_runtime.pin.version}, not "
-                                        f"{version}: reload the page."), 404)
         try:
-            path = lab.web_runtime.file(name)
+            path = formats.runtime_file(request.path_params["version"], request.path_params["name"])
         except DeitDemoError as err:
             return _error(err, 503 if "not installed" in str(err) else 404)
-        return _file(request, path, etags(path), YEAR)
+        return send(request, path, formats.etag(path), YEAR)
 
     def models(request: Request) -> Response:
         return JSONResponse({"default": lab.config.model,
@@ -91,14 +93,17 @@ def routes(lab: Lab) -> list[Route]:
 
     def catalog(request: Request) -> Response:
         try:
-            return JSONResponse(lab.browser_catalog(request.path_params["model"]),
+            return JSONResponse(formats.catalog(request.path_params["model"]),
                                 headers={"Cache-Control": "no-store"})
         except DeitDemoError as err:
             return _error(err)
 
     def prepare(request: Request) -> Response:
         try:
-            made = lab.browser_format(request.path_params["model"], request.path_params["variant"])
+            made = formats.prepare(request.path_params["model"], request.path_params["variant"],
+                                   visitor=visitor_of(request))
+        except Busy as err:  # the door's queue, or this visitor's share of it, is full: refused at once
+            return _error(err, 429)
         except DeitDemoError as err:
             return _error(err)
         except Exception as err:  # the server keeps serving; the page says what happened
@@ -109,10 +114,10 @@ def routes(lab: Lab) -> list[Route]:
     def model_file(request: Request) -> Response:
         p = request.path_params
         try:
-            path = lab.browser_file(p["model"], p["variant"], p["sha256"])
+            path = formats.file(p["model"], p["variant"], p["sha256"])
         except DeitDemoError as err:
             return _error(err, 404)
-        return _file(request, path, f'"{p["sha256"]}"', YEAR)  # the store verified these bytes against the sha256
+        return send(request, path, f'"{p["sha256"]}"', YEAR)  # the store verified these bytes against the sha256
 
     def example(request: Request) -> Response:
         try:
@@ -120,7 +125,7 @@ def routes(lab: Lab) -> list[Route]:
             path = paths[int(request.path_params["index"])]
         except (DeitDemoError, IndexError, ValueError):
             return _error(DeitDemoError("No such example."), 404)
-        return _file(request, path, etags(path), "public, max-age=3600")
+        return send(request, path, formats.etag(path), "public, max-age=3600")
 
     return [Route(f"{PREFIX}/device.js", page_js),
             Route(PREFIX + "/example/{model}/{index}", example),
@@ -157,12 +162,12 @@ BENCH_JS = "async () => { return [await window.deitDevice.benchmark()]; }"
 @boundary("timing this server beside your device")
 def device_benchmark(lab: Lab, result_json, request: gr.Request = None):
     """Your device's timings (sent by the page) beside this server's for the same model and files."""
-    run, server = lab.device_benchmark(result_json)
-    files = lab.save_device(run, server, lab.session_dir(_session(request)))
+    run, server = lab.device_benchmark(result_json, visitor=session_of(request))
+    files = lab.save_device(run, server, lab.session_dir(session_of(request)))
     return charts.device_chart(run.rows, server), device_table(run, server), [str(f) for f in files]
 
 
-def build_device_tab(lab: Lab, partial) -> None:
+def build_device_tab(lab: Lab) -> None:
     gr.Markdown("Run DeiT **in your own browser** with ONNX Runtime Web: your image is classified on your device and "
                 "never sent to this server. Then time it here and on this server, side by side.")
     gr.HTML(DEVICE_HTML, elem_id="device-html")

@@ -4,22 +4,14 @@ results into component values. `ui.py` binds them to components; tests call them
 No `from __future__ import annotations` here: Gradio reads the `gr.Request` annotation to pass the visitor's session.
 """
 
-import functools
 import html
-import inspect
-import queue
-import threading
-import time
 
 import gradio as gr
 
+from deit_demo.app.events import boundary, gradio_progress, session_of, stream_job
 from deit_demo.app.inputs import tome_r_box
-from deit_demo.core.cpus import machine_info
-from deit_demo.core.errors import Cancelled, DeitDemoError, log_unexpected
-from deit_demo.core.models import MODELS
-from deit_demo.measure import charts
-from deit_demo.measure.bench import BenchSettings
-from deit_demo.measure.report import (
+from deit_demo.present import charts
+from deit_demo.present.report import (
     CONVERT_COLUMNS,
     REDUCTION_COLUMNS,
     breakdown_markdown,
@@ -30,61 +22,17 @@ from deit_demo.measure.report import (
     reduction_table,
     to_markdown,
     tome_rows,
+    weights_banner,
     write_conversion_csv,
 )
-from deit_demo.serve.auto import AUTO
-from deit_demo.service.lab import Lab
-
-
-def user_error(err: Exception) -> gr.Error:
-    # Quotes are harmless in text; <, > and & are not. No traceback in the server log for a visitor's mistake.
-    return gr.Error(html.escape(str(err), quote=False), print_exception=False)
-
-
-def boundary(what: str):
-    """Every handler's edge: a project error shows its own message; anything unexpected shows one line with a
-    reference id while the traceback goes to the server log, once; the server keeps serving either way. Gradio
-    would print a traceback for every gr.Error it sees, a visitor's typo included: the log would drown in them."""
-
-    def wrap(handler):
-        def translate(err: Exception) -> gr.Error:
-            if isinstance(err, gr.Error):
-                err.print_exception = False
-                return err
-            if isinstance(err, DeitDemoError):
-                return user_error(err)
-            return gr.Error(html.escape(log_unexpected(what, err), quote=False), print_exception=False)
-
-        if inspect.isgeneratorfunction(handler):
-            @functools.wraps(handler)
-            def streaming(*args, **kwargs):
-                try:
-                    yield from handler(*args, **kwargs)
-                except Exception as err:
-                    raise translate(err) from None
-            return streaming
-
-        @functools.wraps(handler)
-        def plain(*args, **kwargs):
-            try:
-                return handler(*args, **kwargs)
-            except Exception as err:
-                raise translate(err) from None
-        return plain
-
-    return wrap
-
-
-def gradio_progress(progress: gr.Progress):
-    """The library's progress callback (what, done, total) drawn on a gr.Progress bar."""
-    return lambda what, done, total: progress((done, max(total, 1)), desc=what)
+from deit_demo.service import AUTO, MODELS, BenchSettings, Cancelled, ClassifyRequest, DeitDemoError, Lab, machine_info
 
 
 def _label_value(preds) -> dict[str, float]:
     return {f"{p.label} ({p.index})": p.prob for p in preds}
 
 
-def _classify_outputs(lab: Lab, loaded, result, extra: str = "") -> list:
+def _classify_outputs(loaded, result, extra: str = "") -> list:
     """Banner, timing line and the three label outputs (the second and third hold values only for distilled models).
 
     Plain values, never gr.update: which heads show follows the model dropdown (`heads_for_model`). An update aimed
@@ -102,7 +50,7 @@ def _classify_outputs(lab: Lab, loaded, result, extra: str = "") -> list:
     timing = (f"**{result.elapsed_ms:.1f} ms** for the forward pass ({result.variant}, {loaded.spec.label}{shared}); "
               f"top-1: **{html.escape(result.top1.label)}**")
     notes = " · ".join(html.escape(n, quote=False) for n in (result.note, extra) if n)
-    return [lab.banner(loaded), timing + (f"\n\n{notes}" if notes else ""), *labels]
+    return [weights_banner(loaded), timing + (f"\n\n{notes}" if notes else ""), *labels]
 
 
 def _failed_outputs(message: str) -> list:
@@ -119,26 +67,29 @@ def auto_status(lab: Lab, model_key) -> str:
     """The Classify tab's line on Auto for the selected model (polled; never loads anything)."""
     try:
         return html.escape(lab.auto_status(model_key), quote=False)
-    except DeitDemoError:
+    except DeitDemoError:  # a model key the dropdown does not offer: nothing to say
         return ""
+
+
+def _loaded_banner(lab: Lab, model_key) -> str | None:
+    """The weights banner of `model_key` if it is loaded, else None (never loads)."""
+    try:
+        loaded = lab.loaded_model(model_key)
+    except DeitDemoError:
+        return None
+    return None if loaded is None else weights_banner(loaded)
 
 
 def classify_status(lab: Lab, model_key) -> tuple:
     """Auto's line and where the selected model's weights came from, polled (never loads anything): random weights
     say so before anyone's first answer. The banner is left as it is while the model is not loaded."""
-    try:
-        banner = lab.loaded_banner(model_key)
-    except DeitDemoError:
-        banner = None
+    banner = _loaded_banner(lab, model_key)
     return auto_status(lab, model_key), gr.skip() if banner is None else banner
 
 
 def model_banner(lab: Lab, model_key) -> str:
     """The weights banner when another model is picked: its own once loaded, else none until its first answer."""
-    try:
-        return lab.loaded_banner(model_key) or ""
-    except DeitDemoError:
-        return ""
+    return _loaded_banner(lab, model_key) or ""
 
 
 @boundary("Fetching the image URL")
@@ -148,7 +99,7 @@ def fetch_url_input(lab: Lab, url: str, request: gr.Request = None) -> tuple:
     url = (url or "").strip()
     if not url:
         return gr.skip(), gr.skip()
-    path = lab.fetch_image(url, _session(request))
+    path = lab.fetch_image(url, session_of(request))
     return str(path), ""
 
 
@@ -166,14 +117,13 @@ def classify(lab: Lab, image_paths: list, url_texts: list, model_keys: list, var
         if not sources[-1]:
             failures[i] = "Upload an image, pick an example, or paste an image URL."
     todo = [i for i in range(len(sources)) if i not in failures]
-    answers = lab.classify_batch([sources[i] for i in todo], [model_keys[i] for i in todo],
-                                 [variant_keys[i] for i in todo])
+    answers = lab.classify_batch([ClassifyRequest(sources[i], model_keys[i], variant_keys[i] or AUTO) for i in todo])
     rows = [None] * len(sources)
     for i, answer in zip(todo, answers):
         if isinstance(answer, Exception):
             failures[i] = str(answer)
         else:
-            rows[i] = _classify_outputs(lab, *answer)
+            rows[i] = _classify_outputs(*answer)
     if len(sources) == 1 and failures:
         raise gr.Error(html.escape(failures[0], quote=False))
     for i, message in failures.items():
@@ -186,57 +136,33 @@ def classify_example(lab: Lab, image_path, model_key) -> list:
     """A gallery example with Auto: cached lazily, so the first visitor to click it computes it for everyone."""
     if not image_path:
         raise gr.Error("This example has no image.")
-    try:
-        loaded, result = lab.classify(image_path, model_key, AUTO)
-    except DeitDemoError as err:
-        raise user_error(err) from None
-    return _classify_outputs(lab, loaded, result, extra="a cached example: computed by its first click")
-
-
-def _session(request) -> str | None:
-    return getattr(request, "session_hash", None)
+    loaded, result = lab.classify(image_path, model_key, AUTO)
+    return _classify_outputs(loaded, result, extra="a cached example: computed by its first click")
 
 
 @boundary("Conversion")
 def convert(lab: Lab, model_key, variant_keys, request: gr.Request = None, progress=gr.Progress()) -> tuple:
     """Status text, the conversion table (CONVERT_COLUMNS) and the files to download."""
-    try:
-        outcome = lab.convert(model_key, variant_keys or [], progress=gradio_progress(progress))
-    except DeitDemoError as err:
-        raise user_error(err) from None
+    outcome = lab.convert(model_key, variant_keys or [], progress=gradio_progress(progress),
+                          visitor=session_of(request))
     loaded, results = outcome.loaded, outcome.results
     ok = [r for r in results if r.status == "ok"]
-    csv_path = write_conversion_csv(lab.session_dir(_session(request)) / f"conversion_{loaded.spec.key}.csv",
+    csv_path = write_conversion_csv(lab.session_dir(session_of(request)) / f"conversion_{loaded.spec.key}.csv",
                                     results, outcome.top1)
-    summary = (f"{lab.banner(loaded)}\n\n**{len(ok)} of {len(results)} variants converted and checked** in "
+    summary = (f"{weights_banner(loaded)}\n\n**{len(ok)} of {len(results)} variants converted and checked** in "
                f"{outcome.seconds:.1f} s. Agreement is measured against the original on the bundled example images "
                f"and fixed-seed noise. {html.escape(outcome.accuracy_note)}")
     table = [[row[c] for c in CONVERT_COLUMNS] for row in conversion_rows(results, outcome.top1)]
     return summary, table, [r.path for r in ok] + [str(csv_path)]
 
 
-def _stream(job, view, message: str):
-    """Run `job(publish)` in a worker thread and yield `view(latest, message) + [None]` as it publishes (at most twice a
-    second), so charts fill in live; returns (job's result, its exception or None, the latest rows)."""
-    updates: queue.Queue = queue.Queue()
-    outcome: dict = {}
-
-    def work():
-        try:
-            outcome["value"] = job(lambda rows: updates.put(list(rows)))
-        except Exception as err:  # handed back to the handler, which reports it; the server keeps serving
-            outcome["error"] = err
-        finally:
-            updates.put(None)
-
-    threading.Thread(target=work, daemon=True).start()
-    latest, last_draw = [], 0.0
-    while (item := updates.get()) is not None:
-        latest = item
-        if time.monotonic() - last_draw > 0.5:
-            last_draw = time.monotonic()
-            yield view(latest, message) + [None]
-    return outcome.get("value"), outcome.get("error"), latest
+def whole_numbers(*values) -> list[int]:
+    """The runs, warm-up and threads boxes as whole numbers, or one message that says so (and nothing else: an error
+    from inside a job is never reported as a bad box)."""
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError) as err:
+        raise DeitDemoError(f"Runs, warm-up and threads must be whole numbers ({err}).") from None
 
 
 def render_benchmark(results, message: str) -> list:
@@ -252,18 +178,14 @@ def render_benchmark(results, message: str) -> list:
 def benchmark(lab: Lab, model_key, variant_keys, n_runs, n_warmup, n_threads, batch_text, tome_r=None,
               request: gr.Request = None, progress=gr.Progress()):
     """Runs the benchmark in a worker thread and yields redrawn charts as rounds complete (at most twice a second)."""
-    try:
-        settings = BenchSettings(variants=list(variant_keys or []), runs=int(n_runs), warmup=int(n_warmup),
-                                 threads=int(n_threads), batch_sizes=str(batch_text), tome_r=tome_r_box(tome_r))
-    except (TypeError, ValueError) as err:
-        raise gr.Error(f"Runs, warm-up and threads must be whole numbers ({html.escape(str(err))}).") from None
-    except DeitDemoError as err:
-        raise user_error(err) from None
-    cancel = lab.cancel_event(_session(request))
+    runs, warmup, threads = whole_numbers(n_runs, n_warmup, n_threads)
+    settings = BenchSettings(variants=list(variant_keys or []), runs=runs, warmup=warmup, threads=threads,
+                             batch_sizes=str(batch_text), tome_r=tome_r_box(tome_r))
+    cancel = lab.cancel_event(session_of(request))
     cancel.clear()
-    value, error, latest = yield from _stream(
+    value, error, latest = yield from stream_job(
         lambda publish: lab.benchmark(model_key, settings, progress=gradio_progress(progress), cancel=cancel,
-                                      on_update=publish),
+                                      on_update=publish, visitor=session_of(request)),
         render_benchmark, "⏱️ running… charts fill in as rounds complete")
     if isinstance(error, Cancelled):
         yield render_benchmark(latest, "⏹️ stopped; partial results shown") + [None]
@@ -271,10 +193,10 @@ def benchmark(lab: Lab, model_key, variant_keys, n_runs, n_warmup, n_threads, ba
     if error is not None:
         raise error
     loaded, results = value
-    files = lab.save_benchmark(loaded, results, lab.session_dir(_session(request)))
+    files = lab.save_benchmark(loaded, results, lab.session_dir(session_of(request)))
     message = (f"✅ done: {loaded.spec.label}, {settings.runs} runs after {settings.warmup} warm-up, "
                f"{results[0].threads if results else '?'} threads, interleaved in blocks; "
-               f"{machine_line(machine_info())}.\n\n{lab.banner(loaded)}")
+               f"{machine_line(machine_info())}.\n\n{weights_banner(loaded)}")
     if busy_note(results):
         message = f"⚠️ {html.escape(busy_note(results))}\n\n{message}"
     yield render_benchmark(results, message) + [[str(f) for f in files]]
@@ -284,17 +206,13 @@ def benchmark(lab: Lab, model_key, variant_keys, n_runs, n_warmup, n_threads, ba
 def tome_sweep(lab: Lab, model_key, r_text, int8, n_runs, n_warmup, n_threads, request: gr.Request = None,
                progress=gr.Progress()) -> tuple:
     """The r chart and table for one model."""
-    try:
-        settings = BenchSettings(runs=int(n_runs), warmup=int(n_warmup), threads=int(n_threads))
-        cancel = lab.cancel_event(_session(request))
-        cancel.clear()
-        loaded, rows = lab.tome_sweep(model_key, str(r_text), settings, int8=bool(int8),
-                                      progress=gradio_progress(progress), cancel=cancel)
-    except (TypeError, ValueError):
-        raise gr.Error("Runs, warm-up and threads must be whole numbers.") from None
-    except DeitDemoError as err:
-        raise user_error(err) from None
-    note = (f"{loaded.spec.label}, {settings.threads} threads, batch 1, {settings.runs} runs per r, interleaved; "
+    runs, warmup, threads = whole_numbers(n_runs, n_warmup, n_threads)
+    settings = BenchSettings(runs=runs, warmup=warmup, threads=threads)
+    cancel = lab.cancel_event(session_of(request))
+    cancel.clear()
+    loaded, rows = lab.tome_sweep(model_key, str(r_text), settings, int8=bool(int8), progress=gradio_progress(progress),
+                                  cancel=cancel, visitor=session_of(request))
+    note = (f"{loaded.spec.label}, {rows[0].threads if rows else '?'} threads, batch 1, {settings.runs} runs per r, interleaved; "
             f"{machine_line(machine_info())}. Accuracy: " + (
                 f"top-1 on {rows[0].n_images} labelled images with 95% intervals." if rows[0].n_images else
                 "no labelled data for this model: agreement with r = 0 on the example images only."))
@@ -306,5 +224,5 @@ def tome_sweep(lab: Lab, model_key, r_text, int8, n_runs, n_warmup, n_threads, r
 @boundary("Stop")
 def stop_benchmark(lab: Lab, request: gr.Request = None) -> str:
     """Stops the jobs of the visitor who pressed Stop, and no one else's."""
-    lab.cancel_event(_session(request)).set()
+    lab.cancel_event(session_of(request)).set()
     return "⏹️ stopping…"

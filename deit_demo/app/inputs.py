@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import gradio as gr
 
-from deit_demo.core.errors import DeitDemoError, quoted
+from deit_demo.service import DeitDemoError, quoted
 
 
 def preprocessed(handler: Callable, components: Sequence[gr.components.Component]) -> Callable:

@@ -9,8 +9,7 @@ import importlib.util
 import logging
 import sys
 
-from deit_demo.core.errors import quiet_upstream_noise
-from deit_demo.variants.base import confine_fx_patches_to_their_thread
+from deit_demo.service import configure_process
 
 # How long a Python thread may hold the GIL while another waits for it (Python's default: 5 ms). A compile in the
 # server (a benchmark of pt2e_int8) runs seconds of Python, and every answer takes the GIL many times on its way
@@ -36,13 +35,8 @@ def mark_missing_imports(names=GRADIO_RETRIED_IMPORTS) -> list[str]:
 def configure_server_process() -> None:
     """Everything a serving process changes for the whole process, in one visible place."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    # A trace stays on its thread: while torch.fx traces (Auto converting in the background), it replaces
-    # nn.Module.__call__ for the whole process, and a visitor's eager pass on another thread failed inside it.
-    if not confine_fx_patches_to_their_thread():
-        print("warning: this torch has no torch.fx patch hook; a conversion may disturb visitors' answers",
-              file=sys.stderr)
+    configure_process(serving=True)  # torch.fx's tracer kept on its thread, upstream noise dropped
     mark_missing_imports()
-    quiet_upstream_noise()
     # Logging: an unexpected error reaches the `deit_demo` logger once, with its reference id and traceback; the
     # server's log is its standard error (what a Space shows), with a time on each record.
     logger = logging.getLogger("deit_demo")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import inspect
 import io
 from pathlib import Path
 
@@ -13,40 +12,28 @@ from starlette.middleware import Middleware
 
 from deit_demo.app import agents, decide_tab, device, handlers
 from deit_demo.app.about import about_markdown
+from deit_demo.app.events import partial
 from deit_demo.app.inputs import preprocessed
-from deit_demo.core.cpus import usable_cpus
-from deit_demo.core.models import MODELS
-from deit_demo.core.paths import cache_folder
-from deit_demo.measure.report import CONVERT_COLUMNS
-from deit_demo.serve.auto import AUTO, AUTO_TITLE
-from deit_demo.serve.classify import HEAD_TITLES
-from deit_demo.service.config import AppConfig
-from deit_demo.service.lab import Lab, model_choices
-from deit_demo.variants import ORIGINAL, VARIANTS
-from deit_demo.variants.pipeline import example_images
+from deit_demo.present.report import CONVERT_COLUMNS
+from deit_demo.service import (
+    AUTO,
+    AUTO_TITLE,
+    HEAD_TITLES,
+    MODELS,
+    ORIGINAL,
+    VARIANTS,
+    AppConfig,
+    BenchSettings,
+    Lab,
+    SweepSettings,
+    cache_folder,
+    example_images,
+    usable_cpus,
+)
 
 __all__ = ["AppConfig", "Lab", "build_app", "launch_kwargs"]
 
 
-def partial(handler, lab: Lab, *, agent_tool: bool = False):
-    """`handler(lab, ...)` as a Gradio event function. Unlike functools.partial it keeps the remaining parameters'
-    annotations, which is how Gradio knows to pass the visitor's `gr.Request` (and `gr.Progress`). Only functions
-    made with `agent_tool=True` are listed as MCP tools; the UI's events stay API endpoints."""
-    signature = inspect.signature(handler)
-    params = list(signature.parameters.values())[1:]
-    if inspect.isgeneratorfunction(handler):
-        def event(*args, **kwargs):
-            yield from handler(lab, *args, **kwargs)
-    else:
-        def event(*args, **kwargs):
-            return handler(lab, *args, **kwargs)
-    event.__signature__ = inspect.Signature(params, return_annotation=signature.return_annotation)
-    event.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty}
-    event.__name__ = event.__qualname__ = handler.__name__
-    event.__doc__ = handler.__doc__
-    if not agent_tool:
-        event._mcp_type = "none"  # Gradio lists an endpoint as an MCP tool unless its function says otherwise
-    return event
 HEAVY = "heavy"  # one concurrency group for convert + benchmark: they would fight over the same cores
 # Seconds a heavy job may run before Gradio stops it with a message, so no visitor holds the CPUs forever.
 TIME_LIMITS = {"convert": 1800, "benchmark": 1800, "tome_sweep": 1800, "sweep": 3600}
@@ -75,6 +62,10 @@ def gallery(default_model: str) -> list[list[str]]:
     photos = [[str(p), default_model] for p in example_images()]
     trained = [[str(p), s.key] for s in MODELS.values() if s.report for p in s.example_paths()[:4]]
     return photos + trained
+
+
+def model_choices() -> list[tuple[str, str]]:
+    return [(f"{s.label}  ({s.key})", s.key) for s in MODELS.values()]
 
 
 def serving_choices() -> list[tuple[str, str]]:
@@ -186,8 +177,8 @@ def build_benchmark_tab(lab: Lab) -> None:
         keys = gr.CheckboxGroup(variant_choices(), value=[ORIGINAL, "scripted", "scripted_int8"], label="Variants",
                                 scale=3)
     with gr.Row():
-        runs = gr.Slider(2, 200, value=20, step=1, label="Timed runs")
-        warmup = gr.Slider(0, 50, value=3, step=1, label="Warm-up runs")
+        runs = gr.Slider(2, 200, value=BenchSettings.runs, step=1, label="Timed runs")
+        warmup = gr.Slider(0, 50, value=BenchSettings.warmup, step=1, label="Warm-up runs")
         threads = gr.Slider(1, max(1, usable_cpus()), value=lab.heavy_cpus(), step=1,
                             label=f"Threads (up to {lab.heavy_cpus()} while serving: "
                                   f"{lab.config.serve.reserved_cpus} CPU kept for classification)")
@@ -243,8 +234,8 @@ def build_decide_tab(lab: Lab) -> None:
     with gr.Row():
         threads = gr.Textbox(str(lab.heavy_cpus()), label="Threads (comma list for a sweep)")
         batches = gr.Textbox("1", label="Batch sizes (comma list)")
-        runs = gr.Slider(2, 100, value=10, step=1, label="Timed runs", elem_id="decide-runs")
-        warmup = gr.Slider(0, 20, value=2, step=1, label="Warm-up runs", elem_id="decide-warmup")
+        runs = gr.Slider(2, 100, value=SweepSettings.runs, step=1, label="Timed runs", elem_id="decide-runs")
+        warmup = gr.Slider(0, 20, value=SweepSettings.warmup, step=1, label="Warm-up runs", elem_id="decide-warmup")
     with gr.Row():
         # Text boxes: a gr.Number shows 0 when empty, and empty is what "no budget" looks like.
         budget_ms = gr.Textbox("", label="Latency budget (ms per call)", placeholder="no budget",
@@ -291,7 +282,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
         with gr.Tab("Decide", id="decide"):
             build_decide_tab(lab)
         with gr.Tab("Your device", id="device"):
-            device.build_device_tab(lab, partial)
+            device.build_device_tab(lab)
         with gr.Tab("About", id="about"):
             gr.Markdown(about_markdown(), elem_id="about")
         # For agents (MCP) and API clients: classification and the read-only catalog; convert and benchmark are not

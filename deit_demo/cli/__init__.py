@@ -25,9 +25,7 @@ from deit_demo.cli.commands import (
     cmd_variants,
 )
 from deit_demo.cli.ship import add_budget, add_ship_commands
-from deit_demo.core.errors import DeitDemoError, quiet_upstream_noise
-from deit_demo.core.paths import home
-from deit_demo.variants import ORIGINAL
+from deit_demo.service import ORIGINAL, BenchSettings, DeitDemoError, SweepSettings, configure_process, home
 
 
 def _non_negative(text: str) -> int:
@@ -42,6 +40,15 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
     return value
+
+
+def add_timing(p: argparse.ArgumentParser, settings, *, block: bool = True) -> None:
+    """--runs, --warmup (and --block) with the defaults of the job's settings dataclass, which the app shows too."""
+    p.add_argument("--runs", type=int, default=settings.runs, help=f"timed runs (default {settings.runs})")
+    p.add_argument("--warmup", type=int, default=settings.warmup, help=f"warm-up runs (default {settings.warmup})")
+    if block:
+        p.add_argument("--block", type=int, default=settings.block,
+                       help="consecutive calls per variant per round (first dropped)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,11 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bench", cmd_bench, "benchmark variants: warm-up, interleaved timing, profiler view, charts")
     add_model(p)
     p.add_argument("--variants", default="original,scripted,scripted_int8")
-    p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
+    add_timing(p, BenchSettings)
     p.add_argument("--threads", type=int, default=0, help="0 = the CPUs this process may use")
     p.add_argument("--batch", default="1", help="batch size, or a comma list for a sweep")
-    p.add_argument("--block", type=int, default=3, help="consecutive calls per variant per round (first dropped)")
     p.add_argument("--time-budget", type=float, default=None, help="stop timing after this many seconds")
     p.add_argument("--input", default="noise", help="'noise' (fixed seed) or an image path")
     p.add_argument("--no-profile", action="store_true")
@@ -96,8 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("profile", cmd_profile, "where each variant's time goes, by operator class, from each runtime's profiler")
     add_model(p)
     p.add_argument("--variants", default="original,pt2e_int8,onnx_int8,openvino_int8,executorch_int8")
-    p.add_argument("--runs", type=int, default=10, help="timed runs (the wall median beside the breakdown)")
-    p.add_argument("--warmup", type=int, default=2)
+    add_timing(p, BenchSettings, block=False)
     p.add_argument("--threads", type=int, default=0, help="0 = the CPUs this process may use")
     p.add_argument("--traces", metavar="DIR", help="write each runtime's trace (Chrome trace format) into DIR")
     p.add_argument("--html", metavar="PATH", help="write the stacked chart to a standalone HTML file")
@@ -109,19 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", default="original,pt2e_int8,onnx_int8")
     p.add_argument("--threads", default="0", help="thread count, or a comma list for a thread sweep (0 = all)")
     p.add_argument("--batch", default="1", help="batch size, or a comma list for a sweep")
-    p.add_argument("--runs", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--block", type=int, default=3)
+    add_timing(p, SweepSettings)
     p.add_argument("--budget-ms", type=float, default=None, help="latency budget per call")
     p.add_argument("--budget-mb", type=float, default=None, help="file size budget")
     p.add_argument("--min-top1", type=float, default=None, help="minimum published top-1 (percent)")
-    p.add_argument("--min-agreement", type=float, default=0.99, help="minimum top-1 agreement with the original")
+    p.add_argument("--min-agreement", type=float, default=SweepSettings.min_agreement,
+                   help="minimum top-1 agreement with the original")
     add_budget(p)
     p.add_argument("--csv", metavar="PATH")
     p.add_argument("--html", metavar="PATH", help="write the Pareto chart to a standalone HTML file")
     p.add_argument("--card", metavar="PATH", help="also write the recommended pair's deployment card: PATH.md and "
                                                   "PATH.json (it measures the pair again, at batch 1 and 8)")
-    add_ship_commands(add, add_model)
+    add_ship_commands(add, add_model, add_timing)
     p = add("compare", cmd_compare, "compare saved results files (this machine or others): latency side by side")
     p.add_argument("files", nargs="+", help="results JSON files (bench --json, sweep --json)")
     p.add_argument("--html", metavar="PATH", help="write the comparison chart to a standalone HTML file")
@@ -129,8 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model(p, default="deit_synth")
     p.add_argument("--r", default="0,2,4,6,8", help="comma list of r values")
     p.add_argument("--int8", action="store_true", help="also convert and time tome_int8 at each r")
-    p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    add_timing(p, BenchSettings, block=False)
     p.add_argument("--threads", type=int, default=0, help="0 = the CPUs this process may use")
     p.add_argument("--html", metavar="PATH", help="write the r chart to a standalone HTML file")
     return parser
@@ -143,7 +145,7 @@ def error_log() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_upstream_noise()
+    configure_process(serving=False)  # the one process-wide setting a CLI run makes: upstream noise dropped
     try:
         return args.fn(args)
     except DeitDemoError as err:
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # the edge of every command: one line here, the traceback in the log
         import logging
 
-        from deit_demo.core.errors import log_unexpected
+        from deit_demo.service import log_unexpected
 
         log = error_log()
         log.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deit_demo.cli.commands import TqdmProgress, _emit, _lab, _write_json
+from deit_demo.cli.commands import emit, lab_for, progress_bars, write_json_out
 
 
 def _points(text: str) -> float:
@@ -26,67 +26,65 @@ def add_budget(p: argparse.ArgumentParser, required: bool = False) -> None:
                         "model's built-in test split (the models trained here)")
 
 
-def add_ship_commands(add, add_model) -> None:
-    """The `tune` and `card` sub-commands (`add` and `add_model` are build_parser's helpers)."""
+def add_ship_commands(add, add_model, add_timing) -> None:
+    """The `tune` and `card` sub-commands (`add`, `add_model` and `add_timing` are build_parser's helpers)."""
+    from deit_demo.service import CardSettings, TuneSettings
+
     p = add("tune", cmd_tune, "token merging: the fastest measured r within an accuracy budget, stored with the "
                               "artifacts")
     add_model(p, default="deit_synth")
     add_budget(p, required=True)
     p.add_argument("--variants", default="tome_fp32,tome_int8", help="tome_fp32, tome_int8 or both")
-    p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    add_timing(p, TuneSettings, block=False)
     p.add_argument("--threads", type=int, default=0, help="0 = the CPUs this process may use")
     p = add("card", cmd_card, "a deployment card for one (model, variant): Markdown + JSON")
     add_model(p, default="deit_synth")
     p.add_argument("--variant", required=True, help="a variant key (see `variants`)")
     p.add_argument("--batch", default="1,8", help="batch sizes to time (batch 1 is always timed)")
-    p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=3)
+    add_timing(p, CardSettings, block=False)
     p.add_argument("--threads", type=int, default=0, help="0 = the CPUs this process may use")
     p.add_argument("--eval-data", default=None, metavar="FOLDER", help="labelled images (default: built-in split)")
     p.add_argument("--out", metavar="STEM", help="write STEM.md and STEM.json (default: card_<model>_<variant>)")
 
 
 def cmd_tune(args) -> int:
-    from deit_demo.measure.report import to_markdown, tune_rows
-    from deit_demo.measure.tune import TuneSettings
-    lab = _lab(args)
+    from deit_demo.present.report import to_markdown, tune_rows
+    from deit_demo.service import TuneSettings
+    lab = lab_for(args)
     results = []
     for variant in dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()):
         settings = TuneSettings(args.max_drop, variant, runs=args.runs, warmup=args.warmup, threads=args.threads,
                                 eval_data=args.eval_data)
-        progress = TqdmProgress()
-        loaded, result = lab.tune(args.model, settings, progress=progress)
-        progress.close()
-        _emit(args, f"\n{loaded.spec.key} {variant}, budget {result.max_drop:g} top-1 point{'' if result.max_drop == 1 else 's'}, on {result.images}, "
+        with progress_bars() as progress:
+            loaded, result = lab.tune(args.model, settings, progress=progress)
+        emit(args, f"\n{loaded.spec.key} {variant}, budget {result.max_drop:g} top-1 point{'' if result.max_drop == 1 else 's'}, on {result.images}, "
                     f"{result.threads} threads, {settings.runs} runs: tuned in {result.seconds:.1f} s")
-        _emit(args, to_markdown(tune_rows(result)))
-        _emit(args, f"\n{result.sentence}")
+        emit(args, to_markdown(tune_rows(result)))
+        emit(args, f"\n{result.sentence}")
         results.append(result)
-    _emit(args, f"\nstored in {lab.store_root}: tome variants of {args.model} now use the tuned r unless --tome-r "
+    emit(args, f"\nstored in {lab.store_root}: tome variants of {args.model} now use the tuned r unless --tome-r "
                 "says otherwise")
-    _write_json(args.json, _payload(results, model=args.model))
+    write_json_out(args.json, _payload(results, model=args.model))
     return 0
 
 
 def _payload(results, **extra) -> dict:
-    from deit_demo.measure.results import results_payload
+    from deit_demo.service import results_payload
 
     rows = [{**r.to_row(), "samples_ms": r.dense_samples_ms} for r in results]
     return results_payload(rows, kind="tune", **extra)
 
 
 def cmd_card(args) -> int:
-    from deit_demo.measure.card import CardSettings, card_markdown
+    from deit_demo.service import CardSettings, card_markdown
 
     settings = CardSettings(args.variant, batch_sizes=args.batch, runs=args.runs, warmup=args.warmup,
                             threads=args.threads, tome_r=args.tome_r, eval_data=args.eval_data)
-    lab = _lab(args)
-    progress = TqdmProgress()
-    _, card = lab.card(args.model, settings, progress=progress)
-    progress.close()
-    _emit(args, card_markdown(card))
+    lab = lab_for(args)
+    with progress_bars() as progress:
+        _, card = lab.card(args.model, settings, progress=progress)
+    emit(args, card_markdown(card))
     for path in lab.save_card(card, args.out or f"card_{card['model']}_{card['variant']}"):
         print(f"wrote {path}", file=sys.stderr)
-    _write_json(args.json, card)
+    write_json_out(args.json, card)
     return 0

@@ -2,9 +2,10 @@
 
 A shared Space times a visitor's benchmark while Auto prepares, another visitor converts, and others classify. A
 DeiT-Ti median of 143 ms with p10-p90 of 70-288 ms (4x spread), measured a few seconds after launch while Auto
-prepared DeiT-B, was reported as a fact. Jobs note themselves here (`doing`), the serving thread counts answers
-(`served`), and a measurement opens a `window` around its timed blocks: what overlapped it, how many answers were
-served meanwhile, and the process's CPU time against the wall time.
+prepared DeiT-B, was reported as a fact. Jobs note themselves here (`doing`), a server's answers are counted
+(`served`, or read from each `watch`ed server when a window opens and closes, so that the serving path calls nothing
+here), and a measurement opens a `window` around its timed blocks: what overlapped it, how many answers were served
+meanwhile, and the process's CPU time against the wall time.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextvars
 import itertools
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -50,6 +52,7 @@ class Activity:
         self._seen: dict[int, str] = {}  # every job since the oldest open window began (for overlap)
         self._windows = 0
         self._served = 0
+        self._watched: weakref.WeakSet = weakref.WeakSet()  # servers whose `answered` count is read, never pushed
 
     @contextlib.contextmanager
     def doing(self, what: str) -> Iterator[None]:
@@ -72,6 +75,14 @@ class Activity:
         with self._lock:
             self._served += images
 
+    def watch(self, server) -> None:
+        """Count `server.answered` (an int only its serving thread increments) as answers served; held weakly."""
+        with self._lock:
+            self._watched.add(server)
+
+    def _answers(self) -> int:
+        return self._served + sum(server.answered for server in list(self._watched))
+
     @contextlib.contextmanager
     def window(self, threads: int) -> Iterator[Conditions]:
         """The conditions of the block it wraps, filled in when it ends."""
@@ -80,7 +91,7 @@ class Activity:
         with self._lock:
             self._windows += 1
             self._seen.update(self._running)
-            at_start, since, served = set(self._running), self._last, self._served
+            at_start, since, served = set(self._running), self._last, self._answers()
         wall, cpu = time.perf_counter(), time.process_time()
         try:
             yield conditions
@@ -88,7 +99,7 @@ class Activity:
             conditions.wall_s, conditions.cpu_s = time.perf_counter() - wall, time.process_time() - cpu
             with self._lock:
                 others = [w for t, w in self._seen.items() if t not in mine and (t in at_start or t > since)]
-                conditions.classifications = self._served - served
+                conditions.classifications = self._answers() - served
                 self._windows -= 1
                 if not self._windows:
                     self._seen.clear()

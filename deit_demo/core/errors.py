@@ -28,6 +28,10 @@ class Cancelled(DeitDemoError):
     """A job was stopped by the person who started it."""
 
 
+class Busy(DeitDemoError):
+    """The server cannot take this now (its queue or the visitor's share of it is full): try again later."""
+
+
 def check_cancel(cancel) -> None:
     """Raise `Cancelled` if the `threading.Event` (or None) is set."""
     if cancel is not None and cancel.is_set():

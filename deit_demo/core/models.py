@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deit_demo.core.cache import BoundedCache
 from deit_demo.core.errors import DeitDemoError, describe, quoted
 from deit_demo.core.paths import ASSETS
 
@@ -145,6 +145,7 @@ class LoadedModel:
     model: nn.Module
     weights: str
     weights_id: str = field(default="")
+    note: str = ""  # why these weights, where they are not the ones asked for (a fallback to random weights)
 
     def __post_init__(self) -> None:
         if not self.weights_id:
@@ -161,14 +162,21 @@ def fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+# One model built at a time: building initialises its weights from torch's global generator, which every thread
+# shares. Three threads loading random DeiT-B, DeiT-S and DeiT-Ti at once gave DeiT-B the weights ids 71d2cf86… and
+# 3e00b5ae… (a5a5bde4… alone), and every launch of the app converted DeiT-B again under a new id.
+_BUILDING = threading.RLock()
+
+
 def create_model(spec: ModelSpec, *, pretrained: bool = False) -> nn.Module:
     """Build the timm architecture for `spec`; ``pretrained=True`` goes through timm's hub loading."""
-    if spec.builder is not None:
-        return spec.builder()
-    import timm
+    with _BUILDING:
+        if spec.builder is not None:
+            return spec.builder()
+        import timm
 
-    name = spec.hub_name if pretrained else spec.timm_name
-    return timm.create_model(name, pretrained=pretrained, num_classes=spec.num_classes)
+        name = spec.hub_name if pretrained else spec.timm_name
+        return timm.create_model(name, pretrained=pretrained, num_classes=spec.num_classes)
 
 
 HUB_HELP = (
@@ -263,8 +271,9 @@ def _load_checkpoint(spec: ModelSpec, path: Path) -> nn.Module:
 
 
 def _load_random(spec: ModelSpec) -> nn.Module:
-    # Seeded so every process (CLI, app, tests) gets the same random model and artifacts can be reused.
-    with torch.random.fork_rng():
+    # Seeded so every process (CLI, app, tests) gets the same random model and artifacts can be reused; under the
+    # building lock, so that no other build draws from the generator meanwhile.
+    with _BUILDING, torch.random.fork_rng():
         torch.manual_seed(RANDOM_SEED)
         return create_model(spec)
 
@@ -283,20 +292,3 @@ def load_model(key: str, weights: str | Path = "hub") -> LoadedModel:
         model, source = _load_checkpoint(spec, path), f"checkpoint:{path.name}"
     model.eval().requires_grad_(False)
     return LoadedModel(spec=spec, model=model, weights=source)
-
-
-class ModelCache:
-    """The loaded models a process keeps: a bounded LRU keyed by (model, weights), safe across server threads."""
-
-    def __init__(self, max_models: int = 2):
-        self._cache: BoundedCache[LoadedModel] = BoundedCache(max_models)
-
-    def get(self, key: str, weights: str | Path = "hub") -> LoadedModel:
-        return self._cache.get((key, str(weights)), lambda: load_model(key, weights))
-
-    def peek(self, key: str) -> LoadedModel | None:
-        """The most recently used loaded copy of model `key` (any weights), or None: never loads, never reorders."""
-        return self._cache.peek(lambda cached: cached[0] == key)
-
-    def __len__(self) -> int:
-        return len(self._cache)

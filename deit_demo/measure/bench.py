@@ -44,8 +44,9 @@ class BenchSettings:
     variants: list[str] = field(default_factory=lambda: [ORIGINAL])
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     threads: int = 0  # 0: all CPUs this process may use
+    # The defaults every entry point shows (the Benchmark tab, `bench`, `profile`, `tome-sweep` read them here)
     warmup: int = 3
-    runs: int = 10
+    runs: int = 20
     block: int = 3  # consecutive calls per variant per round; the first of each block is dropped
     time_budget_s: float | None = None
     input: str = "noise"  # "noise" (fixed seed) or an image path

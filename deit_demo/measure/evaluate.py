@@ -169,3 +169,16 @@ def evaluate(loaded: LoadedModel, keys: list[str], store, data: str | Path | Non
                 row.n_images = len(top1)
         rows.append(row)
     return rows
+
+
+def with_accuracy(results: list, accuracy: list[AccuracyResult]) -> str:
+    """Conversion rows given the accuracy measured on labelled data: their agreement then comes from the same images
+    as their top-1 (the answer check's figure is kept in their notes). Returns the line that says on what."""
+    measured = {r.variant: r for r in accuracy if r.n_images}
+    for row in results:
+        if row.variant in measured:
+            row.notes["check_agreement"] = row.top1_agreement
+            row.top1_agreement = measured[row.variant].top1_agreement
+            row.agreement_on = measured[row.variant].agreement_on
+    first = next(iter(measured.values()), None)
+    return f"Accuracy: top-1 on {first.data} ({first.n_images} labelled images)." if first else ""

@@ -91,3 +91,27 @@ def load_results(path: Path | str, label: str | None = None) -> dict:
         raise DeitDemoError(f"{name} has no result rows (each needs a model and a variant).")
     payload["label"] = name
     return payload
+
+
+# ------------------------------------------------------------------------------------------------------ names
+
+
+def variant_name(row) -> str:
+    """The variant as every table shows it: with its token-merging r where it has one (a row object or a dict)."""
+    get = row.get if isinstance(row, dict) else (lambda name, default=None: getattr(row, name, default))
+    return get("variant") + (f" (r={get('tome_r')})" if get("tome_r") is not None else "")
+
+
+def pair_name(row: dict) -> str:
+    name = f"{row['model']}/{variant_name(row)}"
+    extras = [f"threads={row['threads']}" if row.get("threads") else "", f"batch {row['batch_size']}"
+              if row.get("batch_size", 1) != 1 else ""]
+    return name + "".join(f", {e}" for e in extras if e)
+
+
+def accuracy_of(row: dict) -> float | None:
+    """The top-1 (%) a chart and the frontier place a pair at: measured here on labelled data when it was (the
+    accuracy budget), else the model's published figure."""
+    if row.get("top1") is not None and row.get("n_images"):
+        return 100 * row["top1"]
+    return row.get("published_top1")

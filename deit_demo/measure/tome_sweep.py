@@ -31,6 +31,7 @@ class TomeSweepRow:
     top1_agreement: float | None = None  # with the unmerged model: on the labelled images if any, else check inputs
     agreement_on: str = ""  # the images `top1_agreement` comes from, named, with their count
     weights: str = ""
+    threads: int = 0
     disturbed: str = ""  # why the timing was not on a quiet server ("" when it was); see core.activity
     conditions: dict = field(default_factory=dict)
 
@@ -76,7 +77,7 @@ def tome_sweep(loaded, rs, settings: BenchSettings, store=None, *, int8: bool = 
             progress(f"measuring r={r}", i, len(rs))
         merged = ToMe(loaded.model, r).eval()
         row = TomeSweepRow(model=loaded.spec.key, r=r, tokens_last_block=merged.tokens_per_block(tokens)[-1],
-                           weights=loaded.weights)
+                           weights=loaded.weights, threads=threads)
         if dataset is not None:
             found = outcomes(merged, dataset, batch=EVAL_BATCH)  # eager ToMe merges each image on its own
             top1 = found.top1

@@ -4,9 +4,8 @@
 original's on every check input, times them against the original, and from then on serves the fastest. Until it is
 ready (or when nothing passes) Auto serves the original, and says so.
 
-What Auto serves is published, never edited: an `AutoChoice` is frozen, built whole off to the side while Auto
-prepares (compiles, lane copies), and swapped in under a lock only when everything in it is ready. A visitor takes one
-snapshot and is served a variant with its own runner, never a half-made pair.
+What Auto serves is published, never edited: an `AutoChoice` (the policy's `Decision` and the runners that serve it)
+is frozen, built whole off to the side while Auto prepares, and swapped in under a lock only when all of it is ready.
 """
 
 from __future__ import annotations
@@ -21,9 +20,9 @@ from deit_demo.core import activity
 from deit_demo.core.cpus import settle_heap, torch_threads
 from deit_demo.core.errors import describe, log_unexpected
 from deit_demo.core.models import LoadedModel
-from deit_demo.measure.timing import Entry, LatencyStats, TimingSettings, entries_from, measure
+from deit_demo.measure.timing import Entry, TimingSettings, entries_from, measure
+from deit_demo.serve.policy import Decision, Rules, beats_original, choose, measured
 from deit_demo.serve.runners import RunnerCache, warm_for_visitors
-from deit_demo.serve.threads import CpuBudget
 from deit_demo.variants import ORIGINAL, Runner, get_variant
 from deit_demo.variants.base import compiling_elsewhere
 from deit_demo.variants.pipeline import answer_check, check_inputs, prepare, prepare_variants, variant_context
@@ -36,50 +35,83 @@ AUTO_CANDIDATES = ("openvino_int8", "onnx_int8_static", "pt2e_int8", "onnx_int8"
 
 
 @dataclass(frozen=True)
+class Pick:
+    """What one request is served with: a variant, its runner (None: the eager original) and how to call it."""
+
+    variant: str
+    runner: Runner | None
+    agreement: float | None
+    sentence: str
+    one_pass: bool = True  # several images share one forward pass (else one pass each)
+    compiles: bool = False  # a graph compiled per shape and thread count
+
+
+@dataclass(frozen=True)
+class Runners:
+    """What serves a decision, loaded and compiled before it is published."""
+
+    main: Runner | None = field(default=None, repr=False)  # held here, so the LRU of variants never evicts it
+    # Thread counts `main` is ready for without compiling: the serving count, and the share left to a visitor while a
+    # convert or benchmark job holds the other CPUs (so the two never run more threads than there are CPUs)
+    warm_threads: frozenset[int] = frozenset()
+    # Where `main` is a compiled graph: one more copy per lane beyond the first, each compiled for a lane's share of
+    # the serving threads, so that several visitors' images run side by side (`classify.run_in_lanes`). A copy each,
+    # because one compiled graph called from two threads at once recompiled (a dynamo guard raced), without freezing.
+    lanes: tuple[Runner, ...] = field(default=(), repr=False)
+    # What serves while another thread compiles, when `main` is a compiled graph: a call into one can then wait for
+    # dynamo's process-wide compile lock (8 visitors on DeiT-B during a benchmark of pt2e_int8: answers of 26-60 s).
+    fallback: Runner | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class AutoChoice:
     """What Auto serves for one (model, weights), and why: published whole, never edited (`dataclasses.replace`)."""
 
     model: str
     weights_id: str
     state: str = "preparing"  # preparing | ready | failed
-    variant: str = ORIGINAL
-    agreement: float | None = None  # top-1 agreement with the original on the check inputs
+    decision: Decision = Decision()
     checked: int = 0  # how many check inputs (the example images and fixed-seed noise)
-    median_ms: dict[str, float] = field(default_factory=dict)  # batch 1, timed together, original included
-    rejected: dict[str, str] = field(default_factory=dict)  # candidate -> why Auto does not use it
+    runners: Runners = Runners()
     seconds: float = 0.0
-    runner: Runner | None = field(default=None, repr=False)  # held here, so the LRU of variants never evicts it
-    # Thread counts the runner is ready for without compiling: the serving count, and the share left to a visitor
-    # while a convert or benchmark job holds the other CPUs (so the two never run more threads than there are CPUs)
-    warm_threads: frozenset[int] = frozenset()
-    # What serves while another thread compiles, when `variant` is a compiled graph: a call into one can then wait for
-    # dynamo's process-wide compile lock (8 visitors on DeiT-B during a benchmark of pt2e_int8: answers of 26-60 s).
-    # The fastest verified variant that compiles nothing, or the original.
-    fallback: str = ORIGINAL
-    fallback_agreement: float | None = None
-    fallback_runner: Runner | None = field(default=None, repr=False)
-    # Where `runner` is a compiled graph: one more copy per lane beyond the first, each compiled for a lane's share of
-    # the serving threads, so that several visitors' images run side by side (`classify.run_in_lanes`). A copy each,
-    # because one compiled graph called from two threads at once recompiled (a dynamo guard raced), without freezing.
-    lane_runners: tuple[Runner, ...] = field(default=(), repr=False)
+    # Derived once here, so that serving a request reads two fields and looks nothing up
+    pick: Pick = field(init=False, repr=False, compare=False)
+    stand_in: Pick | None = field(init=False, repr=False, compare=False)
 
-    def serving(self) -> tuple[str, Runner | None, float | None, str]:
-        """(variant, runner, agreement, sentence) to serve with now."""
-        if self.runner is not None and get_variant(self.variant).compiles_per_shape and compiling_elsewhere():
-            checked = f": {self._agreed(self.fallback_agreement)}" if self.fallback_runner else ""
-            why = f"another job is compiling, and {self.variant} could wait for it"
-            sentence = f"Auto → {self.fallback}{checked} ({why})"
-            return self.fallback, self.fallback_runner, self.fallback_agreement, sentence
-        return self.variant, self.runner, self.agreement, self.sentence()
+    def __post_init__(self) -> None:
+        d, r = self.decision, self.runners
+        main = get_variant(d.variant)
+        object.__setattr__(self, "pick", Pick(d.variant, r.main, d.agreement, self.sentence(),
+                                              main.batch_invariant and not main.compiles_per_shape,
+                                              main.compiles_per_shape))
+        stand_in = None
+        if r.main is not None and main.compiles_per_shape:
+            checked = f": {self._agreed(d.fallback_agreement)}" if r.fallback else ""
+            why = f"another job is compiling, and {d.variant} could wait for it"
+            fallback = get_variant(d.fallback)
+            stand_in = Pick(d.fallback, r.fallback, d.fallback_agreement, f"Auto → {d.fallback}{checked} ({why})",
+                            fallback.batch_invariant and not fallback.compiles_per_shape, fallback.compiles_per_shape)
+        object.__setattr__(self, "stand_in", stand_in)
+
+    def serving(self) -> Pick:
+        """What to serve with now: the stand-in while another thread compiles, if the choice is a compiled graph."""
+        if self.stand_in is not None and compiling_elsewhere():
+            return self.stand_in
+        return self.pick
+
+    # The decision's and the runners' figures, read where a choice is shown or tested
+    variant = property(lambda self: self.decision.variant)
+    agreement = property(lambda self: self.decision.agreement)
+    median_ms = property(lambda self: self.decision.median_ms)
+    rejected = property(lambda self: self.decision.rejected)
+    fallback = property(lambda self: self.decision.fallback)
+    speedup = property(lambda self: self.decision.speedup)
+    runner = property(lambda self: self.runners.main)
+    lane_runners = property(lambda self: self.runners.lanes)
+    warm_threads = property(lambda self: self.runners.warm_threads)
 
     def _agreed(self, agreement: float | None) -> str:
         return f"same top-1 as the original on {round((agreement or 0) * self.checked)}/{self.checked} check inputs"
-
-    @property
-    def speedup(self) -> float | None:
-        if self.variant == ORIGINAL or not self.median_ms.get(self.variant) or not self.median_ms.get(ORIGINAL):
-            return None
-        return self.median_ms[ORIGINAL] / self.median_ms[self.variant]
 
     def sentence(self) -> str:
         """One line for the visitor: the variant Auto used and its agreement with the original."""
@@ -104,7 +136,7 @@ class AutoChoice:
 
 @dataclass
 class AutoProgress:
-    """How far a preparation has got (shown while it runs; not part of what is served)."""
+    """How far a preparation has got (shown while it runs; not part of what is served; read under AutoServe's lock)."""
 
     model: str
     total: int
@@ -124,29 +156,26 @@ class AutoProgress:
 class AutoServe:
     """Chooses, per model, the fastest verified variant; prepares on a background thread, one model at a time.
 
-    It asks for what it needs and no more: `models` (the facade's weights policy), the shared `runners` cache (it
-    holds the store and the serving thread count), the `cpus` budget and the share a background job may take."""
+    It asks for what it needs and no more: the server's `models` cache, the shared `runners` cache (it holds the
+    store and the serving thread count), the `cpus` budget (a `serve.server.CpuBudget`) and the share a background
+    job may take. What it serves is decided by `policy.choose`; loading and compiling for that decision happen here."""
 
-    def __init__(self, models: Callable[[str], LoadedModel], runners: RunnerCache, cpus: CpuBudget,
-                 job_cpus: Callable[[], int], candidates: tuple[str, ...] = AUTO_CANDIDATES, timing_runs: int = 6,
-                 lanes: int = 1):
+    def __init__(self, models, runners: RunnerCache, cpus, job_cpus: Callable[[], int],
+                 candidates: tuple[str, ...] = AUTO_CANDIDATES, timing_runs: int = 6, lanes: int = 1,
+                 rules: Rules = Rules()):
         self.models, self.runners, self.cpus, self.job_cpus = models, runners, cpus, job_cpus
         self.candidates = tuple(candidates)
-        self.lanes = lanes
-        self.timing_runs = timing_runs
+        self.lanes, self.timing_runs, self.rules = lanes, timing_runs, rules
         self._choices: dict[tuple[str, str], AutoChoice] = {}
         self._lock = threading.Lock()
         self._todo: queue.Queue[str] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._preparing = threading.Lock()  # one preparation at a time: the worker's, or a caller that waits
-        self._progress: dict[str, AutoProgress] = {}  # model key -> the preparation under way
-
-    def _key(self, loaded: LoadedModel) -> tuple[str, str]:
-        return loaded.spec.key, loaded.weights_id
+        self._progress: dict[str, AutoProgress] = {}  # model key -> the preparation under way (under `_lock`)
 
     def choice(self, loaded: LoadedModel) -> AutoChoice | None:
         with self._lock:
-            return self._choices.get(self._key(loaded))
+            return self._choices.get((loaded.spec.key, loaded.weights_id))
 
     def _publish(self, choice: AutoChoice) -> AutoChoice:
         """The one place a choice becomes visible: a whole, frozen object swapped in under the lock."""
@@ -159,10 +188,11 @@ class AutoServe:
         serves and why) or failed (why). Never loads anything."""
         with self._lock:
             progress = self._progress.get(model_key)
+            line = progress.line() if progress is not None else ""
             choices = [c for (key, _), c in self._choices.items() if key == model_key]
         now = choices[-1].sentence() if choices else "Auto → original"
-        if progress is not None:
-            return f"⏳ Auto is {progress.line()} for {model_key}. Meanwhile: {now}."
+        if line:
+            return f"⏳ Auto is {line} for {model_key}. Meanwhile: {now}."
         if not choices:
             return f"Auto has not started for {model_key}: the first classification with Auto starts it."
         icon = {"ready": "✅", "failed": "⚠️"}.get(choices[-1].state, "⏳")
@@ -189,7 +219,7 @@ class AutoServe:
         self.request(model_key)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            found = self.choice(self.models(model_key))
+            found = self.choice(self.models.get(model_key))
             if found is not None and found.state != "preparing":
                 return found
             time.sleep(0.2)
@@ -208,9 +238,9 @@ class AutoServe:
 
     def prepare(self, model_key: str) -> AutoChoice:
         """Convert, check and time the candidates for `model_key` (now, on this thread); publish the fastest."""
-        loaded = self.models(model_key)
+        loaded = self.models.get(model_key)
         with self._lock:
-            self._choices.setdefault(self._key(loaded), AutoChoice(*self._key(loaded)))
+            self._choices.setdefault((loaded.spec.key, loaded.weights_id), AutoChoice(loaded.spec.key, loaded.weights_id))
         with self._preparing:
             current = self.choice(loaded)
             if current.state != "preparing":
@@ -219,12 +249,13 @@ class AutoServe:
             with self._lock:
                 self._progress[model_key] = AutoProgress(model_key, len(self.candidates))
             try:
-                with self.cpus.take(self.job_cpus()) as granted, activity.ACTIVITY.doing(f"Auto preparing {model_key}"):
+                with self.cpus.take(self.job_cpus(), job=True) as granted, \
+                        activity.ACTIVITY.doing(f"Auto preparing {model_key}"):
                     chosen = self._choose(loaded, granted)
             except Exception as err:
                 current = self.choice(loaded)  # an interim choice, if one was published, still serves
-                self._publish(replace(current, state="failed", rejected={
-                    **current.rejected, "*": f"preparing the fast variants failed: {describe(err)}"}))
+                why = {**current.rejected, "*": f"preparing the fast variants failed: {describe(err)}"}
+                self._publish(replace(current, state="failed", decision=replace(current.decision, rejected=why)))
                 raise
             finally:
                 with self._lock:
@@ -232,6 +263,63 @@ class AutoServe:
             chosen = self._publish(replace(chosen, seconds=time.perf_counter() - start))
             settle_heap()
             return chosen
+
+    def _note(self, model_key: str):
+        """The preparation's progress callback: what it prepares now, and how many are done (read by `status`)."""
+        def note(what: str, done: int, total: int) -> None:
+            with self._lock:
+                if (progress := self._progress.get(model_key)) is not None:
+                    progress.candidate, progress.done = what.removeprefix("preparing "), done
+        return note
+
+    def _choose(self, loaded: LoadedModel, threads: int) -> AutoChoice:
+        """A new, complete choice for `loaded`: prepare, check and time the candidates beside the original (the first
+        fast one serves meanwhile), let the policy decide, then load what it chose."""
+        inputs = check_inputs(loaded.spec)
+        check, x = answer_check(loaded.model, inputs), next(iter(inputs.values()))
+        # Cheapest to prepare first (stable: the given order decides among equals), so that the first verified one
+        # to beat the original serves while the others are prepared (DeiT-B: the int8 ONNX model in seconds, the
+        # compiled graph after minutes).
+        order = sorted(self.candidates, key=lambda k: get_variant(k).prepare_cost)
+        entries, interim = [Entry(ORIGINAL, loaded.model)], False
+        for item in prepare_variants(loaded, order, self.runners.store, progress=self._note(loaded.spec.key)):
+            entries += entries_from([item], check=check)
+            if not interim and item.runner is not None and not item.variant.compiles_per_shape:
+                interim = self._publish_interim(loaded, entries[0], entries[-1], x, threads, len(inputs))
+        timing = TimingSettings(runs=self.timing_runs, warmup=2, block=3)
+        timed = {e.name: e for e in measure(entries, x, timing, threads=threads,
+                                            min_agreement=self.rules.min_agreement)}
+        decision = choose([measured(e) for e in timed.values()], self.rules)
+        runners = self._load_for_serving(loaded, decision, timed[decision.variant].runner, threads)
+        return AutoChoice(loaded.spec.key, loaded.weights_id, "ready", replace(decision, rejected={
+            **decision.rejected, **runners[1]}), len(inputs), runners[0])
+
+    def _load_for_serving(self, loaded: LoadedModel, decision: Decision, checked: Runner | None,
+                          threads: int) -> tuple[Runners, dict[str, str]]:
+        """The runners that serve `decision`, loaded (and compiled) before it is published, and what could not be."""
+        serve_threads, problems = self.runners.threads, {}
+        if decision.variant == ORIGINAL:
+            return Runners(), problems
+        if not get_variant(decision.variant).compiles_per_shape:
+            # Loaded again for serving: runtimes fix their thread count when loaded (the cache loads with the
+            # serving threads); the checked one was loaded with this job's share of the CPUs.
+            return Runners(self.runners.get(loaded, decision.variant, settle=False),  # prepare settles at its end
+                           frozenset({serve_threads})), problems
+        # The checked inductor graph is already compiled for this job's share of the CPUs, so that a visitor served
+        # during a benchmark runs on the CPUs left, not on all of them; the cache compiles it for the serving threads
+        # as well (DeiT-B: 15 s a compile), here rather than on a visitor's time. (One a visitor had loaded by name
+        # meanwhile is served instead: compiled for the serving threads only.)
+        runner = self.runners.get(loaded, decision.variant, adopt=checked)
+        warm = frozenset({serve_threads} | ({threads} if runner is checked else set()))
+        lanes, share = (), serve_threads // self.lanes
+        if self.lanes > 1 and share in warm:
+            try:
+                lanes = tuple(self._lane_runner(loaded, decision.variant, share) for _ in range(self.lanes - 1))
+            except Exception as err:  # serving one image at a time is slower, not wrong
+                problems["lanes"] = f"a copy of {decision.variant} for side-by-side passes: {describe(err)}"
+        fallback = (self.runners.get(loaded, decision.fallback, settle=False)
+                    if decision.fallback != ORIGINAL else None)
+        return Runners(runner, warm, lanes, fallback), problems
 
     def _lane_runner(self, loaded: LoadedModel, key: str, threads: int) -> Runner:
         """Another copy of the verified variant, loaded from its file and compiled for `threads` (DeiT-B pt2e_int8:
@@ -241,84 +329,20 @@ class AutoServe:
             runner = prepare(get_variant(key), loaded, store, variant_context(loaded.spec, store))[2]
         return warm_for_visitors(runner, loaded, threads)
 
-    def _publish_interim(self, loaded: LoadedModel, key: str, original: Entry, candidate: Entry,
-                         x, threads: int, checked: int) -> bool:
-        """Serve `key` while the other candidates prepare, if its answers match and a short timing says it beats the
+    def _publish_interim(self, loaded: LoadedModel, original: Entry, candidate: Entry, x, threads: int,
+                         checked: int) -> bool:
+        """Serve the candidate while the others prepare, if its answers match and a short timing says it beats the
         original; True when published."""
         quick = TimingSettings(runs=4, warmup=1, block=3)
-        timed = {e.name: e for e in measure([Entry(ORIGINAL, original.runner),
-                                             Entry(key, candidate.runner, check=candidate.check)],
-                                            x, quick, threads=threads, min_agreement=1.0)}
-        if not timed[key].ok or not timed[ORIGINAL].ok:
+        timed = {e.name: measured(e) for e in measure([Entry(ORIGINAL, original.runner),
+                                                       Entry(candidate.name, candidate.runner, check=candidate.check)],
+                                                      x, quick, threads=threads, min_agreement=self.rules.min_agreement)}
+        key = candidate.name
+        if not beats_original(timed[key], timed[ORIGINAL], self.rules):
             return False
-        medians = {name: LatencyStats(e.samples_ms).median_ms for name, e in timed.items()}
-        if medians[key] >= medians[ORIGINAL]:
-            return False
-        self._publish(AutoChoice(loaded.spec.key, loaded.weights_id, variant=key,
-                                 agreement=timed[key].answers.top1_agreement, checked=checked,
-                                 median_ms={k: round(v, 2) for k, v in medians.items()},
-                                 runner=self.runners.get(loaded, key, settle=False),
-                                 warm_threads=frozenset({self.runners.threads})))
+        decision = Decision(key, timed[key].agreement, {k: round(m.median_ms, 2) for k, m in timed.items()})
+        self._publish(AutoChoice(loaded.spec.key, loaded.weights_id, decision=decision, checked=checked,
+                                 runners=Runners(self.runners.get(loaded, key, settle=False),
+                                                 frozenset({self.runners.threads}))))
         return True
 
-    def _choose(self, loaded: LoadedModel, threads: int) -> AutoChoice:
-        """A new, complete choice for `loaded` (nothing is published here)."""
-        inputs = check_inputs(loaded.spec)
-        check, x = answer_check(loaded.model, inputs), next(iter(inputs.values()))
-        timing = TimingSettings(runs=self.timing_runs, warmup=2, block=3)
-        # Cheapest to prepare first (stable: the given order decides among equals), so that the first verified one
-        # to beat the original serves while the others are prepared (DeiT-B: the int8 ONNX model in seconds, the
-        # compiled graph after minutes).
-        order = sorted(self.candidates, key=lambda k: get_variant(k).prepare_cost)
-        progress = self._progress.get(loaded.spec.key)
-
-        def note(what: str, done: int, total: int) -> None:
-            if progress is not None:
-                with self._lock:  # status() reads it under the same lock
-                    progress.candidate, progress.done = what.removeprefix("preparing "), done
-
-        entries, interim = [Entry(ORIGINAL, loaded.model)], False
-        for item in prepare_variants(loaded, order, self.runners.store, progress=note):
-            entries += entries_from([item], check=check)
-            if not interim and item.runner is not None and not item.variant.compiles_per_shape:
-                interim = self._publish_interim(loaded, item.key, entries[0], entries[-1], x, threads, len(inputs))
-        entries = measure(entries, x, timing, threads=threads, min_agreement=1.0)
-        rejected = {e.name: e.reason if e.status == "rejected" or e.reason.startswith("failed while")
-                    else f"{e.status}: {e.reason.split(chr(10))[0][:160]}" for e in entries if not e.ok}
-        timed = {e.name: e for e in entries if e.ok}
-        medians = {name: LatencyStats(e.samples_ms).median_ms for name, e in timed.items()}
-        fastest = min(medians, key=medians.get) if medians else ORIGINAL
-        agreement = {name: e.answers.top1_agreement for name, e in timed.items() if e.answers is not None}
-        serving: dict = {}
-        serve_threads = self.runners.threads
-        if fastest != ORIGINAL:
-            if get_variant(fastest).compiles_per_shape:
-                # The checked inductor graph is already compiled for this job's share of the CPUs, so that a visitor
-                # served during a benchmark runs on the CPUs left, not on all of them; the cache compiles it for the
-                # serving threads as well (DeiT-B: 15 s a compile), here rather than on a visitor's time.
-                runner = self.runners.get(loaded, fastest, adopt=timed[fastest].runner)
-                # (One a visitor had loaded by name meanwhile is served instead: compiled for the serving threads only.)
-                adopted = runner is timed[fastest].runner
-                warm = frozenset({serve_threads} | ({threads} if adopted else set()))
-                serving.update(runner=runner, warm_threads=warm)
-                share = serve_threads // self.lanes
-                if self.lanes > 1 and share in warm:
-                    try:
-                        serving["lane_runners"] = tuple(self._lane_runner(loaded, fastest, share)
-                                                        for _ in range(self.lanes - 1))
-                    except Exception as err:  # serving one image at a time is slower, not wrong
-                        rejected["lanes"] = f"a copy of {fastest} for side-by-side passes: {describe(err)}"
-                plain = [k for k in sorted(medians, key=medians.get)
-                         if k in agreement and not get_variant(k).compiles_per_shape]
-                if plain:
-                    serving.update(fallback=plain[0], fallback_agreement=agreement[plain[0]],
-                                   fallback_runner=self.runners.get(loaded, plain[0], settle=False))
-            else:
-                # Loaded again for serving: runtimes fix their thread count when loaded (the cache loads with the
-                # serving threads); this one was loaded with this job's share of the CPUs.
-                serving.update(runner=self.runners.get(loaded, fastest, settle=False),  # prepare settles at its end
-                               warm_threads=frozenset({serve_threads}))
-        return AutoChoice(loaded.spec.key, loaded.weights_id, state="ready", variant=fastest,
-                          agreement=agreement.get(fastest), checked=len(inputs),
-                          median_ms={name: round(ms, 2) for name, ms in medians.items()}, rejected=rejected,
-                          **serving)

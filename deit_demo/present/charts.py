@@ -10,7 +10,7 @@ from plotly.colors import qualitative
 
 from deit_demo.measure.bench import BenchResult
 from deit_demo.measure.profile import CLASSES
-from deit_demo.measure.report import accuracy_of, pair_name
+from deit_demo.measure.results import accuracy_of, pair_name
 from deit_demo.variants import ORIGINAL
 
 _PALETTE = qualitative.Plotly + qualitative.D3

@@ -1,6 +1,6 @@
 """Result formatting shared by the CLI and the app: tables as rows of strings, Markdown, CSV, and the weights banner.
 
-Measuring lives in `bench`, `pipeline` and `evaluate`; this module only turns their result objects into text, so the
+Measuring lives in `measure` and serving in `serve`; this module only turns their result objects into text, so the
 CLI and the app show the same tables.
 """
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from deit_demo.core.models import LoadedModel, ModelSpec
 from deit_demo.measure.budget import signed
+from deit_demo.measure.results import accuracy_of, pair_name, variant_name
 from deit_demo.variants import ORIGINAL
 from deit_demo.variants.pipeline import size_reference
 
@@ -48,8 +49,9 @@ def _reduction(fraction: float) -> str:
 # ------------------------------------------------------------------------------------------------------ weights
 
 
-def weights_banner(loaded: LoadedModel, why_random: str = "", *, markdown: bool = True) -> str:
-    """Where the weights came from, in one line; for random weights, that the labels mean nothing and why."""
+def weights_banner(loaded: LoadedModel, *, markdown: bool = True) -> str:
+    """Where the weights came from, in one line; for random weights, that the labels mean nothing and why (the
+    model's `note`: the weights asked for could not be had)."""
     spec = loaded.spec
     if loaded.weights == "hub":
         text = f"✅ **Pretrained ImageNet weights**: `{spec.hf_repo}` (timm + Hugging Face hub cache)."
@@ -59,7 +61,7 @@ def weights_banner(loaded: LoadedModel, why_random: str = "", *, markdown: bool 
         if spec.report:
             text = f"📦 **Trained here** (`{html.escape(name)}`): labels and accuracy are real, on its own task."
     else:
-        why = why_random or "random weights were requested"
+        why = loaded.note or "random weights were requested"
         text = (f"⚠️ **RANDOM weights: labels meaningless.** {html.escape(why)}. The pipeline, sizes and timings "
                 "are real; for real labels use --weights hub (network or a filled cache) or a checkpoint path.")
     return text if markdown else text.replace("**", "").replace("`", "")
@@ -249,27 +251,6 @@ def tune_rows(result) -> list[dict]:
     if not result.faster:
         rows[0]["kept"] = "✓"
     return rows
-
-
-def variant_name(row) -> str:
-    """The variant as every table shows it: with its token-merging r where it has one (a row object or a dict)."""
-    get = row.get if isinstance(row, dict) else (lambda name, default=None: getattr(row, name, default))
-    return get("variant") + (f" (r={get('tome_r')})" if get("tome_r") is not None else "")
-
-
-def pair_name(row: dict) -> str:
-    name = f"{row['model']}/{variant_name(row)}"
-    extras = [f"threads={row['threads']}" if row.get("threads") else "", f"batch {row['batch_size']}"
-              if row.get("batch_size", 1) != 1 else ""]
-    return name + "".join(f", {e}" for e in extras if e)
-
-
-def accuracy_of(row: dict) -> float | None:
-    """The top-1 (%) a chart and the frontier place a pair at: measured here on labelled data when it was (the
-    accuracy budget), else the model's published figure."""
-    if row.get("top1") is not None and row.get("n_images"):
-        return 100 * row["top1"]
-    return row.get("published_top1")
 
 
 def sweep_rows(rows) -> list[dict]:
