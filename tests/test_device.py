@@ -354,3 +354,38 @@ def test_a_format_is_checked_once_per_file_not_once_per_page_session(app, monkey
     shutil.rmtree(folder)  # the file is gone: it is made and checked again
     remade = app.lab.browser_format("deit_synth", "onnx_fp32")
     assert len(calls) == 1 and remade.ready
+
+
+@pytest.mark.browser
+def test_a_device_table_timed_while_the_server_is_busy_says_so(app, playwright):
+    from deit_demo.core import activity
+
+    started, release = threading.Event(), threading.Event()
+
+    def auto_preparing():
+        with activity.ACTIVITY.doing("Auto preparing deit_base"):
+            started.set()
+            release.wait(600)
+
+    other = threading.Thread(target=auto_preparing, daemon=True)
+    with device_page.device_page(playwright, app.local_url) as page:
+        other.start()
+        started.wait(10)
+        try:
+            page.locator("#device-runs").fill("3")
+            page.locator("#device-warmup").fill("1")
+            page.locator("#device-bench").click()
+            page.locator("#device-table table").wait_for(timeout=300_000)
+            table = page.locator("#device-table").inner_text()
+        finally:
+            release.set()
+            other.join()
+    assert "busy" in table and "Auto preparing deit_base" in table, table
+
+
+def test_the_page_is_sent_the_servers_timing_method_with_each_catalog(app):
+    from deit_demo.measure.timing import TimingSettings
+
+    defaults = TimingSettings()
+    assert app.lab.browser_catalog("deit_synth")["timing"] == {"runs": defaults.runs, "warmup": defaults.warmup,
+                                                                "block": defaults.block}

@@ -275,7 +275,7 @@ class Lab:
         return {"model": device.page_spec(loaded.spec, labels_for(loaded)), "weights": loaded.weights,
                 "banner": self.banner(loaded, markdown=False), "formats": formats,
                 "preference": list(device.WASM_PREFERENCE), "ask_first_bytes": device.ASK_FIRST_BYTES,
-                "runtime": self.web_runtime.status()}
+                "runtime": self.web_runtime.status(), "timing": device.timing_spec()}
 
     def browser_format(self, model_key: str, key: str) -> device.BrowserFormat:
         """Make (the first time anyone asks) and check one browser format; its download URL names its sha256."""
