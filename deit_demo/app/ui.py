@@ -314,7 +314,7 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
 
 # The page's own JavaScript, kept small and in its own file
 PAGE_HEAD = (f"<script>{(Path(__file__).with_name('page.js')).read_text()}</script>"
-             f'<script type="module" src="{device.PREFIX.lstrip("/")}/device.js"></script>'
+             f'<script type="module" src="{device.ENTRY_URL}"></script>'
              f"<style>{device.DEVICE_CSS}</style>")
 
 
