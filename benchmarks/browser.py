@@ -102,7 +102,7 @@ def accuracy(lab, page, images: int) -> None:
 
 
 EXPLORE_ORT = """async ([url, options, runs, model]) => {
-  const runtime = await import(new URL("deit-web/runtime.js", document.baseURI).href);
+  const runtime = await import(new URL("gradio_api/deit-web/runtime.js", document.baseURI).href);
   const ort = await runtime.loadRuntime("wasm");
   const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
   const s = await ort.InferenceSession.create(bytes, {executionProviders: ["wasm"], ...options});

@@ -42,7 +42,7 @@ def png_base64(image) -> str:
 
 
 # The page's own modules, imported by URL from the page (the same instances its tab runs): nothing on `window`
-MODULES = """const web = (name) => import(new URL(`deit-web/${name}.js`, document.baseURI).href);
+MODULES = """const web = (name) => import(new URL(`gradio_api/deit-web/${name}.js`, document.baseURI).href);
   const [runtime, image, timing] = await Promise.all([web("runtime"), web("image"), web("timing")]);
   const catalog = await runtime.getJSON(`catalog/${model}`);"""
 

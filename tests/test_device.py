@@ -9,6 +9,7 @@ import io
 import json
 import re
 import shutil
+import subprocess
 import tarfile
 import threading
 from pathlib import Path
@@ -93,6 +94,35 @@ def test_no_registry_and_no_local_copy_says_what_to_run(tmp_path):
         runtime.file("ort.wasm.min.mjs")
     with pytest.raises(DeitDemoError, match="not one of"):
         runtime.file("../../etc/passwd")
+
+
+# Gradio's Node front proxy (SSR) sends a path to Python only if its own routing function says so
+CLASSIFY_ROUTES = """
+const {classifyRoute} = await import(process.argv[2]);
+const paths = JSON.parse(process.argv[3]);
+const setups = [{}, {hasWorkers: true, numWorkers: 2, queryString: "upload_id=x"}];
+console.log(JSON.stringify(Object.fromEntries(paths.map((p) => [p, setups.map((s) => classifyRoute(p, s).route)]))));
+"""
+
+
+def test_every_route_the_app_adds_reaches_python_through_gradios_ssr_proxy(tmp_path):
+    import gradio
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("Node is not installed: run scripts/test.sh (it installs nodejs)")
+    proxy = Path(gradio.__file__).parent / "templates" / "node" / "build" / "proxy_routes.js"
+    assert proxy.is_file(), "Gradio's SSR proxy moved: find its routing function again"
+    # every route's template with its parameters filled in, and the module the page's head loads
+    paths = [re.sub(r"\{[^}]*\}", "x", route.path) for route in device_routes.routes(None)]
+    paths.append("/" + device_routes.ENTRY_URL)
+    runner = tmp_path / "classify_routes.mjs"
+    runner.write_text(CLASSIFY_ROUTES)
+    out = subprocess.run([node, str(runner), proxy.as_uri(), json.dumps(paths)], capture_output=True, text=True,
+                         timeout=60, check=True)
+    routed = json.loads(out.stdout)
+    assert len(routed) == len(set(paths)) >= 8
+    assert {path: where for path, where in routed.items() if where != ["python", "python"]} == {}
 
 
 GOOD = {"model": "deit_synth", "backend": "wasm", "threads": 2, "browser": {"name": "Chrome", "cores": 8},

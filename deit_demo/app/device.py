@@ -4,7 +4,8 @@
   `credentialless` rather than `require-corp`: cross-origin images without CORP headers still load.
 - `routes(lab)`: the page's ES modules (web/), ONNX Runtime Web's files and the model files (strong ETags, cached for
   a year under URLs that name their version or sha256), the formats of a model with their sizes, and "make this
-  format".
+  format". All under `PREFIX`, inside /gradio_api: with SSR on, Gradio's Node proxy forwards only its own prefixes to
+  Python (tests/test_device.py runs its routing function over every route).
 - `build_device_tab(lab)`: the page's own UI is drawn by web/ui.js (the image never leaves the page); the benchmark's
   timings come back through one Gradio event, which times this server on the same files and draws both.
 
@@ -27,7 +28,7 @@ from deit_demo.serve.browser import CONTENT_TYPES, ETags
 from deit_demo.service.device import as_dict, device_table
 from deit_demo.service.lab import Lab
 
-PREFIX = "/deit-web"
+PREFIX = "/gradio_api/deit-web"
 WEB = Path(__file__).with_name("web")  # the page's ES modules, served by name
 ENTRY_URL = f"{PREFIX.lstrip('/')}/ui.js"  # what the page's head loads (relative to the page); it imports the rest
 YEAR = "public, max-age=31536000, immutable"
