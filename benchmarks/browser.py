@@ -101,11 +101,12 @@ def accuracy(lab, page, images: int) -> None:
         print(f"| {key} | {mine:.2f}% | {native:.2f}% | {mine - native:+.2f} | {mine - original:+.2f} |")
 
 
-EXPLORE_ORT = """async ([url, options, runs]) => {
-  const ort = window.deitDevice.state.ort.wasm;
+EXPLORE_ORT = """async ([url, options, runs, model]) => {
+  const runtime = await import(new URL("gradio_api/deit-web/runtime.js", document.baseURI).href);
+  const ort = await runtime.loadRuntime("wasm");
   const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
   const s = await ort.InferenceSession.create(bytes, {executionProviders: ["wasm"], ...options});
-  const size = window.deitDevice.state.catalog.model.input_size;
+  const size = (await runtime.getJSON(`catalog/${model}`)).model.input_size;
   const x = new ort.Tensor("float32", new Float32Array(3 * size * size).fill(0.1), [1, 3, size, size]);
   for (let i = 0; i < 3; i++) await s.run({[s.inputNames[0]]: x});
   const t = [];
@@ -142,7 +143,7 @@ def explore(lab, playwright, url: str, runs: int, threads: int) -> None:
                     continue
                 # fetched by the page from a loopback server (as a JSON list, 88 MB of numbers exhausted memory)
                 with device_page.serve_bytes(ort_file.read_bytes()) as base:
-                    samples = page.evaluate(EXPLORE_ORT, [f"{base}/{ort_file.name}", {}, runs])
+                    samples = page.evaluate(EXPLORE_ORT, [f"{base}/{ort_file.name}", {}, runs, model])
                 print(f"| ORT format ({ort_file.stat().st_size / 2**20:.1f} MB) | {key} | {statistics.median(samples):.1f} |")
     with device_page.device_page(playwright, url, threads=1) as page:
         for key in paths:

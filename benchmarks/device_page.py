@@ -29,7 +29,7 @@ def device_page(playwright, url: str, *, threads: int | None = None, viewport=(1
         else:  # on a phone Gradio folds the tabs that do not fit into a "More tabs" menu
             page.get_by_role("button", name="More tabs").click()
             page.locator("button:visible", has_text="Your device").last.click()
-        page.wait_for_function("window.deitDevice && window.deitDevice.ready", timeout=60_000)
+        page.locator("#device-root[data-ready]").wait_for(state="attached", timeout=60_000)
         yield page
     finally:
         browser.close()
@@ -41,40 +41,36 @@ def png_base64(image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-RUN_FILES = """async ([model, key, backend, files]) => {
-  const d = window.deitDevice;
-  if (d.state.catalog.model.key !== model) await d.loadCatalog(model);
-  const entry = await d.ensureSession(model, key, backend, () => {});
+# The page's own modules, imported by URL from the page (the same instances its tab runs): nothing on `window`
+MODULES = """const web = (name) => import(new URL(`gradio_api/deit-web/${name}.js`, document.baseURI).href);
+  const [runtime, image, timing] = await Promise.all([web("runtime"), web("image"), web("timing")]);
+  const catalog = await runtime.getJSON(`catalog/${model}`);"""
+
+
+def _in_page(params: str, body: str) -> str:
+    """A function for page.evaluate that imports the page's modules and reads `model`'s catalog, then runs `body`."""
+    return f"async ([{params}]) => {{\n  {MODULES}\n{body}\n}}"
+
+
+RUN_FILES = _in_page("model, key, backend, files", """  const entry = await runtime.ensureSession(catalog, key, backend);
   const out = [];
   for (const b64 of files) {
     const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-    const tensor = await d.preprocess(new Blob([bytes]), d.state.catalog.model);
-    out.push((await d.runTensor(entry, tensor)).logits);
+    const tensor = await image.imageTensor(new Blob([bytes]), catalog.model);
+    out.push((await runtime.runTensor(entry, tensor)).logits);
   }
-  return out;
-}"""
+  return out;""")
 
-RUN_TENSORS = """async ([model, key, backend, tensors]) => {
-  const d = window.deitDevice;
-  if (d.state.catalog.model.key !== model) await d.loadCatalog(model);
-  const entry = await d.ensureSession(model, key, backend, () => {});
+RUN_TENSORS = _in_page("model, key, backend, tensors", """  const entry = await runtime.ensureSession(catalog, key, backend);
   const out = [];
-  for (const t of tensors) out.push((await d.runTensor(entry, Float32Array.from(t))).logits);
-  return out;
-}"""
+  for (const t of tensors) out.push((await runtime.runTensor(entry, Float32Array.from(t))).logits);
+  return out;""")
 
-PREPROCESS = """async ([model, b64]) => {
-  const d = window.deitDevice;
-  if (d.state.catalog.model.key !== model) await d.loadCatalog(model);
-  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-  return Array.from(await d.preprocess(new Blob([bytes]), d.state.catalog.model));
-}"""
+PREPROCESS = _in_page("model, b64", """  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  return Array.from(await image.imageTensor(new Blob([bytes]), catalog.model));""")
 
-TIME = """async ([model, keys, backend, warmup, runs, block, options]) => {
-  const d = window.deitDevice;
-  if (d.state.catalog.model.key !== model) await d.loadCatalog(model);
-  return await d.timeFormats(model, keys, backend, warmup, runs, block, options);
-}"""
+TIME = _in_page("model, keys, backend, warmup, runs, block, options", """  return await timing.timeFormats(
+    catalog, keys, backend, {warmup, runs, block}, {options});""")
 
 
 def logits_for_files(page, model: str, key: str, files_b64: list[str], backend: str = "wasm") -> list[list[float]]:

@@ -14,6 +14,8 @@ if [ ${#MISSING[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${MISSING[@]}" >/dev/null
 fi
 npm ci --prefix web --no-audit --no-fund --loglevel=error  # pinned by web/package-lock.json
+# The page's pure modules (preprocessing against Python's golden tensors, the timing loop), in Node
+node --test tests/js/
 python3 -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 python3 -m pip install -q --disable-pip-version-check --no-deps -e .  # the deit-demo command; benchmarks import it
 export HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1

@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deit_demo"
 # Each package may import those on a lower floor; app and cli share the top floor and never import each other.
 FLOORS = {"core": 0, "train": 1, "variants": 2, "measure": 3, "serve": 4, "service": 5, "app": 6, "cli": 6}
 MAX_LINES = 350
+MAX_JS_LINES = 250  # the page's ES modules (app/web/), one job each
 
 
 def module_name(path: Path) -> str:
@@ -103,6 +104,13 @@ def test_the_original_is_named_once(name):
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_modules_stay_small(name):
     assert len(MODULES[name].read_text().splitlines()) <= MAX_LINES, name
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.js")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_page_modules_stay_small_and_narrow(path):
+    lines = path.read_text().splitlines()
+    assert len(lines) <= MAX_JS_LINES, path.name
+    assert not [i for i, line in enumerate(lines, 1) if len(line) > 120], f"{path.name}: lines over 120 columns"
 
 
 def test_the_library_changes_nothing_process_wide_on_import_build_or_benchmark():

@@ -7,7 +7,9 @@ import http.server
 import importlib.util
 import io
 import json
+import re
 import shutil
+import subprocess
 import tarfile
 import threading
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 import requests
 import torch
 
+from deit_demo.app import device as device_routes
 from deit_demo.core.errors import DeitDemoError
 from deit_demo.core.images import load_image, preprocess
 from deit_demo.core.models import MODELS
@@ -93,6 +96,35 @@ def test_no_registry_and_no_local_copy_says_what_to_run(tmp_path):
         runtime.file("../../etc/passwd")
 
 
+# Gradio's Node front proxy (SSR) sends a path to Python only if its own routing function says so
+CLASSIFY_ROUTES = """
+const {classifyRoute} = await import(process.argv[2]);
+const paths = JSON.parse(process.argv[3]);
+const setups = [{}, {hasWorkers: true, numWorkers: 2, queryString: "upload_id=x"}];
+console.log(JSON.stringify(Object.fromEntries(paths.map((p) => [p, setups.map((s) => classifyRoute(p, s).route)]))));
+"""
+
+
+def test_every_route_the_app_adds_reaches_python_through_gradios_ssr_proxy(tmp_path):
+    import gradio
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("Node is not installed: run scripts/test.sh (it installs nodejs)")
+    proxy = Path(gradio.__file__).parent / "templates" / "node" / "build" / "proxy_routes.js"
+    assert proxy.is_file(), "Gradio's SSR proxy moved: find its routing function again"
+    # every route's template with its parameters filled in, and the module the page's head loads
+    paths = [re.sub(r"\{[^}]*\}", "x", route.path) for route in device_routes.routes(None)]
+    paths.append("/" + device_routes.ENTRY_URL)
+    runner = tmp_path / "classify_routes.mjs"
+    runner.write_text(CLASSIFY_ROUTES)
+    out = subprocess.run([node, str(runner), proxy.as_uri(), json.dumps(paths)], capture_output=True, text=True,
+                         timeout=60, check=True)
+    routed = json.loads(out.stdout)
+    assert len(routed) == len(set(paths)) >= 8
+    assert {path: where for path, where in routed.items() if where != ["python", "python"]} == {}
+
+
 GOOD = {"model": "deit_synth", "backend": "wasm", "threads": 2, "browser": {"name": "Chrome", "cores": 8},
         "formats": [{"variant": "web_int8", "samples_ms": [3.0, 3.5, 4.0], "load_ms": 10, "first_ms": 5}]}
 
@@ -157,20 +189,35 @@ def test_the_page_is_cross_origin_isolated_and_files_are_cached_by_etag(app, pag
     home = requests.get(app.local_url, timeout=10)
     assert home.headers["Cross-Origin-Opener-Policy"] == "same-origin"
     assert home.headers["Cross-Origin-Embedder-Policy"] == "credentialless"
+    web = f"{app.local_url}{device_routes.PREFIX.lstrip('/')}"
     version = app.lab.web_runtime.pin.version
-    wasm = requests.get(f"{app.local_url}deit-web/ort/{version}/ort-wasm-simd-threaded.wasm", timeout=10)
+    wasm = requests.get(f"{web}/ort/{version}/ort-wasm-simd-threaded.wasm", timeout=10)
     assert wasm.status_code == 200 and wasm.headers["Content-Type"] == "application/wasm"
     assert wasm.headers["Cache-Control"] == "public, max-age=31536000, immutable"
     etag = wasm.headers["ETag"]
     assert etag == f'"{hashlib.sha256(wasm.content).hexdigest()}"'
-    again = requests.get(f"{app.local_url}deit-web/ort/{version}/ort-wasm-simd-threaded.wasm",
-                         headers={"If-None-Match": etag}, timeout=10)
+    again = requests.get(f"{web}/ort/{version}/ort-wasm-simd-threaded.wasm", headers={"If-None-Match": etag},
+                         timeout=10)
     assert again.status_code == 304 and not again.content
-    made = requests.post(f"{app.local_url}deit-web/prepare/deit_synth/web_int8", timeout=300).json()
-    model = requests.get(f"{app.local_url}deit-web/{made['url']}", timeout=10)
+    made = requests.post(f"{web}/prepare/deit_synth/web_int8", timeout=300).json()
+    model = requests.get(f"{web}/{made['url']}", timeout=10)
     assert model.headers["ETag"] == f'"{made["sha256"]}"' == f'"{hashlib.sha256(model.content).hexdigest()}"'
-    assert requests.get(f"{app.local_url}deit-web/model/deit_synth/web_int8/{'0' * 64}.onnx",
-                        timeout=10).status_code == 404
+    assert requests.get(f"{web}/model/deit_synth/web_int8/{'0' * 64}.onnx", timeout=10).status_code == 404
+
+
+def test_each_page_module_is_served_with_a_strong_etag_and_nothing_else_is(app):
+    web = f"{app.local_url}{device_routes.PREFIX.lstrip('/')}"
+    modules = sorted(p.name for p in device_routes.WEB.glob("*.js"))
+    assert {"ui.js", "preprocess.js", "runtime.js", "timing.js", "capabilities.js"} <= set(modules)
+    for name in modules:
+        got = requests.get(f"{web}/{name}", timeout=10)
+        assert got.status_code == 200 and got.headers["Content-Type"].startswith("text/javascript"), name
+        assert got.headers["ETag"] == f'"{hashlib.sha256(got.content).hexdigest()}"'
+        assert got.headers["Cache-Control"] == "no-cache"
+        again = requests.get(f"{web}/{name}", headers={"If-None-Match": got.headers["ETag"]}, timeout=10)
+        assert again.status_code == 304 and not again.content
+    for wrong in ("nothing.js", "..%2Fdevice.py", "..%2F..%2Fservice%2Flab.js", "%2E%2E/device.js", "../ui.py"):
+        assert requests.get(f"{web}/{wrong}", timeout=10).status_code == 404, wrong
 
 
 @pytest.mark.browser
@@ -193,7 +240,8 @@ def test_classifies_an_example_in_the_page_and_no_image_byte_leaves_it(app, page
     image = example.read_bytes()
     assert sent, "the page fetched the model and runtime it needed"
     assert not [u for u, body in sent if image[:64] in body or "upload" in u], "image bytes left the page"
-    assert not [u for u, body in sent if body and "/deit-web/prepare/" not in u and "/gradio_api/" not in u]
+    assert not [u for u, body in sent if body and "/deit-web/prepare/" not in u
+                and ("/gradio_api/" not in u or "/deit-web/" in u)], "only the page's own requests carry a body"
 
 
 @pytest.mark.browser
@@ -270,12 +318,13 @@ def test_webgpu_runs_where_the_browser_has_it_and_fp16_only_where_the_adapter_ca
     made = app.lab.browser_format("deit_synth", "onnx_fp32")
     native = ort_runner(app.lab.browser_file("deit_synth", "onnx_fp32", made.sha256), threads=1)(t).numpy().ravel()
     with device_page.device_page(playwright, app.local_url, args=["--enable-unsafe-webgpu"]) as page:
-        if not page.evaluate("!!window.deitDevice.state.caps.webgpu"):
+        caps = page.locator("#device-caps")
+        if caps.get_attribute("data-webgpu") == "none":
             pytest.skip("this Chromium has no WebGPU adapter at all")
         assert "WebGPU: a software adapter" in page.locator("#device-caps").inner_text()
         page.select_option("#device-backend", "webgpu")
         fp16 = page.locator("#device-format option[value=web_fp16]")
-        assert fp16.is_disabled() == (not page.evaluate("window.deitDevice.state.caps.webgpu.f16"))
+        assert fp16.is_disabled() == (caps.get_attribute("data-f16") == "no")
         logits = device_page.logits_for_tensors(page, "deit_synth", "onnx_fp32", [t.numpy().ravel().tolist()],
                                                 backend="webgpu")[0]
         assert np.abs(np.array(logits) - native).max() <= 1e-3
@@ -354,3 +403,85 @@ def test_a_format_is_checked_once_per_file_not_once_per_page_session(app, monkey
     shutil.rmtree(folder)  # the file is gone: it is made and checked again
     remade = app.lab.browser_format("deit_synth", "onnx_fp32")
     assert len(calls) == 1 and remade.ready
+
+
+# ------------------------------------------------------------------------------ defects found walking the tab
+
+
+def _settled(page, timeout=180_000) -> str:
+    page.wait_for_function("['ok', 'error'].includes(document.querySelector('#device-status').dataset.kind)",
+                           timeout=timeout)
+    return page.locator("#device-status").inner_text()
+
+
+@pytest.mark.browser
+def test_a_late_catalog_answer_never_replaces_the_model_picked_last(app, playwright):
+    # deit_tiny's formats are held back until the visitor has picked deit_synth again and its list is shown: the late
+    # answer must not swap the examples, formats or labels under the select that says DeiT-synth.
+    with device_page.device_page(playwright, app.local_url) as page:
+        held = []
+        page.route("**/catalog/deit_tiny", lambda route: held.append(route))
+        page.select_option("#device-model", "deit_tiny")
+        for _ in range(300):
+            if held:
+                break
+            page.wait_for_timeout(100)
+        assert held, "the page asked for deit_tiny's formats"
+        page.select_option("#device-model", "deit_synth")
+        page.wait_for_function("!document.querySelector('#device-status').textContent.startsWith('Reading')",
+                               timeout=60_000)
+        with page.expect_response("**/catalog/deit_tiny", timeout=120_000):
+            held[0].continue_()
+        page.wait_for_timeout(1000)  # the late answer has arrived; the page has had time to (wrongly) take it
+        assert page.locator("#device-model").input_value() == "deit_synth"
+        names = page.locator("#device-examples button").all_inner_texts()
+        assert names == [p.stem.replace("_", " ") for p in SYNTH.example_paths()[:8]], names
+        page.locator("#device-examples button").first.click()
+        status = _settled(page)
+        assert page.locator("#device-status").get_attribute("data-kind") == "ok", status
+        assert page.locator("#device-answer .device-row span").first.inner_text() in SYNTH.labels
+
+
+@pytest.mark.browser
+def test_the_first_answer_reports_a_warm_call_and_names_the_cold_one_apart(app, playwright):
+    with device_page.device_page(playwright, app.local_url) as page:
+        page.set_input_files("#device-classify", str(SYNTH.example_paths()[0]))
+        status = _settled(page)
+        # the first call of a new session pays for compiling and allocating: it is not the device's speed
+        found = re.search(r"([\d.]+) ms on your device \(warm; the first call took ([\d.]+) ms", status)
+        assert found, status
+
+
+@pytest.mark.browser
+def test_a_device_table_timed_while_the_server_is_busy_says_so(app, playwright):
+    from deit_demo.core import activity
+
+    started, release = threading.Event(), threading.Event()
+
+    def auto_preparing():
+        with activity.ACTIVITY.doing("Auto preparing deit_base"):
+            started.set()
+            release.wait(600)
+
+    other = threading.Thread(target=auto_preparing, daemon=True)
+    with device_page.device_page(playwright, app.local_url) as page:
+        other.start()
+        started.wait(10)
+        try:
+            page.locator("#device-runs").fill("3")
+            page.locator("#device-warmup").fill("1")
+            page.locator("#device-bench").click()
+            page.locator("#device-table table").wait_for(timeout=300_000)
+            table = page.locator("#device-table").inner_text()
+        finally:
+            release.set()
+            other.join()
+    assert "busy" in table and "Auto preparing deit_base" in table, table
+
+
+def test_the_page_is_sent_the_servers_timing_method_with_each_catalog(app):
+    from deit_demo.measure.timing import TimingSettings
+
+    defaults = TimingSettings()
+    assert app.lab.browser_catalog("deit_synth")["timing"] == {"runs": defaults.runs, "warmup": defaults.warmup,
+                                                                "block": defaults.block}

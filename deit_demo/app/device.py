@@ -2,9 +2,11 @@
 
 - `CrossOriginIsolation`: COOP/COEP on every response, so the page may use SharedArrayBuffer (WASM threads).
   `credentialless` rather than `require-corp`: cross-origin images without CORP headers still load.
-- `routes(lab)`: ONNX Runtime Web's files and the model files (strong ETags, cached for a year under URLs that name
-  their version or sha256), the formats of a model with their sizes, and "make this format".
-- `build_device_tab(lab)`: the page's own UI is drawn by device.js (the image never leaves the page); the benchmark's
+- `routes(lab)`: the page's ES modules (web/), ONNX Runtime Web's files and the model files (strong ETags, cached for
+  a year under URLs that name their version or sha256), the formats of a model with their sizes, and "make this
+  format". All under `PREFIX`, inside /gradio_api: with SSR on, Gradio's Node proxy forwards only its own prefixes to
+  Python (tests/test_device.py runs its routing function over every route).
+- `build_device_tab(lab)`: the page's own UI is drawn by web/ui.js (the image never leaves the page); the benchmark's
   timings come back through one Gradio event, which times this server on the same files and draws both.
 
 No `from __future__ import annotations` here: Gradio reads the `gr.Request` annotation to pass the visitor's session.
@@ -23,8 +25,9 @@ from deit_demo.present import charts
 from deit_demo.service import MODELS, Busy, DeitDemoError, Lab, get_spec
 from deit_demo.service.device import as_dict, device_table
 
-PREFIX = "/deit-web"
-PAGE_JS = Path(__file__).with_name("device.js")
+PREFIX = "/gradio_api/deit-web"
+WEB = Path(__file__).with_name("web")  # the page's ES modules, served by name
+ENTRY_URL = f"{PREFIX.lstrip('/')}/ui.js"  # what the page's head loads (relative to the page); it imports the rest
 YEAR = "public, max-age=31536000, immutable"
 ISOLATION = [(b"cross-origin-opener-policy", b"same-origin"),
              (b"cross-origin-embedder-policy", b"credentialless")]
@@ -70,12 +73,16 @@ def visitor_of(request: Request) -> str:
 
 def routes(lab: Lab) -> list[Route]:
     formats = lab.device
+    modules = {p.name: p for p in WEB.glob("*.js")}  # served by name from this set only: no path reaches further
+
+    def page_module(request: Request) -> Response:
+        path = modules.get(f"{request.path_params['name']}.js")
+        if path is None:
+            return _error(DeitDemoError("No such module."), 404)
+        return send(request, path, formats.etag(path), "no-cache")  # revalidated: it changes with the app
 
     def send(request: Request, path: Path, etag: str, cache: str) -> Response:
         return _file(request, path, etag, cache, formats.content_type(path))
-
-    def page_js(request: Request) -> Response:
-        return send(request, PAGE_JS, formats.etag(PAGE_JS), "no-cache")  # revalidated: it changes with the app
 
     def runtime_status(request: Request) -> Response:
         return JSONResponse(formats.runtime_status(), headers={"Cache-Control": "no-store"})
@@ -127,7 +134,7 @@ def routes(lab: Lab) -> list[Route]:
             return _error(DeitDemoError("No such example."), 404)
         return send(request, path, formats.etag(path), "public, max-age=3600")
 
-    return [Route(f"{PREFIX}/device.js", page_js),
+    return [Route(PREFIX + "/{name}.js", page_module),
             Route(PREFIX + "/example/{model}/{index}", example),
             Route(f"{PREFIX}/runtime", runtime_status),
             Route(PREFIX + "/ort/{version}/{name}", runtime_file),
@@ -156,7 +163,9 @@ DEVICE_CSS = """
 .device-example { margin: 0.15rem; padding: 0.1rem 0.5rem; border: 1px solid #ccc; border-radius: 4px; }
 #device-bench-formats { display: flex; flex-wrap: wrap; gap: 0.25rem 1rem; margin: 0.5rem 0; }
 """
-BENCH_JS = "async () => { return [await window.deitDevice.benchmark()]; }"
+# The page's module, imported again by the URL the head loaded it from: one instance, nothing on `window`
+BENCH_JS = (f"async () => {{ const ui = await import(new URL('{ENTRY_URL}', document.baseURI).href); "
+            "return [await ui.benchmark()]; }")
 
 
 @boundary("timing this server beside your device")

@@ -305,14 +305,17 @@ def build_app(config: AppConfig | None = None) -> gr.Blocks:
 
 # The page's own JavaScript, kept small and in its own file
 PAGE_HEAD = (f"<script>{(Path(__file__).with_name('page.js')).read_text()}</script>"
-             f'<script type="module" src="{device.PREFIX.lstrip("/")}/device.js"></script>'
+             f'<script type="module" src="{device.ENTRY_URL}"></script>'
              f"<style>{device.DEVICE_CSS}</style>")
 
 
 def launch_kwargs(lab: Lab) -> dict:
     """Server settings shared by app.py and the tests."""
 
-    return dict(max_file_size="20mb", enable_monitoring=False, show_error=False, head=PAGE_HEAD,
+    # No server-side rendering, whatever GRADIO_SSR_MODE says (Hugging Face Spaces turns it on): with SSR, Gradio's
+    # Node server renders the page itself, without the COOP/COEP headers of CrossOriginIsolation, so the Your device
+    # tab would lose WASM threads. (Its routes reach Python either way: they live under /gradio_api.)
+    return dict(max_file_size="20mb", enable_monitoring=False, show_error=False, head=PAGE_HEAD, ssr_mode=False,
                 allowed_paths=[str(lab.store_root)], footer_links=["api"],
                 app_kwargs={"routes": device.routes(lab), "middleware": [Middleware(device.CrossOriginIsolation)]},
                 mcp_server=importlib.util.find_spec("mcp") is not None)  # gradio[mcp]: agents get the tools

@@ -8,6 +8,7 @@ so the statistics are the server's own (`LatencyStats`), and are saved in the re
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import threading
@@ -16,7 +17,8 @@ from dataclasses import asdict, dataclass
 from deit_demo.core.errors import DeitDemoError, quoted
 from deit_demo.core.models import ModelSpec, get_spec
 from deit_demo.measure.bench import BenchResult
-from deit_demo.measure.timing import LatencyStats
+from deit_demo.measure.report import busy_mark, busy_note
+from deit_demo.measure.timing import LatencyStats, TimingSettings
 from deit_demo.variants import VARIANTS, get_variant
 from deit_demo.variants.pipeline import ConversionResult
 
@@ -93,6 +95,13 @@ def page_spec(spec: ModelSpec, labels: tuple[str, ...]) -> dict:
             "distilled": spec.distilled, "params": spec.params, "labels": list(labels),
             "examples": [{"name": path.stem.replace("_", " "), "url": f"example/{spec.key}/{i}"}
                          for i, path in enumerate(spec.example_paths()[:8])]}
+
+
+def timing_spec() -> dict:
+    """The server's timing method as the page follows it (measure.timing): warm-up calls, then interleaved blocks of
+    `block` calls, the first of each dropped, until `runs` samples."""
+    defaults = TimingSettings()
+    return {"runs": defaults.runs, "warmup": defaults.warmup, "block": defaults.block}
 
 
 class MadeOnce:
@@ -191,17 +200,20 @@ def parse_device_run(text: str) -> DeviceRun:
 
 
 def device_table(run: DeviceRun, server: list[BenchResult]) -> str:
-    """Markdown: each format on your device beside this server, with the ratio."""
+    """Markdown: each format on your device beside this server, with the ratio; a server timed while busy says so,
+    as the Benchmark tab does (core.activity)."""
     here = {r.variant: r for r in server if r.latency and r.latency.samples_ms}
-    lines = [(f"**Your device** ({run.machine['cpu']}, {run.machine['backend']}) against **this server**, "
-              f"batch 1, median with p10–p90."), "",
+    busy = [f"⚠️ {html.escape(busy_note(server))}", ""] if busy_note(server) else []
+    lines = [*busy, (f"**Your device** ({run.machine['cpu']}, {run.machine['backend']}) against **this server**, "
+                     f"batch 1, median with p10–p90."), "",
              ("| format | your device ms | p10–p90 | load ms | first inference ms | this server ms | server threads "
              "| ratio |"),
              "|---|---|---|---|---|---|---|---|"]
     for row in run.rows:
         mine = row.latency
         theirs = here.get(row.variant)
-        server_ms = f"{theirs.latency.median_ms:.1f}" if theirs else (server_reason(server, row.variant) or "–")
+        server_ms = (f"{theirs.latency.median_ms:.1f} {html.escape(busy_mark(theirs))}".strip()
+                     if theirs else (server_reason(server, row.variant) or "–"))
         ratio = f"{mine.median_ms / theirs.latency.median_ms:.1f}×" if theirs else "–"
         lines.append(f"| {row.variant} | {mine.median_ms:.1f} | {mine.p10_ms:.1f}–{mine.p90_ms:.1f} | "
                      f"{run.load_ms[row.variant]:.0f} | {run.first_ms[row.variant]:.0f} | {server_ms} | "

@@ -46,7 +46,7 @@ class BrowserFormats:
         return {"model": device.page_spec(loaded.spec, labels_for(loaded)), "weights": loaded.weights,
                 "banner": weights_banner(loaded, markdown=False), "formats": formats,
                 "preference": list(device.WASM_PREFERENCE), "ask_first_bytes": device.ASK_FIRST_BYTES,
-                "runtime": self.runtime.status()}
+                "runtime": self.runtime.status(), "timing": device.timing_spec()}
 
     def prepare(self, model_key: str, key: str, *, visitor: str | None = None) -> device.BrowserFormat:
         """Make (the first time anyone asks) and check one browser format, as a job through the lab's door; its
