@@ -35,7 +35,7 @@ from deit_demo.core.cpus import machine_info
 from deit_demo.core.images import preprocess
 from deit_demo.core.models import MODELS
 from deit_demo.measure.timing import TimingSettings, time_interleaved
-from deit_demo.serve.server import ServeSettings
+from deit_demo.serve.settings import ServeSettings
 from deit_demo.service.config import AppConfig
 from deit_demo.service.device import browser_keys
 from deit_demo.train import synth
@@ -54,7 +54,7 @@ def made(lab, model: str, keys) -> dict[str, Path]:
     """Each key made (or reused) and checked by the lab; its file's path."""
     paths = {}
     for key in keys:
-        fmt = lab.browser_format(model, key) if key in browser_keys() else None
+        fmt = lab.device.prepare(model, key) if key in browser_keys() else None
         if fmt is None:
             outcome = lab.convert(model, [key])
             row = next(r for r in outcome.results if r.variant == key)
@@ -62,7 +62,7 @@ def made(lab, model: str, keys) -> dict[str, Path]:
                 paths[key] = Path(row.path)
             continue
         if fmt.status == "ok":
-            paths[key] = lab.browser_file(model, key, fmt.sha256)
+            paths[key] = lab.device.file(model, key, fmt.sha256)
         else:
             print(f"  {model} {key}: {fmt.status}: {fmt.reason}")
     return paths

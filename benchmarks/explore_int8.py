@@ -30,7 +30,7 @@ from deit_demo.core.artifacts import ArtifactStore
 from deit_demo.core.cpus import machine_info, native_bf16
 from deit_demo.core.models import load_model
 from deit_demo.measure import timing
-from deit_demo.measure.report import machine_line, to_markdown
+from deit_demo.present.report import machine_line, to_markdown
 from deit_demo.variants.base import export_dynamic_batch
 from deit_demo.variants.compiled import attention_in_bf16, drop_unused_parameters
 from deit_demo.variants.pipeline import check_inputs, compare_answers, prepare_variants, run_inputs, variant_context

@@ -31,7 +31,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from deit_demo.core.cpus import machine_info, usable_cpus  # noqa: E402  (after the environment above)
 from deit_demo.measure import timing  # noqa: E402
-from deit_demo.measure.report import machine_line, to_markdown  # noqa: E402
+from deit_demo.present.report import machine_line, to_markdown  # noqa: E402
 from deit_demo.variants.pipeline import example_images  # noqa: E402
 
 
@@ -190,7 +190,7 @@ def model_alone_ms(lab, model: str, runs: int = 12) -> float:
 
     from deit_demo.core.cpus import torch_threads
     from deit_demo.core.images import load_image, preprocess
-    from deit_demo.serve.threads import SERVING
+    from deit_demo.serve.server import SERVING
 
     loaded = lab.model(model)
     choice = lab.server.auto.choice(loaded)

@@ -23,7 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import psutil  # noqa: E402
 
-from deit_demo.measure.report import to_markdown  # noqa: E402
+from deit_demo.present.report import to_markdown  # noqa: E402
 from deit_demo.variants.pipeline import example_images  # noqa: E402
 
 

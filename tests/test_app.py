@@ -7,8 +7,8 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from deit_demo.app.ui import build_app, launch_kwargs  # noqa: E402
-from deit_demo.measure.report import CONVERT_COLUMNS  # noqa: E402
-from deit_demo.serve.server import ServeSettings  # noqa: E402
+from deit_demo.present.report import CONVERT_COLUMNS  # noqa: E402
+from deit_demo.serve.settings import ServeSettings  # noqa: E402
 from deit_demo.service.config import AppConfig  # noqa: E402
 from deit_demo.variants.pipeline import example_images  # noqa: E402
 from deit_demo.variants.torchscript import xnnpack_enabled  # noqa: E402
@@ -61,7 +61,7 @@ def test_no_model_loaded_before_first_request_and_building_the_app_changes_nothi
     try:
         sys.setswitchinterval(0.005)  # Python's default
         demo = build_app(AppConfig(model="deit_tiny", auto_prepare=False))
-        assert len(demo.lab.cache) == 0
+        assert len(demo.lab.models) == 0
         assert sys.getswitchinterval() == 0.005  # the library leaves the process as it found it
         configure_server_process()  # what app.py calls where the server's process starts
         assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL_S) == 0.001

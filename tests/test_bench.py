@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from deit_demo.core.errors import Cancelled
-from deit_demo.measure import bench, charts, report, results, timing
+from deit_demo.measure import bench, results, timing
+from deit_demo.present import charts, report
 from deit_demo.measure.bench import BenchResult, BenchSettings
 from deit_demo.measure.timing import Entry, LatencyStats, TimingSettings, measure
 from deit_demo.variants.pipeline import AnswerCheck

@@ -12,7 +12,7 @@ sync_api = pytest.importorskip("playwright.sync_api")
 from deit_demo.app.ui import build_app, launch_kwargs  # noqa: E402
 from deit_demo.core.paths import ASSETS  # noqa: E402
 from deit_demo.core.urls import FetchSettings  # noqa: E402
-from deit_demo.serve.server import ServeSettings  # noqa: E402
+from deit_demo.serve.settings import ServeSettings  # noqa: E402
 from deit_demo.service.config import AppConfig  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"

@@ -102,7 +102,7 @@ def test_pairs_without_labelled_data_are_named_and_never_presented_as_safe():
 
 
 def test_the_pareto_chart_draws_the_accuracy_budget_and_fades_the_disqualified():
-    from deit_demo.measure.charts import pareto_chart
+    from deit_demo.present.charts import pareto_chart
 
     rows = [judged_row("original", 1.1, "within"), judged_row("onnx_int8", 0.4, "over", drop=3)]
     choice = decide.recommend(rows, max_drop=1.0)
@@ -309,7 +309,7 @@ def test_the_decide_tab_takes_an_accuracy_budget_and_hands_out_the_card(tmp_path
 
 
 def test_convert_and_evaluate_take_agreement_on_the_images_of_their_accuracy(tmp_path):
-    from deit_demo.measure.report import CONVERT_COLUMNS, conversion_rows
+    from deit_demo.present.report import CONVERT_COLUMNS, conversion_rows
     from deit_demo.service.config import AppConfig
     from deit_demo.service.lab import Lab
 

@@ -6,7 +6,8 @@ import torch
 
 from deit_demo import DeitDemoError
 from deit_demo.core.cpus import cgroup_quota, usable_cpus
-from deit_demo.serve.threads import CpuBudget
+from deit_demo.serve.server import CpuBudget
+from deit_demo.serve.server import ClassifyRequest
 
 
 def test_cgroup_v2_and_v1_quotas(tmp_path):
@@ -74,7 +75,7 @@ def test_the_serving_thread_runs_every_pass_on_one_thread_in_the_callers_context
     # spin-waiting once the teams outnumbered the CPUs (DeiT-B pt2e_int8: 65 ms per image instead of 54).
     import contextvars
 
-    from deit_demo.serve.threads import ServingThread
+    from deit_demo.serve.server import ServingThread
 
     serving = ServingThread("test-serve")
     request = contextvars.ContextVar("request", default=None)
@@ -116,7 +117,7 @@ def test_the_serving_thread_runs_every_pass_on_one_thread_in_the_callers_context
 
 def test_the_serving_thread_ends_when_idle_and_comes_back_on_demand():
     # Its OpenMP team would otherwise slow every other thread's parallel regions for as long as the process lives
-    from deit_demo.serve.threads import ServingThread
+    from deit_demo.serve.server import ServingThread
 
     serving = ServingThread("test-idle-serve", idle_s=0.2)
     first = serving.run(threading.get_ident)
@@ -130,7 +131,7 @@ def test_the_serving_thread_ends_when_idle_and_comes_back_on_demand():
 
 def test_a_lab_serves_visitors_on_other_threads_from_the_serving_thread(monkeypatch):
     from deit_demo.serve import server
-    from deit_demo.serve.threads import SERVING
+    from deit_demo.serve.server import SERVING
     from deit_demo.service.config import AppConfig
     from deit_demo.service.lab import Lab
     from deit_demo.variants.pipeline import example_images
@@ -142,7 +143,8 @@ def test_a_lab_serves_visitors_on_other_threads_from_the_serving_thread(monkeypa
                         lambda *a, **k: passes.append(threading.get_ident()) or real(*a, **k))
     image = str(example_images()[0])
     callers = [threading.Thread(target=lab.classify, args=(image, "deit_digits")),
-               threading.Thread(target=lab.classify_batch, args=([image, image], ["deit_digits"] * 2, ["original"] * 2))]
+               threading.Thread(target=lab.classify_batch,
+                                args=([ClassifyRequest(image, "deit_digits", "original")] * 2,))]
     for t in callers:
         t.start()
     for t in callers:
@@ -154,15 +156,15 @@ def test_a_lab_serves_visitors_on_other_threads_from_the_serving_thread(monkeypa
 def test_images_are_read_off_the_serving_thread_and_a_bad_one_never_waits_for_it(monkeypatch, tmp_path):
     # The serving thread runs only forward passes: a batch's images decode before its turn (side by side), and a
     # bad upload is answered while another visitor's pass still holds that thread.
-    from deit_demo.serve import server
-    from deit_demo.serve.server import ServeSettings
-    from deit_demo.serve.threads import SERVING
+    from deit_demo.core import images
+    from deit_demo.serve.settings import ServeSettings
+    from deit_demo.serve.server import SERVING
     from deit_demo.service.config import AppConfig
     from deit_demo.service.lab import Lab
     from deit_demo.variants.pipeline import example_images
 
     lab = Lab(AppConfig(model="deit_digits", auto_prepare=False, serve=ServeSettings(cpus=2)))
-    readers, real, together = [], server.load_image, threading.Barrier(2, timeout=10)
+    readers, real, together = [], images.load_image, threading.Barrier(2, timeout=10)
 
     def load_image(source):
         readers.append(threading.get_ident())
@@ -170,7 +172,7 @@ def test_images_are_read_off_the_serving_thread_and_a_bad_one_never_waits_for_it
             together.wait()
         return real(source)
 
-    monkeypatch.setattr(server, "load_image", load_image)
+    monkeypatch.setattr(images, "load_image", load_image)
     bad = tmp_path / "not_an_image.jpg"
     bad.write_text("hello")
     image = str(example_images()[0])
@@ -184,7 +186,7 @@ def test_images_are_read_off_the_serving_thread_and_a_bad_one_never_waits_for_it
             lab.classify(str(bad), "deit_digits")
         answers: list = []
         batch = threading.Thread(target=lambda: answers.extend(lab.classify_batch(
-            [str(bad), image, image], ["deit_digits"] * 3, ["original"] * 3)))
+            [ClassifyRequest(source, "deit_digits", "original") for source in (str(bad), image, image)])))
         batch.start()
         for _ in range(200):  # its images are read while the serving thread is still held
             if len(readers) == 4:
@@ -301,7 +303,7 @@ def test_a_benchmarks_timing_runs_on_its_own_nicer_thread_and_the_callers_priori
     # Linux niceness is per thread: a benchmark's timing yields the CPUs to visitors' answers, the server does not,
     # and neither does its preparation (compiles hold the GIL: a descheduled holder makes every answer wait)
     from deit_demo.measure import bench, timing
-    from deit_demo.serve.server import ServeSettings
+    from deit_demo.serve.settings import ServeSettings
     from deit_demo.service.config import AppConfig
     from deit_demo.service.lab import Lab
 
@@ -332,7 +334,7 @@ def test_a_benchmarks_timing_runs_on_its_own_nicer_thread_and_the_callers_priori
 
 
 def test_niceness_is_a_setting_that_cannot_be_negative():
-    from deit_demo.serve.server import ServeSettings
+    from deit_demo.serve.settings import ServeSettings
     from deit_demo.service.config import AppConfig
 
     with pytest.raises(DeitDemoError, match="heavy_niceness"):

@@ -73,7 +73,7 @@ def test_pareto_front_keeps_only_undominated_pairs():
 
 @pytest.mark.parametrize("budget_ms", [None, 50.0, 2000.0, 1.0])
 def test_the_pareto_chart_spans_its_points_and_its_budget_line_in_ms(budget_ms):
-    from deit_demo.measure.charts import pareto_chart
+    from deit_demo.present.charts import pareto_chart
 
     timed = [r for r in ROWS if r.get("median_ms")]
     figure = pareto_chart(ROWS, decide.pareto_front(ROWS), budget_ms=budget_ms)

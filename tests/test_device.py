@@ -155,7 +155,7 @@ sync_api = pytest.importorskip("playwright.sync_api")
 @pytest.fixture(scope="module")
 def app(store):
     from deit_demo.app.ui import build_app, launch_kwargs
-    from deit_demo.serve.server import ServeSettings
+    from deit_demo.serve.settings import ServeSettings
     from deit_demo.service.config import AppConfig
 
     demo = build_app(AppConfig(model="deit_synth", store_root=str(store.root), auto_prepare=False,
@@ -190,7 +190,7 @@ def test_the_page_is_cross_origin_isolated_and_files_are_cached_by_etag(app, pag
     assert home.headers["Cross-Origin-Opener-Policy"] == "same-origin"
     assert home.headers["Cross-Origin-Embedder-Policy"] == "credentialless"
     web = f"{app.local_url}{device_routes.PREFIX.lstrip('/')}"
-    version = app.lab.web_runtime.pin.version
+    version = app.lab.device.runtime.pin.version
     wasm = requests.get(f"{web}/ort/{version}/ort-wasm-simd-threaded.wasm", timeout=10)
     assert wasm.status_code == 200 and wasm.headers["Content-Type"] == "application/wasm"
     assert wasm.headers["Cache-Control"] == "public, max-age=31536000, immutable"
@@ -257,8 +257,8 @@ def test_the_page_preprocesses_exactly_as_the_server(page, model, path):
 
 @pytest.mark.browser
 def test_browser_logits_match_onnx_runtime_on_the_same_tensor(app, page):
-    made = app.lab.browser_format("deit_synth", "onnx_fp32")
-    path = app.lab.browser_file("deit_synth", "onnx_fp32", made.sha256)
+    made = app.lab.device.prepare("deit_synth", "onnx_fp32")
+    path = app.lab.device.file("deit_synth", "onnx_fp32", made.sha256)
     tensors = [preprocess(load_image(p), SYNTH) for p in SYNTH.example_paths()[:3]]
     native = ort_runner(path, threads=1)
     page_logits = device_page.logits_for_tensors(page, "deit_synth", "onnx_fp32",
@@ -274,10 +274,10 @@ def test_top1_in_the_browser_matches_the_server_on_200_held_out_images(app, page
     files = [device_page.png_base64(im) for im in images]
     x = torch.cat([preprocess(im, SYNTH) for im in images])
     for key in browser_keys():
-        made = app.lab.browser_format("deit_synth", key)
+        made = app.lab.device.prepare("deit_synth", key)
         if "wasm" not in made.backends:
             continue
-        native = ort_runner(app.lab.browser_file("deit_synth", key, made.sha256), threads=1)
+        native = ort_runner(app.lab.device.file("deit_synth", key, made.sha256), threads=1)
         server_top1 = float((native(x).argmax(1) == torch.tensor(labels)).float().mean())
         page_top1 = float(np.mean([int(np.argmax(lg)) == y for lg, y in
                                    zip(device_page.logits_for_files(page, "deit_synth", key, files), labels)]))
@@ -315,8 +315,8 @@ def test_webgpu_runs_where_the_browser_has_it_and_fp16_only_where_the_adapter_ca
     # Headless Chromium's WebGPU is SwiftShader, a software adapter without shader-f16: fp32 runs (slowly), and the
     # page says so; fp16 is not offered.
     t = preprocess(load_image(SYNTH.example_paths()[0]), SYNTH)
-    made = app.lab.browser_format("deit_synth", "onnx_fp32")
-    native = ort_runner(app.lab.browser_file("deit_synth", "onnx_fp32", made.sha256), threads=1)(t).numpy().ravel()
+    made = app.lab.device.prepare("deit_synth", "onnx_fp32")
+    native = ort_runner(app.lab.device.file("deit_synth", "onnx_fp32", made.sha256), threads=1)(t).numpy().ravel()
     with device_page.device_page(playwright, app.local_url, args=["--enable-unsafe-webgpu"]) as page:
         caps = page.locator("#device-caps")
         if caps.get_attribute("data-webgpu") == "none":
@@ -342,7 +342,7 @@ def test_a_corrupt_model_file_gives_a_clear_message_and_the_server_keeps_serving
 
 @pytest.mark.browser
 def test_no_runtime_on_the_server_says_what_to_run(app, playwright, tmp_path, monkeypatch):
-    monkeypatch.setattr(app.lab, "web_runtime", Runtime(local=tmp_path / "a", cache=tmp_path / "b",
+    monkeypatch.setattr(app.lab.device, "runtime", Runtime(local=tmp_path / "a", cache=tmp_path / "b",
                                                         registry="http://127.0.0.1:9"))
     with device_page.device_page(playwright, app.local_url) as page:
         assert "npm ci --prefix web" in page.locator("#device-runtime").inner_text()
@@ -390,18 +390,18 @@ def test_inside_an_embedding_page_without_isolation_it_runs_on_one_thread_and_sa
 
 
 def test_a_format_is_checked_once_per_file_not_once_per_page_session(app, monkeypatch):
-    from deit_demo.service import lab as lab_module
+    from deit_demo.service import formats as lab_module
 
-    first = app.lab.browser_format("deit_synth", "onnx_fp32")
+    first = app.lab.device.prepare("deit_synth", "onnx_fp32")
     assert first.ready and first.passed
     calls, real = [], lab_module.run_conversion
     monkeypatch.setattr(lab_module, "run_conversion", lambda *a, **k: calls.append(a) or real(*a, **k))
-    again = app.lab.browser_format("deit_synth", "onnx_fp32")  # a new page session asks again
+    again = app.lab.device.prepare("deit_synth", "onnx_fp32")  # a new page session asks again
     assert again == first and calls == []
-    folder = app.lab.browser_file("deit_synth", "onnx_fp32", first.sha256).parent
+    folder = app.lab.device.file("deit_synth", "onnx_fp32", first.sha256).parent
 
     shutil.rmtree(folder)  # the file is gone: it is made and checked again
-    remade = app.lab.browser_format("deit_synth", "onnx_fp32")
+    remade = app.lab.device.prepare("deit_synth", "onnx_fp32")
     assert len(calls) == 1 and remade.ready
 
 
@@ -483,5 +483,5 @@ def test_the_page_is_sent_the_servers_timing_method_with_each_catalog(app):
     from deit_demo.measure.timing import TimingSettings
 
     defaults = TimingSettings()
-    assert app.lab.browser_catalog("deit_synth")["timing"] == {"runs": defaults.runs, "warmup": defaults.warmup,
+    assert app.lab.device.catalog("deit_synth")["timing"] == {"runs": defaults.runs, "warmup": defaults.warmup,
                                                                 "block": defaults.block}

@@ -20,7 +20,6 @@ from deit_demo.app import decide_tab, handlers  # noqa: E402
 from deit_demo.core.artifacts import MANIFEST, ArtifactStore  # noqa: E402
 from deit_demo.core.errors import DeitDemoError  # noqa: E402
 from deit_demo.core.models import read_checkpoint  # noqa: E402
-from deit_demo.measure import decide
 from deit_demo.service.config import AppConfig  # noqa: E402
 from deit_demo.service.lab import Lab  # noqa: E402
 from deit_demo.variants import VARIANTS, get_variant  # noqa: E402
@@ -65,7 +64,7 @@ def test_unexpected_errors_in_every_handler_are_one_line_with_a_reference(name, 
         call = lambda lab: list(decide_tab.sweep(lab, ["deit_tiny"], ["original"], "1", "1", 2, 0, None, None,  # noqa
                                                  None, progress=progress))
     elif name == "compare":
-        monkeypatch.setattr(decide, "compare", boom)
+        monkeypatch.setattr(decide_tab, "compare", boom)
         good = tmp_path / "r.json"
         good.write_text(json.dumps({"schema": "deit-demo-results/1", "machine": {"cpu": "x"}, "rows": []}))
         call = lambda lab: decide_tab.compare_files(lab, [str(good)])  # noqa: E731
@@ -84,14 +83,14 @@ def test_unexpected_errors_in_every_handler_are_one_line_with_a_reference(name, 
 
 
 CLI_CALLS = {
-    "models": ("deit_demo.measure.report.catalog_rows", ["models"]),
-    "variants": ("deit_demo.measure.report.to_markdown", ["variants"]),
+    "models": ("deit_demo.present.report.catalog_rows", ["models"]),
+    "variants": ("deit_demo.present.report.to_markdown", ["variants"]),
     "classify": ("deit_demo.service.lab.Lab.classify", ["classify", CAT, "--model", "deit_tiny", "--weights", "random"]),
     "convert": ("deit_demo.service.lab.Lab.convert", ["convert", "--model", "deit_tiny", "--weights", "random"]),
     "evaluate": ("deit_demo.service.lab.Lab.evaluate", ["evaluate", "--model", "deit_digits"]),
     "bench": ("deit_demo.service.lab.Lab.benchmark", ["bench", "--model", "deit_tiny", "--weights", "random"]),
     "sweep": ("deit_demo.service.lab.Lab.sweep", ["sweep", "--models", "deit_tiny", "--weights", "random"]),
-    "compare": ("deit_demo.measure.results.load_results", ["compare", "x.json"]),
+    "compare": ("deit_demo.service.load_results", ["compare", "x.json"]),
     "tome-sweep": ("deit_demo.service.lab.Lab.tome_sweep", ["tome-sweep", "--model", "deit_digits"]),
 }
 
@@ -309,7 +308,7 @@ def test_a_real_full_then_read_only_store_says_so_everywhere_and_serves_what_it_
     import subprocess
 
     from deit_demo.measure.bench import BenchSettings
-    from deit_demo.serve.server import ServeSettings
+    from deit_demo.serve.settings import ServeSettings
 
     config = AppConfig(model="deit_tiny", weights="random", store_root=str(small_fs / "store"), auto_prepare=False,
                        isolate_conversions=isolate, serve=ServeSettings(auto_variants=("onnx_int8",)))

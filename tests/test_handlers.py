@@ -11,9 +11,10 @@ import torch  # noqa: E402
 from deit_demo.app import decide_tab, handlers
 from deit_demo.core.errors import DeitDemoError  # noqa: E402
 from deit_demo.measure.bench import BenchSettings, parse_batch_sizes  # noqa: E402
-from deit_demo.measure.report import CONVERT_COLUMNS  # noqa: E402
+from deit_demo.present.report import CONVERT_COLUMNS  # noqa: E402
 from deit_demo.serve.auto import AUTO  # noqa: E402
-from deit_demo.serve.server import ServeSettings
+from deit_demo.serve.server import ClassifyRequest
+from deit_demo.serve.settings import ServeSettings
 from deit_demo.service.config import AppConfig  # noqa: E402
 from deit_demo.service.lab import Lab  # noqa: E402
 from deit_demo.variants import pipeline  # noqa: E402
@@ -170,6 +171,20 @@ def test_tome_sweep_handler_draws_r_against_latency_and_accuracy(lab):
         handlers.tome_sweep(lab, "deit_synth", "-1", False, 2, 0, 1, progress=Recorder())
 
 
+def test_an_error_inside_the_r_sweep_is_reported_as_itself_not_as_a_bad_box(lab, monkeypatch):
+    # The handler once wrapped the whole job in `except (TypeError, ValueError)`, so any ValueError from inside a
+    # sweep reached the visitor as "Runs, warm-up and threads must be whole numbers".
+    from deit_demo.service import lab as lab_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("the merge schedule ran out of tokens")
+
+    monkeypatch.setattr(lab_module, "tome_sweep", broken)
+    with pytest.raises(gr.Error) as raised:
+        handlers.tome_sweep(lab, "deit_synth", "0,4", False, 2, 0, 1, progress=Recorder())
+    assert "whole numbers" not in raised.value.message and "reference" in raised.value.message.lower()
+
+
 def test_sweep_handler_draws_the_pareto_chart_and_names_the_machine(lab, tmp_path):
     updates = list(decide_tab.sweep(lab, ["deit_tiny", "deit_tiny_distilled"], ["original"], "1", "1", 2, 0, 1000,
                                     None, None, progress=Recorder()))
@@ -286,7 +301,7 @@ def test_auto_serves_a_compiled_variant_on_the_cpus_a_benchmark_leaves_and_anoth
     cat = str(example_images()[1])
     graphs = counters["stats"]["unique_graphs"]
     _, alone = lab.classify(cat, "deit_tiny", AUTO)
-    with lab.server.cpus.take(lab.heavy_cpus()):  # what a benchmark holds while it runs
+    with lab.server.take_job_cpus():  # what a benchmark holds while it runs
         _, shared = lab.classify(cat, "deit_tiny", AUTO)
     assert counts == [2, 1] and counters["stats"]["unique_graphs"] == graphs  # no compile on the visitor's time
     assert shared.top1.index == alone.top1.index
@@ -319,7 +334,7 @@ def test_auto_serves_a_compiled_variant_on_the_cpus_a_benchmark_leaves_and_anoth
     assert copy is not choice.runner
     copy_counts, copy_fn = [], copy.fn
     copy.fn = lambda x: copy_counts.append(torch.get_num_threads()) or copy_fn(x)
-    answers = lab.classify_batch([cat] * 3, ["deit_tiny"] * 3, [AUTO] * 3)
+    answers = lab.classify_batch([ClassifyRequest(cat, "deit_tiny", AUTO)] * 3)
     assert counts[3:] == [1, 2] and copy_counts == [1] and counters["stats"]["unique_graphs"] == graphs
     assert [r.lanes for _, r in answers] == [2] * 3 and {r.top1.index for _, r in answers} == {alone.top1.index}
 
@@ -362,7 +377,7 @@ def test_the_cli_way_of_auto_prepares_first_then_answers(store, monkeypatch):
 def test_the_weights_banner_is_polled_without_loading_anything(tmp_path):
     fresh = Lab(AppConfig(model="deit_digits", weights="random", store_root=str(tmp_path / "store"),
                           auto_prepare=False))
-    assert fresh.loaded_banner("deit_digits") is None and len(fresh.cache) == 0  # polling loaded nothing
+    assert fresh.loaded_model("deit_digits") is None and len(fresh.models) == 0  # polling loaded nothing
     line, banner = handlers.classify_status(fresh, "deit_digits")
     assert banner == gr.skip() and handlers.model_banner(fresh, "deit_digits") == ""
     fresh.model("deit_digits")

@@ -10,7 +10,7 @@ from gradio_client.exceptions import AppError
 
 from deit_demo.app.ui import build_app, launch_kwargs
 from deit_demo.core.artifacts import ArtifactStore
-from deit_demo.core.models import ModelCache
+from deit_demo.core.model_cache import ModelCache
 from deit_demo.service.config import AppConfig
 from deit_demo.variants import get_variant
 from deit_demo.variants.pipeline import convert_variant, example_images

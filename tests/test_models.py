@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from deit_demo import DeitDemoError
-from deit_demo.core.models import MODELS, ModelCache, create_model, fingerprint, get_spec, load_model
+from deit_demo.core.model_cache import ModelCache
+from deit_demo.core.models import MODELS, create_model, fingerprint, get_spec, load_model
 from deit_demo.serve.classify import forward_heads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,3 +131,31 @@ def test_model_cache_is_bounded():
     assert cache.get("deit_tiny", "random") is first
     cache.get("deit_tiny_distilled", "random")
     assert len(cache) == 1
+
+
+def test_random_weights_are_the_same_under_concurrency_and_in_every_process():
+    # Built alone, each model's seeded random weights have one id. Built at once in threads (as Auto and the Your
+    # device tab do in the app), they interleaved their draws from torch's one global generator: DeiT-B got new ids.
+    import subprocess
+    import sys
+    import threading
+
+    keys = ["deit_base", "deit_small", "deit_tiny"]
+    alone = {key: load_model(key, "random").weights_id for key in keys}
+    for _ in range(2):
+        together, start = {}, threading.Barrier(len(keys))
+
+        def load(key):
+            start.wait()
+            together[key] = load_model(key, "random").weights_id
+
+        threads = [threading.Thread(target=load, args=(key,)) for key in keys]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert together == alone
+    other = subprocess.run([sys.executable, "-c", "from deit_demo.core.models import load_model; "
+                            "print(load_model('deit_tiny', 'random').weights_id)"],
+                           capture_output=True, text=True, timeout=300)
+    assert other.stdout.strip().splitlines()[-1] == alone["deit_tiny"], other.stderr[-500:]

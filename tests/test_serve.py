@@ -9,7 +9,8 @@ from deit_demo.core.models import create_model, load_weights, save_weights
 from deit_demo.measure import timing
 from deit_demo.serve import auto
 from deit_demo.serve.auto import AUTO, AutoChoice
-from deit_demo.serve.server import ServeSettings
+from deit_demo.serve.policy import Decision
+from deit_demo.serve.settings import ServeSettings
 from deit_demo.service.config import AppConfig
 from deit_demo.service.lab import Lab
 from deit_demo.variants import ORIGINAL, VARIANTS, Runner, Variant
@@ -73,7 +74,8 @@ def test_a_visitor_served_while_auto_compiles_its_lanes_gets_a_variant_with_its_
     try:
         assert in_window.wait(120), "the preparation never reached the lane copies"
         during = lab.server.auto.resolve(loaded)
-        variant, runner, _, sentence = during.serving()
+        pick = during.serving()
+        variant, runner, sentence = pick.variant, pick.runner, pick.sentence
         assert during.state == "preparing" and "⏳ Auto is timing them" in lab.auto_status("deit_tiny")
         if cheap_first:
             assert variant == "onnx_int8" and runner is not None and runner is during.runner, (variant, runner)
@@ -89,7 +91,8 @@ def test_a_visitor_served_while_auto_compiles_its_lanes_gets_a_variant_with_its_
     ready = lab.server.auto.resolve(loaded)
     assert ready is seen[0] and ready.state == "ready" and ready.variant == compiled_like.key
     assert lab.auto_status("deit_tiny").startswith("✅ Auto → test_compiled")
-    served, served_runner, agreement, _ = ready.serving()
+    pick = ready.serving()
+    served, served_runner, agreement = pick.variant, pick.runner, pick.agreement
     assert served == compiled_like.key and served_runner is ready.runner and agreement == 1.0
     assert len(ready.lane_runners) == 1 and ready.lane_runners[0] is not served_runner
     assert during.state == "preparing" and during.variant == variant  # what a visitor held before is unchanged
@@ -98,5 +101,30 @@ def test_a_visitor_served_while_auto_compiles_its_lanes_gets_a_variant_with_its_
 def test_a_published_choice_cannot_be_edited():
     choice = AutoChoice("deit_tiny", "random")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        choice.variant = "pt2e_int8"
-    assert dataclasses.replace(choice, variant="pt2e_int8").variant == "pt2e_int8" and choice.variant == ORIGINAL
+        choice.decision = Decision("pt2e_int8")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        choice.decision.variant = "pt2e_int8"
+    changed = dataclasses.replace(choice, decision=Decision("pt2e_int8"))
+    assert changed.variant == "pt2e_int8" and changed.pick.variant == "pt2e_int8" and choice.variant == ORIGINAL
+
+
+def test_one_classification_crosses_few_modules_and_threads(tmp_path):
+    # The steady path a visitor takes (everything loaded, Auto ready): the handler, the service, the server, the
+    # image reader, Auto's snapshot, the classifier, the runtime and the banner; the caller's thread and the serving
+    # thread. Before the Server owned what it serves: 15 modules and 3 threads (a loader thread on every request).
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import trace_paths
+    finally:
+        sys.path.pop(0)
+    lab = Lab(AppConfig(model="deit_tiny", weights="random", store_root=str(tmp_path), auto_prepare=False,
+                        isolate_conversions=False, serve=ServeSettings(auto_variants=("onnx_int8",))))
+    assert lab.server.auto.prepare("deit_tiny").variant in ("onnx_int8", ORIGINAL)
+    trace = trace_paths.trace_classification(lab, "deit_tiny")
+    threads = {t for names in trace.modules.values() for t in names}
+    assert "deit_demo.serve.server" in trace.modules and "deit-serve" in threads  # the trace saw the path
+    assert len(trace.modules) <= trace_paths.MAX_MODULES, sorted(trace.modules)
+    assert len(threads) <= trace_paths.MAX_THREADS and "deit-load" not in threads, threads

@@ -13,6 +13,7 @@ from PIL import Image
 from deit_demo import DeitDemoError
 from deit_demo.core.images import load_image
 from deit_demo.core.urls import FetchSettings, check_url, fetch_url
+from deit_demo.serve.server import ClassifyRequest
 
 REFUSED = [
     ("http://127.0.0.1/x.jpg", "loopback"),
@@ -220,7 +221,7 @@ def test_a_slow_url_never_holds_up_other_visitors_answers(server, store):
     GATE.clear()
     batch: list = []
     fetching = threading.Thread(target=lambda: batch.extend(lab.classify_batch(
-        [f"{server}/gate.png", f"{server}/html", cat], ["deit_tiny"] * 3, ["original"] * 3)))
+        [ClassifyRequest(source, "deit_tiny", "original") for source in (f"{server}/gate.png", f"{server}/html", cat)])))
     fetching.start()
     try:
         for _ in range(300):

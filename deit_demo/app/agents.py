@@ -2,7 +2,7 @@
 tools: they take the server's CPUs for minutes. No `from __future__ import annotations`: Gradio derives each tool's
 schema from these type hints and its description from the docstring."""
 
-from deit_demo.app.events import boundary
+from deit_demo.app.handlers import boundary
 from deit_demo.present.report import weights_banner
 from deit_demo.service import MODELS, VARIANTS, DeitDemoError, Lab, quoted
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from deit_demo.app.events import boundary, gradio_progress, session_of, stream_job
+from deit_demo.app.events import gradio_progress, session_of, stream_job
+from deit_demo.app.handlers import boundary
 from deit_demo.app.inputs import budget_box
 from deit_demo.present import charts
 from deit_demo.present.report import machine_line, sweep_rows, to_markdown

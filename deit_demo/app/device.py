@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from deit_demo.app.events import boundary, partial, session_of
+from deit_demo.app.events import partial, session_of
+from deit_demo.app.handlers import boundary
 from deit_demo.present import charts
 from deit_demo.service import MODELS, Busy, DeitDemoError, Lab, get_spec
 from deit_demo.service.device import as_dict, device_table
@@ -72,27 +73,26 @@ def visitor_of(request: Request) -> str:
 
 
 def routes(lab: Lab) -> list[Route]:
-    formats = lab.device
     modules = {p.name: p for p in WEB.glob("*.js")}  # served by name from this set only: no path reaches further
 
     def page_module(request: Request) -> Response:
         path = modules.get(f"{request.path_params['name']}.js")
         if path is None:
             return _error(DeitDemoError("No such module."), 404)
-        return send(request, path, formats.etag(path), "no-cache")  # revalidated: it changes with the app
+        return send(request, path, lab.device.etag(path), "no-cache")  # revalidated: it changes with the app
 
     def send(request: Request, path: Path, etag: str, cache: str) -> Response:
-        return _file(request, path, etag, cache, formats.content_type(path))
+        return _file(request, path, etag, cache, lab.device.content_type(path))
 
     def runtime_status(request: Request) -> Response:
-        return JSONResponse(formats.runtime_status(), headers={"Cache-Control": "no-store"})
+        return JSONResponse(lab.device.runtime_status(), headers={"Cache-Control": "no-store"})
 
     def runtime_file(request: Request) -> Response:
         try:
-            path = formats.runtime_file(request.path_params["version"], request.path_params["name"])
+            path = lab.device.runtime_file(request.path_params["version"], request.path_params["name"])
         except DeitDemoError as err:
             return _error(err, 503 if "not installed" in str(err) else 404)
-        return send(request, path, formats.etag(path), YEAR)
+        return send(request, path, lab.device.etag(path), YEAR)
 
     def models(request: Request) -> Response:
         return JSONResponse({"default": lab.config.model,
@@ -100,14 +100,14 @@ def routes(lab: Lab) -> list[Route]:
 
     def catalog(request: Request) -> Response:
         try:
-            return JSONResponse(formats.catalog(request.path_params["model"]),
+            return JSONResponse(lab.device.catalog(request.path_params["model"]),
                                 headers={"Cache-Control": "no-store"})
         except DeitDemoError as err:
             return _error(err)
 
     def prepare(request: Request) -> Response:
         try:
-            made = formats.prepare(request.path_params["model"], request.path_params["variant"],
+            made = lab.device.prepare(request.path_params["model"], request.path_params["variant"],
                                    visitor=visitor_of(request))
         except Busy as err:  # the door's queue, or this visitor's share of it, is full: refused at once
             return _error(err, 429)
@@ -121,7 +121,7 @@ def routes(lab: Lab) -> list[Route]:
     def model_file(request: Request) -> Response:
         p = request.path_params
         try:
-            path = formats.file(p["model"], p["variant"], p["sha256"])
+            path = lab.device.file(p["model"], p["variant"], p["sha256"])
         except DeitDemoError as err:
             return _error(err, 404)
         return send(request, path, f'"{p["sha256"]}"', YEAR)  # the store verified these bytes against the sha256
@@ -132,7 +132,7 @@ def routes(lab: Lab) -> list[Route]:
             path = paths[int(request.path_params["index"])]
         except (DeitDemoError, IndexError, ValueError):
             return _error(DeitDemoError("No such example."), 404)
-        return send(request, path, formats.etag(path), "public, max-age=3600")
+        return send(request, path, lab.device.etag(path), "public, max-age=3600")
 
     return [Route(PREFIX + "/{name}.js", page_module),
             Route(PREFIX + "/example/{model}/{index}", example),

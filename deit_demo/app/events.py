@@ -1,58 +1,16 @@
-"""What every Gradio event shares: the error edge (`boundary`), binding a handler to the lab (`partial`), the
-visitor's session, the library's progress on a Gradio bar, and a job streamed into redrawn components.
+"""What every Gradio event shares besides its error edge (`handlers.boundary`): binding a handler to the lab
+(`partial`), the visitor's session, the library's progress on a Gradio bar, and a job streamed into redrawn
+components.
 
 No `from __future__ import annotations` here: Gradio reads the `gr.Request` annotation to pass the visitor's session.
 """
 
-import functools
-import html
 import inspect
 import queue
 import threading
 import time
 
 import gradio as gr
-
-from deit_demo.service import DeitDemoError, log_unexpected
-
-
-def user_error(err: Exception) -> gr.Error:
-    # Quotes are harmless in text; <, > and & are not. No traceback in the server log for a visitor's mistake.
-    return gr.Error(html.escape(str(err), quote=False), print_exception=False)
-
-
-def boundary(what: str):
-    """Every handler's edge: a project error shows its own message; anything unexpected shows one line with a
-    reference id while the traceback goes to the server log, once; the server keeps serving either way. Gradio
-    would print a traceback for every gr.Error it sees, a visitor's typo included: the log would drown in them."""
-
-    def wrap(handler):
-        def translate(err: Exception) -> gr.Error:
-            if isinstance(err, gr.Error):
-                err.print_exception = False
-                return err
-            if isinstance(err, DeitDemoError):
-                return user_error(err)
-            return gr.Error(html.escape(log_unexpected(what, err), quote=False), print_exception=False)
-
-        if inspect.isgeneratorfunction(handler):
-            @functools.wraps(handler)
-            def streaming(*args, **kwargs):
-                try:
-                    yield from handler(*args, **kwargs)
-                except Exception as err:
-                    raise translate(err) from None
-            return streaming
-
-        @functools.wraps(handler)
-        def plain(*args, **kwargs):
-            try:
-                return handler(*args, **kwargs)
-            except Exception as err:
-                raise translate(err) from None
-        return plain
-
-    return wrap
 
 
 def gradio_progress(progress: gr.Progress):

@@ -51,6 +51,19 @@ def add_timing(p: argparse.ArgumentParser, settings, *, block: bool = True) -> N
                        help="consecutive calls per variant per round (first dropped)")
 
 
+def add_cluster(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    """Where forward passes run: this process (no flag), a local Ray head, or a running cluster (docs/SCALING.md)."""
+    p.add_argument("--cluster", default=default, metavar="local|HOST:PORT",
+                   help="classify on Ray Serve replicas: 'local' starts a Ray head on this machine (loopback only); "
+                        "HOST:PORT joins a running cluster" + (f" (default {default})" if default else ""))
+    p.add_argument("--replicas", default="1:2", metavar="MIN:MAX", help="replicas per (model, variant), scaled on "
+                   "ongoing requests (default 1:2)")
+    p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs (and threads) per replica (default 1)")
+    p.add_argument("--batch-max", type=_positive, default=8, help="images batched into one pass (default 8)")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0, help="how long a pass waits to fill its batch "
+                   "(default 0: only what queued meanwhile)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deit-demo", description=(
         "DeiT Deployment Lab from the command line: classify, convert, evaluate, benchmark, profile, sweep and "
@@ -79,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default=ORIGINAL,
                    help="a variant key, or auto: the fastest one here that passes its answer check")
     p.add_argument("--top", type=_positive, default=5)
+    add_cluster(p)
     p = add("convert", cmd_convert, "convert a model into deployment variants and check their answers")
     add_model(p)
     p.add_argument("--variants", default="all", help="all or a comma list of variant keys")
@@ -124,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="PATH", help="write the Pareto chart to a standalone HTML file")
     p.add_argument("--card", metavar="PATH", help="also write the recommended pair's deployment card: PATH.md and "
                                                   "PATH.json (it measures the pair again, at batch 1 and 8)")
-    add_ship_commands(add, add_model, add_timing)
+    add_ship_commands(add, add_model, add_timing, add_cluster)
     p = add("compare", cmd_compare, "compare saved results files (this machine or others): latency side by side")
     p.add_argument("files", nargs="+", help="results JSON files (bench --json, sweep --json)")
     p.add_argument("--html", metavar="PATH", help="write the comparison chart to a standalone HTML file")

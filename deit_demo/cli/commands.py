@@ -45,12 +45,16 @@ def progress_bars() -> Iterator[TqdmProgress]:
 
 
 def lab_for(args):
-    from deit_demo.service import AppConfig, Lab, ServeSettings
+    from deit_demo.service import AppConfig, ClusterSettings, Lab, ServeSettings, parse_replicas
 
+    cluster = None
+    if getattr(args, "cluster", None):
+        low, high = parse_replicas(args.replicas)
+        cluster = ClusterSettings(args.cluster, low, high, args.replica_cpus, args.batch_max, args.batch_wait_ms)
     # One user: no CPU kept for visitors, nothing to yield to, conversions in this process (whole tracebacks).
     return Lab(AppConfig(model=getattr(args, "model", None) or args.models.split(",")[0].strip(),
                          weights=args.weights, store_root=args.store, fallback_to_random=False,
-                         eval_data=getattr(args, "data", None), isolate_conversions=False,
+                         eval_data=getattr(args, "data", None), isolate_conversions=False, cluster=cluster,
                          serve=ServeSettings(reserved_cpus=0, heavy_niceness=0)))
 
 
@@ -98,8 +102,11 @@ def cmd_classify(args) -> int:
     if args.variant == "auto":
         print("Auto: converting, checking and timing its candidates first (the first time for a store takes a "
               "minute or more; later runs reuse the files)...", file=sys.stderr)
-    loaded, result = lab.classify(args.image, args.model, args.variant, k=args.top, tome_r=args.tome_r,
-                                  wait_auto=True)
+    try:
+        loaded, result = lab.classify(args.image, args.model, args.variant, k=args.top, tome_r=args.tome_r,
+                                      wait_auto=True)
+    finally:
+        lab.close()  # with --cluster local: the head and its replicas stop here
     emit(args, f"model: {loaded.spec.key} ({loaded.spec.hub_name})   variant: {result.variant}")
     if result.note:
         emit(args, result.note)

@@ -26,8 +26,8 @@ def add_budget(p: argparse.ArgumentParser, required: bool = False) -> None:
                         "model's built-in test split (the models trained here)")
 
 
-def add_ship_commands(add, add_model, add_timing) -> None:
-    """The `tune` and `card` sub-commands (`add`, `add_model` and `add_timing` are build_parser's helpers)."""
+def add_ship_commands(add, add_model, add_timing, add_cluster) -> None:
+    """The `tune`, `card` and `serve` sub-commands (the other arguments are build_parser's helpers)."""
     from deit_demo.service import CardSettings, TuneSettings
 
     p = add("tune", cmd_tune, "token merging: the fastest measured r within an accuracy budget, stored with the "
@@ -45,6 +45,14 @@ def add_ship_commands(add, add_model, add_timing) -> None:
     p.add_argument("--threads", type=int, default=0, help="0 = the CPUs this process may use")
     p.add_argument("--eval-data", default=None, metavar="FOLDER", help="labelled images (default: built-in split)")
     p.add_argument("--out", metavar="STEM", help="write STEM.md and STEM.json (default: card_<model>_<variant>)")
+    p = add("serve", cmd_serve, "serve one (model, variant) on Ray Serve as an HTTP endpoint (image bytes or a URL in, "
+                                "top-k JSON out), replicas scaled on load; Ctrl-C stops it")
+    add_model(p, default="deit_base")
+    p.add_argument("--variant", default=None, help="a variant key (see `variants`); or --card")
+    p.add_argument("--card", metavar="JSON", help="a deployment card's JSON: serve the pair it describes")
+    p.add_argument("--host", default="127.0.0.1", help="where the endpoint listens (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    add_cluster(p, default="local")
 
 
 def cmd_tune(args) -> int:
@@ -87,4 +95,36 @@ def cmd_card(args) -> int:
     for path in lab.save_card(card, args.out or f"card_{card['model']}_{card['variant']}"):
         print(f"wrote {path}", file=sys.stderr)
     write_json_out(args.json, card)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import time
+
+    from deit_demo.service import ClusterSettings, DeitDemoError, pair_from_card, parse_replicas, serve_endpoint
+
+    model, variant, tome_r = args.model, args.variant, args.tome_r
+    if args.card:
+        model, variant, card_r = pair_from_card(args.card)
+        tome_r = tome_r if tome_r is not None else card_r
+    if not variant:
+        raise DeitDemoError("Name the pair: --variant KEY (with --model), or --card CARD.json.")
+    low, high = parse_replicas(args.replicas)
+    cluster = ClusterSettings(args.cluster, low, high, args.replica_cpus, args.batch_max, args.batch_wait_ms)
+    print(f"deploying {model}/{variant} on Ray Serve ({args.cluster}; replicas {low}:{high})...", file=sys.stderr)
+    endpoint = serve_endpoint(model, variant, cluster, host=args.host, port=args.port, weights=args.weights,
+                              store_root=args.store, tome_r=tome_r)
+    try:
+        emit(args, f"serving {endpoint.model}/{endpoint.variant} (weights: {endpoint.weights}) at {endpoint.url} "
+                   f"after {endpoint.started_s:.1f} s")
+        emit(args, f"  curl -X POST --data-binary @cat.jpg {endpoint.url}")
+        emit(args, f"  curl -X POST -H 'content-type: application/json' -d '{{\"url\": \"https://...\"}}' "
+                   f"{endpoint.url}\nCtrl-C stops it.")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        endpoint.close()
+        print("stopped: the endpoint, its replicas and (for --cluster local) the head", file=sys.stderr)
     return 0

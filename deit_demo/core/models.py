@@ -9,6 +9,7 @@ Weights come from exactly one explicit source, reported back to the caller:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import threading
@@ -77,8 +78,8 @@ class ModelSpec:
     def hf_repo(self) -> str:
         return f"timm/{self.hub_name}"
 
-    @property
-    def resize_size(self) -> int:
+    @functools.cached_property
+    def resize_size(self) -> int:  # computed once: preprocessing reads it for every image
         return int(self.input_size / self.crop_pct)
 
 

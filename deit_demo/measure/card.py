@@ -104,7 +104,7 @@ def make_card(loaded, settings: CardSettings, store, *, progress: ProgressFn | N
     card = {"schema": CARD_SCHEMA, "model": spec.key, "model_label": spec.label, "hub_name": spec.hub_name,
             "variant": variant.key, "variant_title": variant.title, "precision": variant.precision,
             "lossy": variant.lossy, "tome_r": runner.notes.get("r"), "r_source": runner.notes.get("r_source", ""),
-            "weights": loaded.weights,
+            "weights": loaded.weights, "serve": serve_command(spec.key, variant.key, runner.notes.get("r")),
             "latency": {"batch_1": latency.get(1), "best_batch": best,
                         "original_batch_1": original.get(1),
                         "speedup_vs_original_batch_1": original[1]["p50_ms"] / latency[1]["p50_ms"]
@@ -152,6 +152,12 @@ def _pct(value, ci=None) -> str:
     return f"{100 * value:.2f}%" + (f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
 
 
+def serve_command(model: str, variant: str, tome_r: int | None = None) -> str:
+    """The command that serves this pair behind an autoscaled HTTP endpoint (Ray Serve; docs/SCALING.md)."""
+    r = f" --tome-r {tome_r}" if tome_r is not None else ""
+    return f"deit-demo serve --model {model} --variant {variant}{r} --replicas 1:2 --port 8000"
+
+
 def card_markdown(card: dict) -> str:
     """The card as a Markdown section that reads well in a Hugging Face model card."""
     lat, acc, m, run = card["latency"], card["accuracy"], card["machine"], card["run"]
@@ -195,4 +201,8 @@ def card_markdown(card: dict) -> str:
                f"of {card['settings']['block']} (first dropped), interleaved with the original; raw samples in the "
                "JSON"),
               f"- made {card['made_at']}"]
+    if card.get("serve"):
+        lines += ["", "### Serve it", "", "Behind an HTTP endpoint on Ray Serve, replicas scaled on load (`--cluster "
+                  "HOST:PORT` for a running cluster; `--card` with this card's JSON names the pair too):", "",
+                  f"    {card['serve']}"]
     return "\n".join(lines) + "\n"

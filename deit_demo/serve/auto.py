@@ -117,12 +117,12 @@ class AutoChoice:
         """One line for the visitor: the variant Auto used and its agreement with the original."""
         if self.state == "preparing" and self.variant == ORIGINAL:
             return "Auto → original (the fast variants are being converted and checked in the background)"
+        faster = f", {self.speedup:.1f}× faster than the original here" if self.speedup else ""
         if self.state == "preparing":  # the first verified variant that beat the original, while the others prepare
-            return (f"Auto → {self.variant}: {self._agreed(self.agreement)}, {self.speedup:.1f}× faster than the "
-                    "original here (the other candidates are still being prepared)")
+            return (f"Auto → {self.variant}: {self._agreed(self.agreement)}{faster} (the other candidates are still "
+                    "being prepared)")
         if self.variant != ORIGINAL:
-            return (f"Auto → {self.variant}: {self._agreed(self.agreement)}, {self.speedup:.1f}× faster than the "
-                    "original here")
+            return f"Auto → {self.variant}: {self._agreed(self.agreement)}{faster}"
         if self.state == "failed":
             return f"Auto → original ({self.rejected.get('*', 'preparing the fast variants failed')})"
         slower = {k: v for k, v in self.median_ms.items() if k != ORIGINAL}
@@ -166,6 +166,7 @@ class AutoServe:
         self.models, self.runners, self.cpus, self.job_cpus = models, runners, cpus, job_cpus
         self.candidates = tuple(candidates)
         self.lanes, self.timing_runs, self.rules = lanes, timing_runs, rules
+        self.serve_here = True  # False: a cluster serves what Auto chooses, so nothing is loaded here for serving
         self._choices: dict[tuple[str, str], AutoChoice] = {}
         self._lock = threading.Lock()
         self._todo: queue.Queue[str] = queue.Queue()
@@ -298,7 +299,7 @@ class AutoServe:
                           threads: int) -> tuple[Runners, dict[str, str]]:
         """The runners that serve `decision`, loaded (and compiled) before it is published, and what could not be."""
         serve_threads, problems = self.runners.threads, {}
-        if decision.variant == ORIGINAL:
+        if decision.variant == ORIGINAL or not self.serve_here:
             return Runners(), problems
         if not get_variant(decision.variant).compiles_per_shape:
             # Loaded again for serving: runtimes fix their thread count when loaded (the cache loads with the
@@ -343,6 +344,6 @@ class AutoServe:
         decision = Decision(key, timed[key].agreement, {k: round(m.median_ms, 2) for k, m in timed.items()})
         self._publish(AutoChoice(loaded.spec.key, loaded.weights_id, decision=decision, checked=checked,
                                  runners=Runners(self.runners.get(loaded, key, settle=False),
-                                                 frozenset({self.runners.threads}))))
+                                                 frozenset({self.runners.threads})) if self.serve_here else Runners()))
         return True
 

@@ -77,8 +77,9 @@ def forward_heads(model: torch.nn.Module, x: torch.Tensor, *, distilled: bool) -
     return {"class": cls_logits, "distillation": dist_logits, "average": (cls_logits + dist_logits) / 2}
 
 
-def top_k(logits: torch.Tensor, labels: tuple[str, ...], k: int = 5) -> list[Prediction]:
-    probs = torch.softmax(logits.float().reshape(-1), dim=0)
+def top_k(logits, labels: tuple[str, ...], k: int = 5) -> list[Prediction]:
+    """The k likeliest classes of one image's logits (a tensor, or an array from a replica)."""
+    probs = torch.softmax(torch.as_tensor(logits).float().reshape(-1), dim=0)
     values, indices = probs.topk(min(k, probs.numel()))
     return [Prediction(int(i), labels[int(i)], float(v)) for v, i in zip(values, indices)]
 
@@ -94,7 +95,6 @@ def classify_tensors(loaded: LoadedModel, tensors: list[torch.Tensor], *, k: int
     compile once per batch size. Then `lanes` (copies of `runner`, the first `runner` itself) run that many of those
     passes side by side, each on its share of torch's threads (`run_in_lanes`).
     """
-    labels = labels_for(loaded)
     lanes = lanes if runner is not None and not one_pass and len(tensors) > 1 and len(lanes) > 1 else ()
     start = time.perf_counter()
     with torch.inference_mode():
@@ -107,11 +107,20 @@ def classify_tensors(loaded: LoadedModel, tensors: list[torch.Tensor], *, k: int
         else:
             heads = {"logits": torch.cat([runner(x) for x in tensors])}
     elapsed_ms = (time.perf_counter() - start) * 1e3
+    return results_from(loaded, heads, k=k, variant=variant, elapsed_ms=elapsed_ms, one_pass=one_pass,
+                        lanes=max(1, len(lanes)))
+
+
+def results_from(loaded: LoadedModel, heads: dict, *, k: int, variant: str, elapsed_ms: float, one_pass: bool = True,
+                 lanes: int = 1) -> list[ClassifyResult]:
+    """One answer per row of `heads` (head name -> logits, a row per image): top-k with the model's labels. Wherever
+    the logits were computed (here, or a replica on another node), the answer is made the same way."""
+    labels = labels_for(loaded)
+    rows = len(next(iter(heads.values())))
     return [ClassifyResult(model=loaded.spec.key, weights=loaded.weights, variant=variant,
                            heads={name: top_k(logits[i], labels, k) for name, logits in heads.items()},
-                           elapsed_ms=elapsed_ms, batch_size=len(tensors), one_pass=one_pass,
-                           lanes=max(1, len(lanes)))
-            for i in range(len(tensors))]
+                           elapsed_ms=elapsed_ms, batch_size=rows, one_pass=one_pass, lanes=lanes)
+            for i in range(rows)]
 
 
 _lane_pools: dict[int, ThreadPoolExecutor] = {}  # lanes -> the helper threads of the lanes beyond the caller's

@@ -222,11 +222,17 @@ class Server:
                 out[i] = x
             else:
                 groups.setdefault((requests[i].model, requests[i].variant or AUTO, requests[i].tome_r), []).append(i)
-        if not groups:
-            return out
+        if groups:
+            self._answer(groups, {i: tensors[i] for items in groups.values() for i in items},
+                         {i: requests[i].k for items in groups.values() for i in items}, out, progress)
+        return out
+
+    def _answer(self, groups: dict, tensors: dict, ks: dict, out: list, progress: ProgressFn | None) -> None:
+        """Each group's forward pass, here: on the serving thread, on the CPUs a classification may take. (A
+        cluster-backed server sends them to its replicas instead: `cluster.server`.)"""
         entries = self._entries(list(groups))
 
-        def serve() -> list:
+        def serve() -> None:
             with self.cpus.take(self.serve_threads(), timeout_s=60):
                 for n, (key, items) in enumerate(groups.items()):
                     if progress:
@@ -235,18 +241,13 @@ class Server:
                     try:
                         if isinstance(found, DeitDemoError):
                             raise found
-                        answers = self._classify_group(found, [tensors[i] for i in items],
-                                                       max(requests[i].k for i in items))
+                        answers = self._classify_group(found, [tensors[i] for i in items], max(ks[i] for i in items))
                     except DeitDemoError as err:
                         answers = [err] * len(items)
                     for i, answer in zip(items, answers):
-                        if not isinstance(answer, DeitDemoError):
-                            answer.heads = {h: p[:requests[i].k] for h, p in answer.heads.items()}
-                            answer = (found[0], answer)
-                        out[i] = answer
-            return out
+                        out[i] = trimmed(found[0], answer, ks[i])
 
-        return SERVING.run(serve, timeout_s=60)
+        SERVING.run(serve, timeout_s=60)
 
     def _entries(self, keys: list[tuple[str, str, int | None]]) -> dict:
         """(model, runner, pick) for each key, from the ready table; what is missing is loaded first, on a thread of
@@ -271,7 +272,7 @@ class Server:
             loaded, runner, pick = self.models.get(model_key), None, None
             if variant_key != AUTO:
                 variant = get_variant(variant_key)
-                if variant.key != ORIGINAL:
+                if variant is not get_variant(ORIGINAL):
                     with self.cpus.take(self.job_cpus(), job=True, timeout_s=60):
                         runner = self.runners.get(loaded, variant.key, tome_r)
                 pick = Pick(variant.key, runner, None, _r_note(variant.key, runner),
@@ -310,6 +311,14 @@ class Server:
         for result in results:  # Auto says what it served and why; a variant by name, its r if it merges tokens
             result.note, result.agreement = pick.sentence, pick.agreement
         return results
+
+
+def trimmed(loaded: LoadedModel, answer: ClassifyResult | DeitDemoError, k: int) -> Answer | DeitDemoError:
+    """An answer cut to its visitor's top-k (a group is answered with the largest k among its visitors)."""
+    if isinstance(answer, DeitDemoError):
+        return answer
+    answer.heads = {head: predictions[:k] for head, predictions in answer.heads.items()}
+    return loaded, answer
 
 
 def _r_note(variant_key: str, runner) -> str:

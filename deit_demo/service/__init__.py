@@ -5,6 +5,7 @@ page's results read back) are its parts. Below, the names an entry point needs f
 the settings of each job, the results files, the errors. May import every library package below it; never Gradio.
 """
 
+from deit_demo.cluster.settings import ClusterSettings, parse_replicas
 from deit_demo.core.cpus import machine_info, usable_cpus
 from deit_demo.core.errors import Busy, Cancelled, DeitDemoError, describe, log_unexpected, quoted
 from deit_demo.core.models import MODELS, ModelSpec, get_spec
@@ -23,14 +24,16 @@ from deit_demo.serve.settings import ServeSettings
 from deit_demo.service.config import AppConfig
 from deit_demo.service.lab import ClassifyRequest, ConvertOutcome, DecideOutcome, Lab
 from deit_demo.service.process import configure_process
+from deit_demo.service.production import Endpoint, pair_from_card, serve_endpoint
 from deit_demo.variants import ORIGINAL, VARIANTS
 from deit_demo.variants.pipeline import example_images
 
 __all__ = [
-    "AUTO", "AUTO_TITLE", "CLASSES", "HEAD_TITLES", "MODELS", "ORIGINAL", "VARIANTS", "AppConfig", "BenchSettings",
-    "Busy", "Cancelled", "CardSettings", "ClassifyRequest", "ConvertOutcome", "DecideOutcome", "DeitDemoError", "Lab",
-    "ModelSpec", "ServeSettings", "SweepSettings", "TuneSettings", "cache_folder", "card_markdown", "check_max_drop", "compare",
-    "compare_warnings", "configure_process", "describe", "example_images", "explain", "get_spec", "home",
-    "load_results", "log_unexpected", "machine_info", "pareto_front", "quoted", "results_payload", "save_csv",
-    "usable_cpus", "write_json", "write_traces",
+    "AUTO", "AUTO_TITLE", "CLASSES", "HEAD_TITLES", "MODELS", "ORIGINAL", "VARIANTS", "AppConfig",
+    "BenchSettings", "Busy", "Cancelled", "CardSettings", "ClassifyRequest", "ClusterSettings", "ConvertOutcome",
+    "DecideOutcome", "DeitDemoError", "Endpoint", "Lab", "ModelSpec", "ServeSettings", "SweepSettings",
+    "TuneSettings", "cache_folder", "card_markdown", "check_max_drop", "compare", "compare_warnings",
+    "configure_process", "describe", "example_images", "explain", "get_spec", "home", "load_results",
+    "log_unexpected", "machine_info", "pair_from_card", "pareto_front", "parse_replicas", "quoted",
+    "results_payload", "save_csv", "serve_endpoint", "usable_cpus", "write_json", "write_traces",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from deit_demo.cluster.settings import ClusterSettings
 from deit_demo.core.artifacts import DEFAULT_CAP_BYTES
 from deit_demo.core.errors import DeitDemoError
 from deit_demo.core.model_cache import WeightsPolicy
@@ -36,6 +37,8 @@ class AppConfig:
     jobs_per_visitor: int = 2  # queued or running, per visitor
     job_wait_s: float | None = None  # how long a job may wait for its turn (None: until its time limit)
     serve: ServeSettings = field(default_factory=ServeSettings)
+    # With a cluster, classification runs on Ray Serve replicas (deit_demo.cluster); None: in this process, Ray unloaded
+    cluster: ClusterSettings | None = None
     # Where web/node_modules has no ONNX Runtime Web, download the pinned tarball once from the npm registry
     # (checked against the lockfile's sha512). Off: the Your device tab says what to run instead.
     fetch_web_runtime: bool = True

@@ -85,10 +85,25 @@ class Lab:
         self.store = ArtifactStore(self.config.store_root, cap_bytes=self.config.store_cap_bytes,
                                    isolate=self.config.isolate_conversions)
         self.sessions = Sessions()
-        self.server = Server(self.models, self.store, self.config.serve)
+        self.server = self._server()
         self.door = JobDoor(self.config.job_concurrency, self.config.jobs_per_visitor, self.config.queue_size,
                             self.config.job_wait_s)
         self.device = BrowserFormats(self.models, self.store, Runtime(fetch=self.config.fetch_web_runtime), self._job)
+
+    def _server(self) -> Server:
+        """The in-process server, or with a cluster the one whose passes run on Ray Serve replicas (the only place
+        the lab imports Ray from: without a cluster nothing of it loads)."""
+        if self.config.cluster is None:
+            return Server(self.models, self.store, self.config.serve)
+        from deit_demo.cluster.server import ClusterServer
+
+        return ClusterServer(self.models, self.store, self.config.serve, self.config.cluster)
+
+    def close(self) -> None:
+        """Let go of what this lab started (a cluster's deployments, and a `local` head with all its processes)."""
+        close = getattr(self.server, "close", None)
+        if close is not None:
+            close()
 
     def model(self, key: str, weights: str | None = None) -> LoadedModel:
         """The model with the best weights we can get (see `core.model_cache.WeightsPolicy`)."""
@@ -110,7 +125,8 @@ class Lab:
     def _job(self, what: str, *, visitor: str | None = None, cancel: threading.Event | None = None,
              threads: int | None = None, model: str | None = None, weights: str | None = None) -> Iterator[Job]:
         """Every job's shape: through the door (its turn, the visitor's share), its CPUs taken, what runs noted, its
-        model loaded inside that budget; all of it released however the job ends."""
+        model loaded inside that budget; all of it released however the job ends. Callers check the model key
+        before (`_key`), so that a bad one is said at once rather than after a wait at the door."""
         with self.door.enter(visitor, what, cancel), self.server.take_job_cpus(threads) as granted, \
                 activity.ACTIVITY.doing(what):
             yield Job(self.models.get(model, weights) if model else None, granted)
@@ -156,7 +172,7 @@ class Lab:
                 visitor: str | None = None) -> ConvertOutcome:
         """Convert and check `keys`; with labelled data for this model (built in or --eval-data), accuracy too."""
         chosen, start = parse_variant_keys(keys), time.perf_counter()
-        with self._job(f"a conversion of {model_key}", visitor=visitor, model=model_key) as job:
+        with self._job(f"a conversion of {model_key}", visitor=visitor, model=_key(model_key)) as job:
             outcome = ConvertOutcome(job.loaded, run_conversion(job.loaded, chosen, self.store, progress=progress,
                                                                 tome_r=tome_r))
             if job.loaded.spec.eval_set is not None or self.config.eval_data:
@@ -173,7 +189,7 @@ class Lab:
     def evaluate(self, model_key: str, keys, *, progress: ProgressFn | None = None, tome_r: int | None = None,
                  visitor: str | None = None) -> tuple[LoadedModel, list[AccuracyResult]]:
         """Top-1/top-5 of each variant on the model's labelled data (or the lab's --eval-data folder)."""
-        with self._job(f"an evaluation of {model_key}", visitor=visitor, model=model_key) as job:
+        with self._job(f"an evaluation of {model_key}", visitor=visitor, model=_key(model_key)) as job:
             return job.loaded, evaluate(job.loaded, parse_variant_keys(keys), self.store, self.config.eval_data,
                                         progress=progress, tome_r=tome_r)
 
@@ -182,7 +198,7 @@ class Lab:
                   visitor: str | None = None) -> tuple[LoadedModel, list[BenchResult]]:
         """Time the variants in `settings` on this lab's CPUs (a job takes at most `heavy_cpus`)."""
         with self._job(f"a benchmark of {model_key}", visitor=visitor, cancel=cancel,
-                       threads=settings.resolved_threads(), model=model_key) as job:
+                       threads=settings.resolved_threads(), model=_key(model_key)) as job:
             return job.loaded, run_benchmark(job.loaded, replace(settings, threads=job.threads), self.store,
                                              progress=progress, cancel=cancel, on_update=on_update,
                                              timing_niceness=self.config.serve.heavy_niceness)
@@ -192,7 +208,7 @@ class Lab:
                    visitor: str | None = None) -> tuple[LoadedModel, list[TomeSweepRow]]:
         """Token merging at each r: latency, accuracy on built-in data, agreement with r = 0."""
         with self._job(f"an r sweep of {model_key}", visitor=visitor, cancel=cancel,
-                       threads=settings.resolved_threads(), model=model_key) as job:
+                       threads=settings.resolved_threads(), model=_key(model_key)) as job:
             return job.loaded, tome_sweep(job.loaded, rs, replace(settings, threads=job.threads), self.store,
                                           int8=int8, progress=progress, cancel=cancel,
                                           timing_niceness=self.config.serve.heavy_niceness)
@@ -243,7 +259,7 @@ class Lab:
              cancel: threading.Event | None = None, visitor: str | None = None) -> tuple[LoadedModel, TuneResult]:
         """Token merging's r tuned to an accuracy budget (measured) and stored with the model's artifacts."""
         with self._job(f"tuning {settings.variant} of {model_key}", visitor=visitor, cancel=cancel,
-                       threads=settings.threads or None, model=model_key) as job:
+                       threads=settings.threads or None, model=_key(model_key)) as job:
             settings = replace(settings, threads=job.threads, eval_data=settings.eval_data or self.config.eval_data)
             return job.loaded, tune(job.loaded, settings, self.store, progress=progress, cancel=cancel,
                                     timing_niceness=self.config.serve.heavy_niceness)
@@ -252,7 +268,7 @@ class Lab:
              cancel: threading.Event | None = None, visitor: str | None = None) -> tuple[LoadedModel, dict]:
         """The deployment card of one (model, variant) pair, measured now (see `measure.card`)."""
         with self._job(f"a deployment card of {model_key}/{settings.variant}", visitor=visitor, cancel=cancel,
-                       threads=settings.threads or None, model=model_key) as job:
+                       threads=settings.threads or None, model=_key(model_key)) as job:
             settings = replace(settings, threads=job.threads, eval_data=settings.eval_data or self.config.eval_data)
             return job.loaded, make_card(job.loaded, settings, self.store, progress=progress, cancel=cancel,
                                          timing_niceness=self.config.serve.heavy_niceness)
@@ -298,6 +314,11 @@ class Lab:
         theirs = Path(f"{stem}_this_server.json")
         write_json(theirs, results_payload(server, model=run.model))
         return [mine, theirs]
+
+
+def _key(model_key: str) -> str:
+    """The catalog key, or the project error that names the valid ones."""
+    return get_spec(model_key).key
 
 
 def _stem(folder: Path, prefix: str) -> Path:

@@ -1,0 +1,234 @@
+"""The cluster-backed `Server`: the same interface the app and the CLI classify through, with every forward pass sent
+to Ray Serve replicas of a deployment per (model, variant, r) instead of the serving thread.
+
+What stays in this process (the front end): reading images, Auto's preparation and its check (prepared once, here),
+conversions, the answers' labels. What the cluster does: the passes, batching (`@serve.batch`), replicas scaled on
+ongoing requests, restarts. Auto's replicas switch to a new variant only once that deployment is up: until then the
+last one that was (or the original) serves, so no answer ever comes from a variant that has not passed its check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+
+import ray
+from ray import serve
+
+from deit_demo.cluster.connect import Attached, attach
+from deit_demo.cluster.replica import VariantReplica, ship
+from deit_demo.cluster.settings import ClusterSettings
+from deit_demo.core.errors import DeitDemoError, describe
+from deit_demo.core.models import LoadedModel
+from deit_demo.serve.auto import AUTO
+from deit_demo.serve.classify import results_from
+from deit_demo.serve.server import Server, trimmed
+from deit_demo.variants import ORIGINAL, get_variant
+from deit_demo.variants.pipeline import convert_variant, require_available, variant_context
+
+
+@dataclass
+class Deployed:
+    """One (model, variant, r) running on the cluster: its Serve application and handle."""
+
+    app: str
+    handle: object
+    variant: str
+    seconds: float
+
+
+def app_name(model: str, store_key: str) -> str:
+    return f"deit-{model}-{store_key}".replace("_", "-")
+
+
+def bind_replica(loaded: LoadedModel, variant_key: str, store, cluster: ClusterSettings, tome_r: int | None = None,
+                 take_cpus=None) -> tuple[str, object]:
+    """Convert (here, once, verified) if need be, and ship: the Serve application's name and its bound replica."""
+    variant = get_variant(variant_key)
+    artifact, store_key = None, ORIGINAL
+    if variant.key != ORIGINAL:
+        require_available(variant)
+        ctx = variant_context(loaded.spec, store, tome_r, loaded.weights_id)
+        with take_cpus() if take_cpus else contextlib.nullcontext():
+            artifact, _ = convert_variant(variant, loaded, store, ctx)
+        store_key = variant.store_key(ctx)
+    app = app_name(loaded.spec.key, store_key)
+    shipment = ship(loaded, variant.key, artifact, store_key, tome_r)
+    replica = VariantReplica.options(**cluster.deployment_options(app))
+    return app, replica.bind(shipment, cluster.max_batch_size, cluster.batch_wait_ms / 1e3)
+
+
+def run_app(app: str, bound, attached: Attached, what: str, route_prefix: str | None = None,
+            deadline_s: float = 600.0):
+    """Run one Serve application and wait until it runs, at most `deadline_s`; a replica that cannot start (its
+    constructor failed, or no node can place it) is reported with its own words, and nothing of it is left."""
+    from ray.serve.api import RunTarget
+
+    handle = serve.run_many([RunTarget(bound, name=app, route_prefix=route_prefix)],
+                            wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)[0]
+    attached.apps.add(app)
+    deadline = time.monotonic() + deadline_s
+    while True:
+        found = serve.status().applications.get(app)
+        state = str(getattr(found, "status", "")).rsplit(".", 1)[-1]
+        if state == "RUNNING":
+            return handle
+        if state in ("DEPLOY_FAILED", "UNHEALTHY") or time.monotonic() > deadline:
+            reason = status_message(app) or (f"not running after {deadline_s:.0f} s (no node could place its "
+                                             "replicas?)" if state not in ("DEPLOY_FAILED", "UNHEALTHY") else state)
+            serve.delete(app, _blocking=False)
+            attached.apps.discard(app)
+            raise DeitDemoError(f"{what} could not start on the cluster: {reason}")
+        time.sleep(0.2)
+
+
+def deploy(loaded: LoadedModel, variant_key: str, store, cluster: ClusterSettings, attached: Attached,
+           tome_r: int | None = None, take_cpus=None) -> Deployed:
+    """One (model, variant) running as a Serve application of its own."""
+    started = time.perf_counter()
+    app, bound = bind_replica(loaded, variant_key, store, cluster, tome_r, take_cpus)
+    handle = run_app(app, bound, attached, f"{variant_key} of {loaded.spec.key}", deadline_s=cluster.deploy_deadline_s)
+    return Deployed(app, handle, get_variant(variant_key).key, time.perf_counter() - started)
+
+
+def status_message(app: str) -> str:
+    try:
+        found = serve.status().applications[app]
+    except Exception:  # noqa: BLE001 - no status is no more to say
+        return ""
+    messages = [d.message for d in found.deployments.values() if d.message]
+    return " ".join(messages)[:400] or found.message[:400]
+
+
+def replica_count(app: str) -> int:
+    try:
+        deployments = serve.status().applications[app].deployments.values()
+    except (KeyError, AttributeError):
+        return 0
+    return sum(d.replica_states.get("RUNNING", 0) for d in deployments)
+
+
+class ClusterServer(Server):
+    """`Server` with the forward passes on Ray Serve replicas; the rest (reading images, Auto's choice, jobs,
+    conversions) as the in-process server does it."""
+
+    def __init__(self, models, store, settings=None, cluster: ClusterSettings | None = None,
+                 attached: Attached | None = None):
+        super().__init__(models, store, settings)
+        self.auto.serve_here = False  # Auto chooses here; the cluster serves what it chose
+        self.cluster = cluster or ClusterSettings()
+        self.attached = attached or attach(self.cluster.address)
+        serve.start(http_options={"host": "127.0.0.1"}, proxy_location="Disabled")
+        self.attached.started_serve = self.attached.started_head
+        self._deployed: dict[tuple[str, str, int | None], Deployed] = {}
+        self._failed: dict[tuple[str, str, int | None], str] = {}
+        self._lock = threading.Lock()
+        self._building: dict[tuple[str, str, int | None], threading.Lock] = {}
+        self._auto_serving: dict[str, str] = {}  # model -> the verified variant Auto's requests go to now
+
+    def close(self) -> None:
+        self.attached.close()
+
+    def classify(self, source, model_key: str, variant_key: str = ORIGINAL, *, wait_auto: bool = False, **kwargs):
+        """As `Server.classify`; with `wait_auto` (the CLI), Auto's choice is prepared and its replicas started
+        before the answer, so that the answer comes from the chosen variant."""
+        if variant_key == AUTO and wait_auto:
+            choice = self.auto.prepare(model_key)
+            loaded = self.models.get(model_key)
+            try:
+                self._target(loaded, (loaded.spec.key, choice.variant, None))
+                with self._lock:
+                    self._auto_serving[loaded.spec.key] = choice.variant
+            except DeitDemoError:
+                pass  # recorded: the answer says why and comes from the original
+        return super().classify(source, model_key, variant_key, **kwargs)
+
+    def _target(self, loaded: LoadedModel, key: tuple[str, str, int | None]) -> Deployed:
+        """The deployment of `key`, deployed now if it is not yet (one deployment per key however many ask)."""
+        with self._lock:
+            if key in self._deployed:
+                return self._deployed[key]
+            build = self._building.setdefault(key, threading.Lock())
+        with build:
+            with self._lock:
+                if key in self._deployed:
+                    return self._deployed[key]
+            try:
+                made = deploy(loaded, key[1], self.runners.store, self.cluster, self.attached, key[2],
+                              self.take_job_cpus)
+            except DeitDemoError as err:
+                with self._lock:
+                    self._failed[key] = str(err)
+                raise
+            with self._lock:
+                self._deployed[key] = made
+            return made
+
+    def _auto(self, loaded: LoadedModel) -> tuple[Deployed, str, float | None]:
+        """Where Auto's requests go now, with the sentence and agreement to show: the verified choice once its
+        deployment is up (deployed in the background meanwhile), else the last one that was, else the original."""
+        choice = self.auto.resolve(loaded)
+        model, wanted = loaded.spec.key, choice.variant
+        key = (model, wanted, None)
+        with self._lock:
+            ready, failed = key in self._deployed, self._failed.get(key)
+            serving = self._auto_serving.get(model, ORIGINAL)
+        if wanted != serving and ready:
+            with self._lock:
+                self._auto_serving[model] = serving = wanted
+        elif wanted != serving and not failed:
+            threading.Thread(target=self._quietly, args=(loaded, key), name="deit-deploy", daemon=True).start()
+        target = self._target(loaded, (model, serving, None))
+        if serving == wanted:
+            return target, choice.sentence(), choice.agreement
+        why = (f"{wanted} could not start on the cluster ({failed})" if failed
+               else f"{wanted} is verified and its replicas are starting")
+        return target, f"Auto → {serving} ({why})", None if serving == ORIGINAL else choice.agreement
+
+    def _quietly(self, loaded: LoadedModel, key) -> None:
+        try:
+            self._target(loaded, key)
+        except DeitDemoError:
+            pass  # recorded in _failed: Auto's next answers say why and stay with what serves
+
+    def _answer(self, groups: dict, tensors: dict, ks: dict, out: list, progress) -> None:
+        for n, ((model, variant, r), items) in enumerate(groups.items()):
+            if progress:
+                progress(f"classifying with {variant} on the cluster", n, len(groups))
+            try:
+                loaded = self.models.get(model)
+                if variant == AUTO:
+                    target, note, agreement = self._auto(loaded)
+                else:
+                    target, note, agreement = self._target(loaded, (model, variant, r)), "", None
+                replies = self._call(target, [tensors[i].numpy() for i in items])
+                heads = {name: [reply["heads"][name] for reply in replies] for name in replies[0]["heads"]}
+                answers = results_from(loaded, heads, k=max(ks[i] for i in items), variant=target.variant,
+                                       elapsed_ms=max(reply["ms"] for reply in replies),
+                                       one_pass=replies[0]["one_pass"])
+                where = f"served by Ray Serve: {replica_count(target.app)} replica(s) of {model}/{target.variant}"
+                for answer, reply in zip(answers, replies):
+                    answer.note, answer.agreement = " · ".join(x for x in (note, where) if x), agreement
+                    answer.batch_size = reply["batch"]
+                self.answered += len(items)
+            except DeitDemoError as err:
+                answers = [err] * len(items)
+            for i, answer in zip(items, answers):
+                out[i] = trimmed(loaded if not isinstance(answer, DeitDemoError) else None, answer, ks[i])
+
+    def _call(self, target: Deployed, images: list) -> list[dict]:
+        """Each image to the deployment at once (its replicas batch them); a call whose replica died is retried
+        once: classifying is idempotent, and Serve has replaced or is replacing that replica."""
+        calls = [target.handle.classify.remote(x) for x in images]
+        replies = []
+        for x, call in zip(images, calls):
+            try:
+                replies.append(call.result(timeout_s=120))
+            except ray.exceptions.RayActorError:
+                replies.append(target.handle.classify.remote(x).result(timeout_s=120))
+            except TimeoutError:
+                raise DeitDemoError("The cluster did not answer within 120 s: its replicas are busy or starting. "
+                                    "Please try again in a moment.") from None
+        return replies
