@@ -9,10 +9,11 @@ import torch
 from deit_demo.core.models import MODELS, load_model
 from deit_demo.core.paths import ASSETS
 from deit_demo.core.stats import accuracy_interval
-from deit_demo.measure.evaluate import evaluate
+from deit_demo.measure.evaluate import EVAL_BATCH, eval_batch, evaluate
 from deit_demo.train import synth
 from deit_demo.train.distill import DISTILLATION_TYPES, HEADS, TrainingReport, save
 from deit_demo.variants import VARIANTS
+from deit_demo.variants.pipeline import prepare_variants
 
 SPEC = MODELS["deit_synth"]
 REPORT = json.loads((ASSETS / "deit_synth.json").read_text())
@@ -163,6 +164,25 @@ def test_the_committed_examples_are_what_the_code_draws(tmp_path):
     assert sorted(p.name for p in written) == [p.name for p in SPEC.example_paths()]
     for path in written:
         assert path.read_bytes() == (ASSETS / "synth" / path.name).read_bytes(), path.name
+
+
+@pytest.mark.parametrize("key", list(VARIANTS))
+def test_batched_answers_are_each_images_own_where_evaluation_batches(key, loaded, store, accuracy_rows):
+    # Accuracy runs EVAL_BATCH images per call wherever a variant says its answers do not depend on the batch (as
+    # batched serving shares a pass between visitors): check it against one image per call. 100 images are enough:
+    # what makes a batch matter (activation scales taken over the batch) moves every image's logits, not a rare one.
+    variant = VARIANTS[key]
+    if eval_batch(variant) == 1 or accuracy_rows[key].status != "ok":
+        pytest.skip(f"{key} is evaluated one image per call" if eval_batch(variant) == 1 else f"{key} did not run")
+    item = next(prepare_variants(loaded, [key], store))
+    assert item.reused  # the file the accuracy test converted
+    x = synth.split("test", 100)[0].contiguous()
+    with torch.inference_mode():
+        alone = torch.cat([item.runner(x[i:i + 1]).float().reshape(1, -1) for i in range(len(x))])
+        batched = torch.cat([item.runner(x[i:i + EVAL_BATCH]).float().reshape(-1, alone.shape[1])
+                             for i in range(0, len(x), EVAL_BATCH)])
+    assert torch.equal(alone.argmax(-1), batched.argmax(-1))
+    assert (alone - batched).abs().max() < 1e-3  # float reassociation, not another computation
 
 
 def test_examples_are_in_the_gallery():
