@@ -77,10 +77,9 @@ def _target(mode: str, settings: dict) -> str:
 
 def _verdict(r: TrainingReport) -> str:
     average = {mode: heads["average"] for mode, heads in r.students.items()}
-    best = max(average, key=lambda m: average[m].top1)
-    if "none" not in average:
+    if "none" not in average:  # no control to compare with
         return ""
-    control = average["none"]
+    best, control = max(average, key=lambda m: average[m].top1), average["none"]
     if best == "none":
         rival = max((m for m in average if m != "none"), key=lambda m: average[m].top1, default=None)
         if rival and average[rival].ci95 and control.ci95 and average[rival].ci95[1] >= control.ci95[0]:
