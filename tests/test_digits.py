@@ -8,7 +8,9 @@ import pytest
 from deit_demo.core.models import MODELS, load_model
 from deit_demo.core.paths import ASSETS
 from deit_demo.measure.evaluate import evaluate, folder_set
+from deit_demo.train.distill import TrainingReport
 from deit_demo.variants import VARIANTS
+from tests.test_synth import shape
 
 # A few representatives; every variant's accuracy is measured on deit_synth (test_synth), the fixture that can tell
 # variants apart, so the digits model is not converted 17 times.
@@ -33,8 +35,8 @@ def test_bundled_checkpoint_is_reported_as_such(digits):
 def test_student_reaches_85_percent_on_the_test_split(accuracy_rows):
     original = accuracy_rows["original"]
     assert original.n_images == 360 and original.top1 >= 0.85
-    report = json.loads((ASSETS / "deit_digits.json").read_text())
-    assert original.top1 == pytest.approx(report["student_average"], abs=1e-6)  # the committed report is true
+    report = TrainingReport.load(ASSETS / "deit_digits.json")
+    assert original.top1 == pytest.approx(report.shipped_top1, abs=1e-6)  # the committed report is true
 
 
 @pytest.mark.parametrize("key", DIGITS_VARIANTS)
@@ -80,7 +82,16 @@ def test_image_folder_by_synset_and_bad_folder(tiny, tmp_path):
 def test_training_script_runs_and_distills():
     from deit_demo.train import digits as train_digits
 
-    student, report = train_digits.run(epochs=2, teacher_epochs=5)
-    assert report.teacher > 0.8  # a CNN learns digits in five epochs; the student gets its argmax as labels
-    assert 0.1 <= report.student_average <= 1 and report.params == MODELS["deit_digits"].params
-    assert set(student.state_dict()) == set(load_model("deit_digits").model.state_dict())
+    students, report = train_digits.run(epochs=2, teacher_epochs=5)
+    assert report.teacher.top1 > 0.8  # a CNN learns digits in five epochs; the student gets its argmax as labels
+    assert 0.1 <= report.shipped_top1 <= 1 and report.params == MODELS["deit_digits"].params
+    assert set(students[report.shipped].state_dict()) == set(load_model("deit_digits").model.state_dict())
+    # the committed report's shape and settings; it predates recording the control's class and distillation heads
+    committed = json.loads((ASSETS / "deit_digits.json").read_text())
+    written = json.loads(report.to_json())
+    written["students"]["none"].update({"class": None, "distillation": None})
+    assert shape(written) == shape(committed)
+    same = ("task", "classes", "distillation", "shipped", "params", "train_images", "test_images")
+    assert {k: written[k] for k in same} == {k: committed[k] for k in same}
+    assert (train_digits.RECIPE.epochs, train_digits.RECIPE.teacher_epochs) == (committed["epochs"],
+                                                                                committed["teacher_epochs"])

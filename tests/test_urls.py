@@ -210,7 +210,7 @@ def test_http_error_status(server):
         fetch_url(f"{server}/missing", LOOPBACK_OK)
 
 
-def test_a_slow_url_never_holds_up_other_visitors_answers(server, store):
+def test_a_slow_url_never_holds_up_other_visitors_answers(server, store, tmp_path):
     from deit_demo.service.config import AppConfig
     from deit_demo.service.lab import Lab
     from deit_demo.variants.pipeline import example_images
@@ -236,4 +236,8 @@ def test_a_slow_url_never_holds_up_other_visitors_answers(server, store):
         fetching.join(60)
     (_, from_url), not_image, (_, same_cat) = batch
     assert isinstance(not_image, DeitDemoError) and "image" in str(not_image)
-    assert from_url.top1.index >= 0 and same_cat.top1.index == alone.top1.index
+    assert same_cat.top1.index == alone.top1.index
+    (tmp_path / "gate.png").write_bytes(_png_bytes())  # what the URL served, classified from a file
+    _, from_file = lab.classify(str(tmp_path / "gate.png"), "deit_tiny", "original")
+    assert from_url.top1.index == from_file.top1.index
+    assert from_url.top1.prob == pytest.approx(from_file.top1.prob, abs=1e-4)

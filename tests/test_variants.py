@@ -182,10 +182,22 @@ def test_manifest_cannot_point_outside_its_folder(tiny, tmp_path):
     artifact, _ = convert_variant(get_variant("original"), tiny, store)
     manifest = artifact.path.parent / MANIFEST
     data = json.loads(manifest.read_text())
+    # A manifest naming a file elsewhere in the store, a copy of its own: it would pass the sha256 check there, but
+    # a manifest only ever names a file in its own folder, so it serves its own.
+    elsewhere = store.root / "elsewhere" / artifact.path.name
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(artifact.path.read_bytes())
+    data["path"] = f"../../../elsewhere/{artifact.path.name}"
+    manifest.write_text(json.dumps(data))
+    assert store.lookup(tiny.spec.key, tiny.weights_id, "original").path == artifact.path
+    # One naming a file outside the store: none by that name in its folder, so nothing is served, and the folder
+    # goes, to be rebuilt.
     data["path"] = "../../../../etc/passwd"
     manifest.write_text(json.dumps(data))
-    found = store.lookup(tiny.spec.key, tiny.weights_id, "original")
-    assert found is None or found.path.parent == artifact.path.parent
+    assert store.lookup(tiny.spec.key, tiny.weights_id, "original") is None
+    assert not artifact.path.parent.exists()
+    rebuilt, reused = convert_variant(get_variant("original"), tiny, store)
+    assert not reused and rebuilt.path == artifact.path
 
 
 def _slow_convert(root: str) -> None:

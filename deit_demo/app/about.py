@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from deit_demo.service import MODELS, VARIANTS
+from deit_demo.service import MODELS, VARIANTS, Head, TrainingReport
 
 ABOUT = """
 ## What DeiT is, and why it matters
@@ -58,70 +57,62 @@ wall time, which is why the tutorial's single profiled run overstated latency.
 """
 
 
-def digits_markdown(report_path: Path) -> str:
-    """The distillation experiment on scikit-learn's digits (assets/deit_digits.json, from deit_demo.train.digits)."""
-    r = json.loads(report_path.read_text())
-    gain = 100 * (r["student_average"] - r["student_without_distillation"])
-    verdict = (f"On a task this small both students come within {abs(gain):.1f} points of each other: the teacher's "
-               "help is within noise here." if abs(gain) < 1 else
-               f"Here distillation changed the student's accuracy by {gain:+.1f} points.")
-    return f"""
-## Distillation, measured here: `deit_digits`
-
-A DeiT trained here on scikit-learn's bundled handwritten digits (8×8 images upsampled to 32×32; {r['test_images']}
-held-out test images): a small CNN teacher, then a {r['params']:,}-parameter DeiT student with a distillation token
-trained with **hard-label distillation** (class head ← labels, distillation head ← the teacher's argmax).
-
-| model | test accuracy |
-|---|---|
-| CNN teacher | {r['teacher']:.2%} |
-| student, class-token head | {r['student_class_head']:.2%} |
-| student, distillation-token head | {r['student_distillation_head']:.2%} |
-| student, average of both heads (DeiT's output) | {r['student_average']:.2%} |
-| same student trained on labels only (no teacher) | {r['student_without_distillation']:.2%} |
-
-{verdict} Trained in {r['train_seconds']:.0f} s on a 2-core CPU.
-"""
+TARGETS = {"none": "none (labels on both heads)", "hard": "hard (the teacher's argmax as a second label)"}
+COUNTS = {1: "one", 2: "two", 3: "three"}
 
 
-def _ci(head: dict) -> str:
-    return f"{head['top1']:.2%} [{head['ci95'][0]:.1%}, {head['ci95'][1]:.1%}]"
+def _ci(head: Head | None) -> str:
+    if head is None:
+        return "not recorded"
+    return f"{head.top1:.2%}" + (f" [{head.ci95[0]:.1%}, {head.ci95[1]:.1%}]" if head.ci95 else "")
 
 
-def synth_markdown(report_path: Path) -> str:
-    """The distillation comparison on procedural textures (assets/deit_synth.json, from deit_demo.train.distill_synth)."""
-    r = json.loads(report_path.read_text())
-    students = r["students"]
-    rows = "\n".join(f"| {mode} | {_ci(h['class'])} | {_ci(h['distillation'])} | {_ci(h['average'])} |"
-                     for mode, h in students.items())
-    best = max(students, key=lambda m: students[m]["average"]["top1"])
-    none_ci = students["none"]["average"]["ci95"] if "none" in students else None
-    best_ci = students[best]["average"]["ci95"]
+def _target(mode: str, settings: dict) -> str:
+    if mode == "soft":
+        return f"soft (KL at τ = {settings['tau']}, λ = {settings['alpha']})"
+    return TARGETS[mode]
+
+
+def _verdict(r: TrainingReport) -> str:
+    average = {mode: heads["average"] for mode, heads in r.students.items()}
+    if "none" not in average:  # no control to compare with
+        return ""
+    best, control = max(average, key=lambda m: average[m].top1), average["none"]
     if best == "none":
-        verdict = "Here the control (no teacher) scored best: distillation did not help on this task."
-    elif none_ci and best_ci[0] > none_ci[1]:
-        verdict = (f"**{best}** distillation beat the control and the intervals do not overlap: on this task the "
-                   "teacher helped.")
-    else:
-        verdict = (f"**{best}** distillation scored highest, but its interval overlaps the control's: on "
-                   f"{r['test_images']} images the gain is not distinguishable from noise.")
-    return f"""
-## Distillation, measured here: `deit_synth`
+        rival = max((m for m in average if m != "none"), key=lambda m: average[m].top1, default=None)
+        if rival and average[rival].ci95 and control.ci95 and average[rival].ci95[1] >= control.ci95[0]:
+            return (f"The control (no teacher) scored highest, {100 * (control.top1 - average[rival].top1):.1f} points "
+                    f"above **{rival}** distillation, but their intervals overlap: on {r.test_images} images the "
+                    "difference is within noise.")
+        return "Here the control (no teacher) scored best: distillation did not help on this task."
+    if control.ci95 and average[best].ci95 and average[best].ci95[0] > control.ci95[1]:
+        return (f"**{best}** distillation beat the control and the intervals do not overlap: on this task the "
+                "teacher helped.")
+    return (f"**{best}** distillation scored highest, but its interval overlaps the control's: on "
+            f"{r.test_images} images the gain is not distinguishable from noise.")
 
-A DeiT with a distillation token, trained here on procedurally drawn textures ({len(r['classes'])} classes:
-{', '.join(r['classes'])}; 64×64 pixels, the texture inside a random region, with random scale, rotation, colour,
-contrast, clutter and noise, so 64 patch tokens),
-{r['train_images']} training and **{r['test_images']} held-out test images** (one point = {r['test_images'] // 100}
-images). A CNN teacher ({_ci(r['teacher'])}) taught three students of one architecture, same seed and data order,
-differing only in the distillation token's target, as in the DeiT paper: none (labels on both heads), soft (KL at
-τ = {r['soft']['tau']}, λ = {r['soft']['lambda']}) and hard (the teacher's argmax as a second label).
-Top-1 with 95% bootstrap intervals:
+
+def training_markdown(key: str, report_path: Path) -> str:
+    """A model trained here: its distillation comparison (assets/<key>.json, from deit_demo.train.distill)."""
+    r = TrainingReport.load(report_path)
+    rows = "\n".join(f"| {mode} | {_ci(h['class'])} | {_ci(h['distillation'])} | {_ci(h['average'])} |"
+                     for mode, h in r.students.items())
+    targets = [_target(mode, r.distillation[mode]) for mode in r.students]
+    targets = ", ".join(targets[:-1]) + " and " + targets[-1] if len(targets) > 1 else targets[0]
+    return f"""
+## Distillation, measured here: `{key}`
+
+A DeiT with a distillation token, trained here on {r.task}. {len(r.classes)} classes ({', '.join(r.classes)});
+{r.train_images} training and **{r.test_images} held-out test images** (one point = {r.test_images / 100:g} images).
+A CNN teacher ({_ci(r.teacher)}) taught {COUNTS.get(len(r.students), len(r.students))} students of one architecture
+({r.params:,} parameters), same seed and data order, differing only in the distillation token's target, as in the
+DeiT paper: {targets}. Top-1 with 95% bootstrap intervals:
 
 | distillation | class head | distillation head | average (DeiT's output) |
 |---|---|---|---|
 {rows}
 
-{verdict} The catalog's `deit_synth` is the **{r['shipped']}** student, trained in {r['train_seconds'] / 60:.1f} minutes on
+{_verdict(r)} The catalog's `{key}` is the **{r.shipped}** student, trained in {r.train_seconds / 60:.1f} minutes on
 2 CPU cores. Its accuracy is what the Convert tab and `evaluate` measure per variant, so a technique's cost is visible.
 """
 
@@ -130,9 +121,6 @@ def about_markdown() -> str:
     rows = ["| variant | what it is for |", "|---|---|"]
     rows += [f"| **{v.title}**<br>`{v.key}` · {v.family} · {v.precision} | {v.description} |" for v in VARIANTS.values()]
     parts = [ABOUT.replace("{variants}", "\n".join(rows))]
-    for spec in MODELS.values():
-        if spec.report and Path(spec.report).is_file():
-            report = Path(spec.report)
-            # a distillation comparison with intervals (train_synth) or the earlier two-student one (train_digits)
-            parts.append((synth_markdown if "students" in json.loads(report.read_text()) else digits_markdown)(report))
+    parts += [training_markdown(spec.key, Path(spec.report)) for spec in MODELS.values()
+              if spec.report and Path(spec.report).is_file()]
     return "\n".join(parts)

@@ -16,6 +16,7 @@ from deit_demo.core.errors import DeitDemoError, describe
 from deit_demo.core.models import MODELS, LoadedModel, ModelSpec
 from deit_demo.core.stats import accuracy_interval
 from deit_demo.variants.pipeline import ProgressFn, prepare_variants
+from deit_demo.variants.registry import ORIGINAL, get_variant
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -149,7 +150,8 @@ def evaluate(loaded: LoadedModel, keys: list[str], store, data: str | Path | Non
     """Top-1/top-5 of every variant in `keys` on the same labelled set, and its top-1 agreement with the original on
     those images; one row each, whatever fails."""
     dataset = labelled_set(loaded.spec, data)
-    reference = outcomes(loaded.model, dataset)  # agreement is taken on the very images accuracy is
+    # agreement is taken on the very images accuracy is; batches only where answers do not depend on them
+    reference = outcomes(loaded.model, dataset, batch=eval_batch(get_variant(ORIGINAL)))
     rows = []
     for item in prepare_variants(loaded, keys, store, progress=progress, tome_r=tome_r):
         row = AccuracyResult(model=loaded.spec.key, variant=item.key, status=item.status, reason=item.reason,
@@ -157,7 +159,7 @@ def evaluate(loaded: LoadedModel, keys: list[str], store, data: str | Path | Non
         if item.runner is not None:
             report = (lambda i, n, k=item.key: progress(f"accuracy of {k}", i, n)) if progress else None
             try:
-                found = outcomes(item.runner, dataset, report)
+                found = outcomes(item.runner, dataset, report, eval_batch(item.variant))
             except Exception as err:  # loaded, but its runtime fails on the data: that row says so
                 row.status, row.reason = "failed", describe(err)
             else:

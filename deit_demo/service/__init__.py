@@ -25,14 +25,15 @@ from deit_demo.service.config import AppConfig
 from deit_demo.service.lab import ClassifyRequest, ConvertOutcome, DecideOutcome, Lab
 from deit_demo.service.process import configure_process
 from deit_demo.service.production import Endpoint, pair_from_card, serve_endpoint
+from deit_demo.train.distill import Head, TrainingReport
 from deit_demo.variants import ORIGINAL, VARIANTS
 from deit_demo.variants.pipeline import example_images
 
 __all__ = [
-    "AUTO", "AUTO_TITLE", "CLASSES", "HEAD_TITLES", "MODELS", "ORIGINAL", "VARIANTS", "AppConfig",
+    "AUTO", "AUTO_TITLE", "CLASSES", "HEAD_TITLES", "Head", "MODELS", "ORIGINAL", "VARIANTS", "AppConfig",
     "BenchSettings", "Busy", "Cancelled", "CardSettings", "ClassifyRequest", "ClusterSettings", "ConvertOutcome",
     "DecideOutcome", "DeitDemoError", "Endpoint", "Lab", "ModelSpec", "ServeSettings", "SweepSettings",
-    "TuneSettings", "cache_folder", "card_markdown", "check_max_drop", "compare", "compare_warnings",
+    "TrainingReport", "TuneSettings", "cache_folder", "card_markdown", "check_max_drop", "compare", "compare_warnings",
     "configure_process", "describe", "example_images", "explain", "get_spec", "home", "load_results",
     "log_unexpected", "machine_info", "pair_from_card", "pareto_front", "parse_replicas", "quoted",
     "results_payload", "save_csv", "serve_endpoint", "usable_cpus", "write_json", "write_traces",
