@@ -19,7 +19,8 @@ ALLOWED = {
     "measure": {"core", "train", "variants"},
     "serve": {"core", "train", "variants", "measure"},
     "present": {"core", "train", "variants", "measure", "serve"},
-    "service": {"core", "train", "variants", "measure", "serve", "present"},
+    "cluster": {"core", "train", "variants", "measure", "serve"},
+    "service": {"core", "train", "variants", "measure", "serve", "present", "cluster"},
     "app": {"service", "present"},
     "cli": {"service", "present"},
 }
@@ -106,6 +107,30 @@ def test_the_architecture_document_shows_the_same_table():
     rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]*) \|", text, flags=re.M))
     shown = {p: set(re.findall(r"`(\w+)`", rows.get(p, ""))) for p in ALLOWED}
     assert shown == ALLOWED
+
+
+def third_party_imports(name: str) -> set[str]:
+    tree = ast.parse(MODULES[name].read_text())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    return {n.split(".")[0] for n in names}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if package_of(n) != "cluster"))
+def test_only_the_cluster_package_imports_ray(name):
+    assert "ray" not in third_party_imports(name), name
+
+
+def test_without_a_cluster_nothing_of_ray_loads():
+    import subprocess
+    import sys
+
+    script = ("import sys; from deit_demo.app.ui import build_app; from deit_demo.cli import main; "
+              "from deit_demo.service import AppConfig; build_app(AppConfig(model='deit_digits', auto_prepare=False)); "
+              "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=PACKAGE.parent)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "[]", out.stderr[-1000:]
 
 
 @pytest.mark.parametrize("name", sorted(set(MODULES) - {n for n in MODULES if package_of(n) == "app"}))

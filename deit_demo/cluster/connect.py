@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from deit_demo.core.errors import DeitDemoError
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# Never start a cluster behind the lab's back: after `ray.shutdown`, a Serve handle's metrics thread called `ray.wait`,
+# and Ray's auto-connect started a new local cluster from it
+QUIET_ENV = {"RAY_ENABLE_AUTO_CONNECT": "0"}
 # A driver that joins gives up on an unreachable GCS within seconds, not Ray's minutes (the probe comes first anyway)
 JOIN_ENV = {"RAY_gcs_rpc_server_connect_timeout_s": "5", "RAY_py_gcs_connect_timeout_s": "10"}
 
@@ -52,9 +55,8 @@ def probe(host: str, port: int, timeout_s: float = 5.0) -> None:
 
 def import_ray(loopback: bool):
     """`ray`, imported with the loopback setting when this cluster lives on 127.0.0.1 (it is read once, on import)."""
-    if loopback:
-        for name, value in LOOPBACK_ENV.items():
-            os.environ.setdefault(name, value)
+    for name, value in {**QUIET_ENV, **(LOOPBACK_ENV if loopback else {})}.items():
+        os.environ.setdefault(name, value)
     import ray
 
     if loopback and ray._private.ray_constants.ENABLE_RAY_CLUSTER:
@@ -72,7 +74,8 @@ class Attached:
     started_head: bool
     seconds: float
     apps: set[str] = field(default_factory=set)  # Serve applications this process deployed
-    started_serve: bool = False
+    handles: list = field(default_factory=list)  # their handles: each runs threads that must stop before Ray does
+    started_serve: bool = False  # Serve was not running on the cluster before this process started it
 
     def nodes(self) -> list[dict]:
         import ray
@@ -83,17 +86,34 @@ class Attached:
         """Delete what this process deployed, stop Serve if it started it, and the head if it started that."""
         import ray
         from ray import serve
+        from ray.serve import context
 
         if not ray.is_initialized():
             return
         try:
+            for handle in self.handles:
+                handle.shutdown()
+            if context._global_client is not None:
+                context._global_client.shutdown_cached_handles()
             if self.started_serve or self.started_head:
                 serve.shutdown()
             else:
                 for app in list(self.apps):
                     serve.delete(app, _blocking=True)
+            context._disconnect()
         finally:
             ray.shutdown()  # for a head started here (address="local"), this stops every process of it
+
+    def serve_running(self) -> bool:
+        """Whether Serve's controller runs on the cluster already (someone else's, if this process did not start it)."""
+        import ray
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+        try:
+            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+            return True
+        except ValueError:
+            return False
 
 
 def attach(address: str, *, num_cpus: int | None = None) -> Attached:

@@ -76,8 +76,8 @@ def serve_pair(loaded: LoadedModel, variant: str, store, cluster: ClusterSetting
                tome_r: int | None = None, attached: Attached | None = None) -> tuple[Attached, str]:
     """Deploy (model, variant) behind the endpoint at http://host:port/; returns what was attached and the URL."""
     attached = attached or attach(cluster.address)
+    attached.started_serve = not attached.serve_running()
     serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
-    attached.started_serve = attached.started_serve or attached.started_head
     app, bound = bind_replica(loaded, variant, store, cluster, tome_r)
     run_app(ENDPOINT_APP, Endpoint.bind(bound, loaded.spec.key, variant, loaded.weights), attached,
             f"{variant} of {loaded.spec.key}", route_prefix="/", deadline_s=cluster.deploy_deadline_s)

@@ -103,7 +103,7 @@ class VariantReplica:
         torch.set_num_threads(self.threads)  # the runtimes below read it when they load
         self.spec, self.shipment = get_spec(shipment.model), shipment
         self.variant = get_variant(shipment.variant)
-        if self.variant.key == ORIGINAL:
+        if self.variant is get_variant(ORIGINAL):
             from safetensors.torch import load
 
             self.model = create_model(self.spec)

@@ -10,6 +10,7 @@ last one that was (or the original) serves, so no answer ever comes from a varia
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ def bind_replica(loaded: LoadedModel, variant_key: str, store, cluster: ClusterS
     """Convert (here, once, verified) if need be, and ship: the Serve application's name and its bound replica."""
     variant = get_variant(variant_key)
     artifact, store_key = None, ORIGINAL
-    if variant.key != ORIGINAL:
+    if variant is not get_variant(ORIGINAL):
         require_available(variant)
         ctx = variant_context(loaded.spec, store, tome_r, loaded.weights_id)
         with take_cpus() if take_cpus else contextlib.nullcontext():
@@ -69,6 +70,7 @@ def run_app(app: str, bound, attached: Attached, what: str, route_prefix: str | 
     handle = serve.run_many([RunTarget(bound, name=app, route_prefix=route_prefix)],
                             wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)[0]
     attached.apps.add(app)
+    attached.handles.append(handle)
     deadline = time.monotonic() + deadline_s
     while True:
         found = serve.status().applications.get(app)
@@ -78,7 +80,7 @@ def run_app(app: str, bound, attached: Attached, what: str, route_prefix: str | 
         if state in ("DEPLOY_FAILED", "UNHEALTHY") or time.monotonic() > deadline:
             reason = status_message(app) or (f"not running after {deadline_s:.0f} s (no node could place its "
                                              "replicas?)" if state not in ("DEPLOY_FAILED", "UNHEALTHY") else state)
-            serve.delete(app, _blocking=False)
+            serve.delete(app, _blocking=True)
             attached.apps.discard(app)
             raise DeitDemoError(f"{what} could not start on the cluster: {reason}")
         time.sleep(0.2)
@@ -94,12 +96,19 @@ def deploy(loaded: LoadedModel, variant_key: str, store, cluster: ClusterSetting
 
 
 def status_message(app: str) -> str:
+    """Why an application's replicas did not start, in the replica's own words: the last line of the traceback
+    Serve keeps (e.g. "DeitDemoError: The onnx_int8 file ... refused."), else Serve's message."""
     try:
         found = serve.status().applications[app]
     except Exception:  # noqa: BLE001 - no status is no more to say
         return ""
-    messages = [d.message for d in found.deployments.values() if d.message]
-    return " ".join(messages)[:400] or found.message[:400]
+    reasons = []
+    for deployment in found.deployments.values():
+        lines = [line.strip() for line in (deployment.message or "").splitlines() if line.strip()]
+        errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Exit)\b", line)]
+        if errors or lines:
+            reasons.append((errors or lines)[-1].split("DeitDemoError: ", 1)[-1])
+    return " ".join(reasons)[:400] or (found.message or "")[:400]
 
 
 def replica_count(app: str) -> int:
@@ -120,13 +129,14 @@ class ClusterServer(Server):
         self.auto.serve_here = False  # Auto chooses here; the cluster serves what it chose
         self.cluster = cluster or ClusterSettings()
         self.attached = attached or attach(self.cluster.address)
+        self.attached.started_serve = not self.attached.serve_running()
         serve.start(http_options={"host": "127.0.0.1"}, proxy_location="Disabled")
-        self.attached.started_serve = self.attached.started_head
         self._deployed: dict[tuple[str, str, int | None], Deployed] = {}
         self._failed: dict[tuple[str, str, int | None], str] = {}
         self._lock = threading.Lock()
         self._building: dict[tuple[str, str, int | None], threading.Lock] = {}
         self._auto_serving: dict[str, str] = {}  # model -> the verified variant Auto's requests go to now
+        self.retried = 0  # calls sent again because their replica died (counted for tests and benchmarks)
 
     def close(self) -> None:
         self.attached.close()
@@ -145,8 +155,9 @@ class ClusterServer(Server):
                 pass  # recorded: the answer says why and comes from the original
         return super().classify(source, model_key, variant_key, **kwargs)
 
-    def _target(self, loaded: LoadedModel, key: tuple[str, str, int | None]) -> Deployed:
-        """The deployment of `key`, deployed now if it is not yet (one deployment per key however many ask)."""
+    def _target(self, loaded: LoadedModel, key: tuple[str, str, int | None], *, retry: bool = True) -> Deployed:
+        """The deployment of `key`, deployed now if it is not yet (one deployment per key however many ask); one
+        that failed is tried again only when a visitor asks for it by name (`retry`), not by Auto's background."""
         with self._lock:
             if key in self._deployed:
                 return self._deployed[key]
@@ -155,6 +166,8 @@ class ClusterServer(Server):
             with self._lock:
                 if key in self._deployed:
                     return self._deployed[key]
+                if not retry and key in self._failed:
+                    raise DeitDemoError(self._failed[key])
             try:
                 made = deploy(loaded, key[1], self.runners.store, self.cluster, self.attached, key[2],
                               self.take_job_cpus)
@@ -178,18 +191,17 @@ class ClusterServer(Server):
         if wanted != serving and ready:
             with self._lock:
                 self._auto_serving[model] = serving = wanted
-        elif wanted != serving and not failed:
+        elif wanted != serving and not failed and not self._building.get(key, threading.Lock()).locked():
             threading.Thread(target=self._quietly, args=(loaded, key), name="deit-deploy", daemon=True).start()
         target = self._target(loaded, (model, serving, None))
         if serving == wanted:
             return target, choice.sentence(), choice.agreement
-        why = (f"{wanted} could not start on the cluster ({failed})" if failed
-               else f"{wanted} is verified and its replicas are starting")
+        why = failed or f"{wanted} is verified and its replicas are starting"
         return target, f"Auto → {serving} ({why})", None if serving == ORIGINAL else choice.agreement
 
     def _quietly(self, loaded: LoadedModel, key) -> None:
         try:
-            self._target(loaded, key)
+            self._target(loaded, key, retry=False)
         except DeitDemoError:
             pass  # recorded in _failed: Auto's next answers say why and stay with what serves
 
@@ -227,6 +239,7 @@ class ClusterServer(Server):
             try:
                 replies.append(call.result(timeout_s=120))
             except ray.exceptions.RayActorError:
+                self.retried += 1
                 replies.append(target.handle.classify.remote(x).result(timeout_s=120))
             except TimeoutError:
                 raise DeitDemoError("The cluster did not answer within 120 s: its replicas are busy or starting. "

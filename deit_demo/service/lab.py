@@ -95,9 +95,16 @@ class Lab:
         the lab imports Ray from: without a cluster nothing of it loads)."""
         if self.config.cluster is None:
             return Server(self.models, self.store, self.config.serve)
+        from deit_demo.cluster.connect import attach
+
+        attached = attach(self.config.cluster.address)  # first: Ray is imported only once its settings are made
         from deit_demo.cluster.server import ClusterServer
 
-        return ClusterServer(self.models, self.store, self.config.serve, self.config.cluster)
+        try:
+            return ClusterServer(self.models, self.store, self.config.serve, self.config.cluster, attached)
+        except BaseException:
+            attached.close()
+            raise
 
     def close(self) -> None:
         """Let go of what this lab started (a cluster's deployments, and a `local` head with all its processes)."""

@@ -51,12 +51,13 @@ def serve_endpoint(model: str, variant: str, cluster: ClusterSettings, *, host: 
     import time
 
     from deit_demo.cluster.connect import attach
-    from deit_demo.cluster.endpoint import serve_pair
 
     started = time.perf_counter()
     loaded = ModelCache(1, WeightsPolicy(model, weights, fallback_to_random=False)).get(model)
-    attached = attach(cluster.address)
+    attached = attach(cluster.address)  # first: Ray is imported only once its settings are made
     try:
+        from deit_demo.cluster.endpoint import serve_pair
+
         _, url = serve_pair(loaded, get_variant(variant).key, ArtifactStore(store_root), cluster, host=host,
                             port=port, tome_r=tome_r, attached=attached)
     except BaseException:
