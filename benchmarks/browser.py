@@ -110,7 +110,11 @@ EXPLORE_ORT = """async ([url, options, runs, model]) => {
   const x = new ort.Tensor("float32", new Float32Array(3 * size * size).fill(0.1), [1, 3, size, size]);
   for (let i = 0; i < 3; i++) await s.run({[s.inputNames[0]]: x});
   const t = [];
-  for (let i = 0; i < runs; i++) { const a = performance.now(); await s.run({[s.inputNames[0]]: x}); t.push(performance.now() - a); }
+  for (let i = 0; i < runs; i++) {
+    const a = performance.now();
+    await s.run({[s.inputNames[0]]: x});
+    t.push(performance.now() - a);
+  }
   await s.release();
   return t;
 }"""
@@ -144,7 +148,8 @@ def explore(lab, playwright, url: str, runs: int, threads: int) -> None:
                 # fetched by the page from a loopback server (as a JSON list, 88 MB of numbers exhausted memory)
                 with device_page.serve_bytes(ort_file.read_bytes()) as base:
                     samples = page.evaluate(EXPLORE_ORT, [f"{base}/{ort_file.name}", {}, runs, model])
-                print(f"| ORT format ({ort_file.stat().st_size / 2**20:.1f} MB) | {key} | {statistics.median(samples):.1f} |")
+                print(f"| ORT format ({ort_file.stat().st_size / 2**20:.1f} MB) | {key} | "
+                      f"{statistics.median(samples):.1f} |")
     with device_page.device_page(playwright, url, threads=1) as page:
         for key in paths:
             timed = device_page.time_in_page(page, model, [key], runs=runs)

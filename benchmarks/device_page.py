@@ -52,7 +52,8 @@ def _in_page(params: str, body: str) -> str:
     return f"async ([{params}]) => {{\n  {MODULES}\n{body}\n}}"
 
 
-RUN_FILES = _in_page("model, key, backend, files", """  const entry = await runtime.ensureSession(catalog, key, backend);
+RUN_FILES = _in_page("model, key, backend, files",
+                     """  const entry = await runtime.ensureSession(catalog, key, backend);
   const out = [];
   for (const b64 of files) {
     const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -61,7 +62,8 @@ RUN_FILES = _in_page("model, key, backend, files", """  const entry = await runt
   }
   return out;""")
 
-RUN_TENSORS = _in_page("model, key, backend, tensors", """  const entry = await runtime.ensureSession(catalog, key, backend);
+RUN_TENSORS = _in_page("model, key, backend, tensors",
+                       """  const entry = await runtime.ensureSession(catalog, key, backend);
   const out = [];
   for (const t of tensors) out.push((await runtime.runTensor(entry, Float32Array.from(t))).logits);
   return out;""")

@@ -1,4 +1,5 @@
-"""The fastest DeiT-B on this CPU: our PyTorch-native variants against the runtimes a CPU user would pick, in ONE process.
+"""The fastest DeiT-B on this CPU: our PyTorch-native variants against the runtimes a CPU user would pick, in ONE
+process.
 
     python benchmarks/fastest.py [--model deit_base] [--weights random] [--threads 2] [--runs 30] [--tome-r 13]
                                  [--skip KEY,...] [--only KEY,...] [--pin] [--store DIR]

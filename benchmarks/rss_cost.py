@@ -22,8 +22,8 @@ import torch  # noqa: E402
 
 from deit_demo.core.cpus import machine_info  # noqa: E402
 from deit_demo.core.models import load_model  # noqa: E402
-from deit_demo.present.report import machine_line  # noqa: E402
 from deit_demo.measure.timing import LatencyStats, PeakRss  # noqa: E402
+from deit_demo.present.report import machine_line  # noqa: E402
 
 
 class PollingSampler:

@@ -184,7 +184,8 @@ from deit_demo.measure.bench import BenchSettings
 from deit_demo.service.config import AppConfig
 build_app(AppConfig(model="deit_digits", auto_prepare=False, isolate_conversions=False))
 from deit_demo.service.lab import Lab
-Lab(AppConfig(model="deit_digits", auto_prepare=False)).benchmark("deit_digits", BenchSettings(runs=2, warmup=0, threads=1, profile=False))
+Lab(AppConfig(model="deit_digits", auto_prepare=False)).benchmark(
+    "deit_digits", BenchSettings(runs=2, warmup=0, threads=1, profile=False))
 from torch.fx._symbolic_trace import _Patcher
 logger = logging.getLogger("deit_demo")
 print(json.dumps({"switch": sys.getswitchinterval() == switch, "fx": getattr(_Patcher, "confined_to_thread", False),

@@ -9,9 +9,9 @@ import torch
 
 from deit_demo.core.errors import Cancelled
 from deit_demo.measure import bench, results, timing
-from deit_demo.present import charts, report
 from deit_demo.measure.bench import BenchResult, BenchSettings
 from deit_demo.measure.timing import Entry, LatencyStats, TimingSettings, measure
+from deit_demo.present import charts, report
 from deit_demo.variants.pipeline import AnswerCheck
 
 
@@ -42,7 +42,9 @@ def test_interleaving_runs_blocks_and_drops_the_first_call():
 
 def test_interleaving_measures_with_the_given_clock():
     ticks = iter(range(0, 10_000, 1))
-    clock = lambda: next(ticks) / 1000.0  # each reading advances 1 ms
+    def clock():
+        return next(ticks) / 1000.0  # each reading advances 1 ms
+
     samples, _ = timing.time_interleaved({"a": lambda x: None}, torch.zeros(1),
                                         BenchSettings(warmup=0, runs=3, block=1), clock=clock)
     assert samples["a"] == pytest.approx([1.0, 1.0, 1.0])
@@ -152,7 +154,6 @@ def test_peak_memory_is_the_kernels_high_water_mark_of_the_block_not_a_sampler_t
     # may hold a block open, which by design shares the counter and skips the reset.
     import subprocess
     import sys
-
     from pathlib import Path
 
     out = subprocess.run([sys.executable, "-c", PEAK_RSS_PROBE], capture_output=True, text=True, timeout=120,

@@ -47,7 +47,8 @@ def test_an_export_in_the_worker_never_shows_on_the_servers_threads(tiny, tmp_pa
     for isolate in (False, True):
         done = threading.Event()
         store = ArtifactStore(tmp_path / str(isolate), isolate=isolate)
-        thread = threading.Thread(target=lambda: (convert_variant(get_variant("pt2e_int8"), tiny, store), done.set()))
+        thread = threading.Thread(target=lambda store=store, done=done: (
+            convert_variant(get_variant("pt2e_int8"), tiny, store), done.set()))
         thread.start()
         while not done.is_set():
             seen[isolate] += torch.compiler.is_exporting()

@@ -6,8 +6,7 @@ import torch
 
 from deit_demo import DeitDemoError
 from deit_demo.core.cpus import cgroup_quota, usable_cpus
-from deit_demo.serve.server import CpuBudget
-from deit_demo.serve.server import ClassifyRequest
+from deit_demo.serve.server import ClassifyRequest, CpuBudget
 
 
 def test_cgroup_v2_and_v1_quotas(tmp_path):
@@ -157,8 +156,8 @@ def test_images_are_read_off_the_serving_thread_and_a_bad_one_never_waits_for_it
     # The serving thread runs only forward passes: a batch's images decode before its turn (side by side), and a
     # bad upload is answered while another visitor's pass still holds that thread.
     from deit_demo.core import images
-    from deit_demo.serve.settings import ServeSettings
     from deit_demo.serve.server import SERVING
+    from deit_demo.serve.settings import ServeSettings
     from deit_demo.service.config import AppConfig
     from deit_demo.service.lab import Lab
     from deit_demo.variants.pipeline import example_images

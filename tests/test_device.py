@@ -360,7 +360,8 @@ def test_the_tab_fits_a_phone(app, playwright):
 
 @pytest.mark.browser
 def test_inside_an_embedding_page_without_isolation_it_runs_on_one_thread_and_says_how_to_get_more(app, playwright):
-    parent = b"<!doctype html><iframe id=f src='%s' style='width:1200px;height:900px'></iframe>" % app.local_url.encode()
+    parent = (b"<!doctype html><iframe id=f src='%s' style='width:1200px;height:900px'></iframe>"
+              % app.local_url.encode())
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):

@@ -85,7 +85,8 @@ def test_unexpected_errors_in_every_handler_are_one_line_with_a_reference(name, 
 CLI_CALLS = {
     "models": ("deit_demo.present.report.catalog_rows", ["models"]),
     "variants": ("deit_demo.present.report.to_markdown", ["variants"]),
-    "classify": ("deit_demo.service.lab.Lab.classify", ["classify", CAT, "--model", "deit_tiny", "--weights", "random"]),
+    "classify": ("deit_demo.service.lab.Lab.classify",
+                 ["classify", CAT, "--model", "deit_tiny", "--weights", "random"]),
     "convert": ("deit_demo.service.lab.Lab.convert", ["convert", "--model", "deit_tiny", "--weights", "random"]),
     "evaluate": ("deit_demo.service.lab.Lab.evaluate", ["evaluate", "--model", "deit_digits"]),
     "bench": ("deit_demo.service.lab.Lab.benchmark", ["bench", "--model", "deit_tiny", "--weights", "random"]),
@@ -156,7 +157,8 @@ def test_empty_choices_and_out_of_range_controls(call, message, lab):
                                            (["bench", "--runs", "100000000"], "runs must be")])
 def test_out_of_range_cli_flags(flags, message):
     out = subprocess.run([sys.executable, "-m", "deit_demo", *flags, "--model", "deit_tiny", "--weights", "random"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                         capture_output=True, text=True, cwd=ROOT, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
 
@@ -194,7 +196,8 @@ def test_disk_full_or_read_only_store_during_a_conversion(code, words, tiny, tmp
     assert rows["scripted"].status == "failed" and words in rows["scripted"].reason
     assert str(store.root) in rows["scripted"].reason and "nothing was saved" in rows["scripted"].reason
     assert rows["original"].status == "ok" and rows["scripted_int8"].status == "ok"
-    assert not list(store.root.glob(".tmp-*")) and not (store.folder(tiny.spec.key, tiny.weights_id, "scripted")).exists()
+    assert not list(store.root.glob(".tmp-*"))
+    assert not (store.folder(tiny.spec.key, tiny.weights_id, "scripted")).exists()
 
 
 def test_store_that_cannot_make_a_work_folder(tiny, tmp_path, monkeypatch):

@@ -8,18 +8,18 @@ gr = pytest.importorskip("gradio")
 
 import torch  # noqa: E402
 
-from deit_demo.app import decide_tab, handlers
+from deit_demo.app import decide_tab, handlers  # noqa: E402
 from deit_demo.core.errors import DeitDemoError  # noqa: E402
 from deit_demo.measure.bench import BenchSettings, parse_batch_sizes  # noqa: E402
 from deit_demo.present.report import CONVERT_COLUMNS  # noqa: E402
 from deit_demo.serve.auto import AUTO  # noqa: E402
-from deit_demo.serve.server import ClassifyRequest
-from deit_demo.serve.settings import ServeSettings
+from deit_demo.serve.server import ClassifyRequest  # noqa: E402
+from deit_demo.serve.settings import ServeSettings  # noqa: E402
 from deit_demo.service.config import AppConfig  # noqa: E402
 from deit_demo.service.lab import Lab  # noqa: E402
 from deit_demo.variants import pipeline  # noqa: E402
 from deit_demo.variants.pipeline import example_images  # noqa: E402
-from deit_demo.variants.registry import ORIGINAL
+from deit_demo.variants.registry import ORIGINAL  # noqa: E402
 
 
 class Recorder:
@@ -87,7 +87,8 @@ def test_convert_handler_table_matches_the_cli_columns_and_measures_accuracy(lab
     summary, table, files = handlers.convert(lab, "deit_digits", ["original", "scripted"], progress=Recorder())
     rows = {row[0]: dict(zip(CONVERT_COLUMNS, row)) for row in table}
     assert set(rows) == {"original", "scripted"} and all(len(row) == len(CONVERT_COLUMNS) for row in table)
-    assert rows["scripted"]["top-1 agreement"] == "100%" and rows["scripted"]["accuracy"] == rows["original"]["accuracy"]
+    assert rows["scripted"]["top-1 agreement"] == "100%"
+    assert rows["scripted"]["accuracy"] == rows["original"]["accuracy"]
     assert "2 of 2 variants converted and checked" in summary and "labelled images" in summary
     assert any(f.endswith(".csv") for f in files) and any(f.endswith(".pt") for f in files)
 

@@ -145,7 +145,7 @@ def test_random_weights_are_the_same_under_concurrency_and_in_every_process():
     for _ in range(2):
         together, start = {}, threading.Barrier(len(keys))
 
-        def load(key):
+        def load(key, start=start, together=together):
             start.wait()
             together[key] = load_model(key, "random").weights_id
 

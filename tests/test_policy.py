@@ -4,7 +4,7 @@ import pytest
 
 from deit_demo.serve.policy import Decision, Measured, Rules, beats_original, choose
 
-O = Measured("original", median_ms=10.0)
+ORIGINAL_TIMED = Measured("original", median_ms=10.0)
 
 
 def m(name, ms, agreement=1.0, compiles=False, status="ok", reason=""):
@@ -13,32 +13,33 @@ def m(name, ms, agreement=1.0, compiles=False, status="ok", reason=""):
 
 CASES = {
     "nothing but the original": (
-        [O], dict(variant="original", fallback="original", rejected={})),
+        [ORIGINAL_TIMED], dict(variant="original", fallback="original", rejected={})),
     "the fastest verified wins": (
-        [O, m("onnx_int8", 4.0), m("openvino_int8", 3.0)],
+        [ORIGINAL_TIMED, m("onnx_int8", 4.0), m("openvino_int8", 3.0)],
         dict(variant="openvino_int8", agreement=1.0, fallback="original")),
     "slower than the original: the original": (
-        [O, m("onnx_int8", 12.0)], dict(variant="original", agreement=None)),
+        [ORIGINAL_TIMED, m("onnx_int8", 12.0)], dict(variant="original", agreement=None)),
     "an answer that differs never serves, however fast": (
-        [O, m("onnx_int8", 1.0, agreement=0.875), m("pt2e_int8", 6.0)],
+        [ORIGINAL_TIMED, m("onnx_int8", 1.0, agreement=0.875), m("pt2e_int8", 6.0)],
         dict(variant="pt2e_int8", rejected={"onnx_int8": "rejected: top-1 agreement 0.875 is below 1"})),
     "a candidate the timing loop rejected keeps its reason": (
-        [O, m("onnx_int8", None, status="rejected", reason="answers differ on 2/8 check inputs")],
+        [ORIGINAL_TIMED, m("onnx_int8", None, status="rejected", reason="answers differ on 2/8 check inputs")],
         dict(variant="original", rejected={"onnx_int8": "answers differ on 2/8 check inputs"})),
     "an unavailable one says why on one line": (
-        [O, m("openvino_int8", None, status="unavailable", reason="openvino is not installed\nmore detail")],
+        [ORIGINAL_TIMED,
+         m("openvino_int8", None, status="unavailable", reason="openvino is not installed\nmore detail")],
         dict(variant="original", rejected={"openvino_int8": "unavailable: openvino is not installed"})),
     "a compiled graph gets the fastest plain stand-in": (
-        [O, m("pt2e_int8", 2.0, compiles=True), m("onnx_int8", 5.0), m("scripted_int8", 4.0)],
+        [ORIGINAL_TIMED, m("pt2e_int8", 2.0, compiles=True), m("onnx_int8", 5.0), m("scripted_int8", 4.0)],
         dict(variant="pt2e_int8", fallback="scripted_int8", fallback_agreement=1.0)),
     "a compiled graph with no plain one verified: the original stands in": (
-        [O, m("pt2e_int8", 2.0, compiles=True), m("onnx_int8", 1.0, agreement=0.5)],
+        [ORIGINAL_TIMED, m("pt2e_int8", 2.0, compiles=True), m("onnx_int8", 1.0, agreement=0.5)],
         dict(variant="pt2e_int8", fallback="original", fallback_agreement=None)),
     "a plain winner needs no stand-in": (
-        [O, m("pt2e_int8", 3.0, compiles=True), m("onnx_int8", 2.0)],
+        [ORIGINAL_TIMED, m("pt2e_int8", 3.0, compiles=True), m("onnx_int8", 2.0)],
         dict(variant="onnx_int8", fallback="original")),
     "ties keep the order given": (
-        [O, m("onnx_int8_static", 4.0), m("onnx_int8", 4.0)], dict(variant="onnx_int8_static")),
+        [ORIGINAL_TIMED, m("onnx_int8_static", 4.0), m("onnx_int8", 4.0)], dict(variant="onnx_int8_static")),
 }
 
 
@@ -54,13 +55,13 @@ def test_the_policy_decides_from_its_measurements_alone(measured, expected):
 
 
 def test_the_speedup_is_the_originals_median_over_the_choice():
-    decision = choose([O, m("onnx_int8", 4.0)])
+    decision = choose([ORIGINAL_TIMED, m("onnx_int8", 4.0)])
     assert decision.speedup == pytest.approx(2.5)
-    assert choose([O]).speedup is None
+    assert choose([ORIGINAL_TIMED]).speedup is None
 
 
 def test_the_rules_are_data_too():
-    measured = [O, m("onnx_int8", 4.0, agreement=0.9)]
+    measured = [ORIGINAL_TIMED, m("onnx_int8", 4.0, agreement=0.9)]
     assert choose(measured).variant == "original"
     assert choose(measured, Rules(min_agreement=0.875)).variant == "onnx_int8"
 
@@ -72,4 +73,4 @@ def test_the_rules_are_data_too():
     (m("onnx_int8", None, status="failed", reason="failed while loading"), False),
 ], ids=["faster and verified", "slower", "answers differ", "failed"])
 def test_a_first_candidate_serves_meanwhile_only_when_verified_and_faster(candidate, serves):
-    assert beats_original(candidate, O) is serves
+    assert beats_original(candidate, ORIGINAL_TIMED) is serves

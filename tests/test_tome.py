@@ -1,5 +1,5 @@
-"""Token merging (deit_demo.variants.tome_merge): exact at r = 0, protected class and distillation tokens, sizes conserved, every
-catalog DeiT."""
+"""Token merging (deit_demo.variants.tome_merge): exact at r = 0, protected class and distillation tokens, sizes
+conserved, every catalog DeiT."""
 
 import pytest
 import torch

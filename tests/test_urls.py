@@ -221,7 +221,8 @@ def test_a_slow_url_never_holds_up_other_visitors_answers(server, store, tmp_pat
     GATE.clear()
     batch: list = []
     fetching = threading.Thread(target=lambda: batch.extend(lab.classify_batch(
-        [ClassifyRequest(source, "deit_tiny", "original") for source in (f"{server}/gate.png", f"{server}/html", cat)])))
+        [ClassifyRequest(source, "deit_tiny", "original")
+         for source in (f"{server}/gate.png", f"{server}/html", cat)])))
     fetching.start()
     try:
         for _ in range(300):

@@ -119,7 +119,8 @@ DeiT paper: {targets}. Top-1 with 95% bootstrap intervals:
 
 def about_markdown() -> str:
     rows = ["| variant | what it is for |", "|---|---|"]
-    rows += [f"| **{v.title}**<br>`{v.key}` · {v.family} · {v.precision} | {v.description} |" for v in VARIANTS.values()]
+    rows += [f"| **{v.title}**<br>`{v.key}` · {v.family} · {v.precision} | {v.description} |"
+             for v in VARIANTS.values()]
     parts = [ABOUT.replace("{variants}", "\n".join(rows))]
     parts += [training_markdown(spec.key, Path(spec.report)) for spec in MODELS.values()
               if spec.report and Path(spec.report).is_file()]

@@ -263,8 +263,8 @@ def tome_sweep(lab: Lab, model_key, r_text, int8, n_runs, n_warmup, n_threads, r
     cancel.clear()
     loaded, rows = lab.tome_sweep(model_key, str(r_text), settings, int8=bool(int8), progress=gradio_progress(progress),
                                   cancel=cancel, visitor=session_of(request))
-    note = (f"{loaded.spec.label}, {rows[0].threads if rows else '?'} threads, batch 1, {settings.runs} runs per r, interleaved; "
-            f"{machine_line(machine_info())}. Accuracy: " + (
+    note = (f"{loaded.spec.label}, {rows[0].threads if rows else '?'} threads, batch 1, {settings.runs} runs per r, "
+            f"interleaved; {machine_line(machine_info())}. Accuracy: " + (
                 f"top-1 on {rows[0].n_images} labelled images with 95% intervals." if rows[0].n_images else
                 "no labelled data for this model: agreement with r = 0 on the example images only."))
     if busy_note(rows):

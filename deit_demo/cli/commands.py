@@ -73,8 +73,8 @@ def write_json_out(target: str | None, payload: dict) -> None:
 
 
 def cmd_models(args) -> int:
-    from deit_demo.service import MODELS
     from deit_demo.present.report import catalog_rows, to_markdown
+    from deit_demo.service import MODELS
 
     emit(args, to_markdown(catalog_rows(list(MODELS.values()))))
     write_json_out(args.json, {"rows": [{k: v for k, v in asdict(s).items() if not callable(v)}
@@ -141,9 +141,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from deit_demo.service import machine_info
     from deit_demo.present import charts
-    from deit_demo.service import BenchSettings
     from deit_demo.present.report import (
         REDUCTION_COLUMNS,
         busy_note,
@@ -152,7 +150,7 @@ def cmd_bench(args) -> int:
         stats_rows,
         to_markdown,
     )
-    from deit_demo.service import results_payload, save_csv
+    from deit_demo.service import BenchSettings, machine_info, results_payload, save_csv
 
     settings = BenchSettings(variants=args.variants, runs=args.runs, warmup=args.warmup, threads=args.threads,
                              batch_sizes=args.batch, block=args.block, input=args.input,
@@ -177,12 +175,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from deit_demo.service import machine_info
     from deit_demo.present import charts
-    from deit_demo.service import BenchSettings
-    from deit_demo.service import CLASSES, explain, write_traces
     from deit_demo.present.report import machine_line, to_markdown
-    from deit_demo.service import results_payload
+    from deit_demo.service import CLASSES, BenchSettings, explain, machine_info, results_payload, write_traces
 
     settings = BenchSettings(variants=args.variants, runs=args.runs, warmup=args.warmup, threads=args.threads,
                              profile=True, tome_r=args.tome_r)
@@ -231,11 +226,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_tome_sweep(args) -> int:
-    from deit_demo.service import machine_info
     from deit_demo.present import charts
-    from deit_demo.service import BenchSettings
     from deit_demo.present.report import busy_note, machine_line, to_markdown, tome_rows
-    from deit_demo.service import results_payload
+    from deit_demo.service import BenchSettings, machine_info, results_payload
 
     settings = BenchSettings(runs=args.runs, warmup=args.warmup, threads=args.threads)
     lab = lab_for(args)

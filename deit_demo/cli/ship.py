@@ -65,7 +65,8 @@ def cmd_tune(args) -> int:
                                 eval_data=args.eval_data)
         with progress_bars() as progress:
             loaded, result = lab.tune(args.model, settings, progress=progress)
-        emit(args, f"\n{loaded.spec.key} {variant}, budget {result.max_drop:g} top-1 point{'' if result.max_drop == 1 else 's'}, on {result.images}, "
+        emit(args, f"\n{loaded.spec.key} {variant}, budget {result.max_drop:g} top-1 "
+                    f"point{'' if result.max_drop == 1 else 's'}, on {result.images}, "
                     f"{result.threads} threads, {settings.runs} runs: tuned in {result.seconds:.1f} s")
         emit(args, to_markdown(tune_rows(result)))
         emit(args, f"\n{result.sentence}")

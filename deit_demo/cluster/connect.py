@@ -49,8 +49,8 @@ def probe(host: str, port: int, timeout_s: float = 5.0) -> None:
         with socket.create_connection((host, port), timeout=timeout_s):
             return
     except OSError as err:
-        raise DeitDemoError(f"No Ray cluster answers at {host}:{port} ({err.strerror or type(err).__name__}): start one "
-                            f"there with `ray start --head --port {port}`, or use --cluster local.") from None
+        raise DeitDemoError(f"No Ray cluster answers at {host}:{port} ({err.strerror or type(err).__name__}): "
+                            f"start one there with `ray start --head --port {port}`, or use --cluster local.") from None
 
 
 def import_ray(loopback: bool):
@@ -140,5 +140,6 @@ def attach(address: str, *, num_cpus: int | None = None) -> Attached:
     try:
         ray.init(address=f"{host}:{port}", logging_level="warning", log_to_driver=False, **hook)
     except (ConnectionError, TimeoutError, RuntimeError) as err:
-        raise DeitDemoError(f"Could not join the Ray cluster at {host}:{port}: {str(err).splitlines()[0][:200]}") from None
+        raise DeitDemoError(f"Could not join the Ray cluster at {host}:{port}: "
+                            f"{str(err).splitlines()[0][:200]}") from None
     return Attached(f"{host}:{port}", loopback, False, time.monotonic() - start)

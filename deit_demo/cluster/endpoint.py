@@ -24,7 +24,7 @@ from deit_demo.cluster.connect import Attached, attach
 from deit_demo.cluster.server import bind_replica, replica_count, run_app
 from deit_demo.cluster.settings import ClusterSettings
 from deit_demo.core.errors import DeitDemoError
-from deit_demo.core.images import load_image, preprocess
+from deit_demo.core.images import crop, load_image
 from deit_demo.core.models import LoadedModel, get_spec
 from deit_demo.core.urls import FetchSettings
 from deit_demo.serve.classify import labels_for, top_k
@@ -53,7 +53,7 @@ class Endpoint:
             source, k = body, 5
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
             raise DeitDemoError(f"k must be a whole number from 1 to 1000 (got {k!r}).")
-        return preprocess(load_image(source, fetch=self.fetch), self.spec).numpy(), k
+        return crop(load_image(source, fetch=self.fetch), self.spec), k
 
     async def __call__(self, request: Request):
         if request.url.path.rstrip("/").endswith("/health"):

@@ -26,6 +26,7 @@ from ray import serve
 
 from deit_demo.core.artifacts import Artifact, ArtifactStore
 from deit_demo.core.errors import DeitDemoError
+from deit_demo.core.images import normalize
 from deit_demo.core.models import LoadedModel, create_model, fingerprint, get_spec
 from deit_demo.core.paths import home
 from deit_demo.serve.classify import forward_heads
@@ -92,12 +93,21 @@ def receive(shipment: Shipment, store: ArtifactStore) -> Artifact:
     return made
 
 
+def _process_start() -> float:
+    import psutil
+
+    return psutil.Process().create_time()
+
+
 @serve.deployment
 class VariantReplica:
     """Serves one (model, variant) with the CPUs Ray granted it."""
 
     def __init__(self, shipment: Shipment, max_batch_size: int = 8, batch_wait_s: float = 0.005):
         started = time.perf_counter()
+        # Where a cold start goes (benchmarks/cluster.py prints it): the worker process up to here (Python, torch,
+        # the lab imported), the file received and checked, the runtime loading (and compiling) it, the first pass
+        self.timings = {"process_s": time.time() - _process_start(), "init_at": time.time()}
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         self.threads = max(1, int(cpus))
         torch.set_num_threads(self.threads)  # the runtimes below read it when they load
@@ -115,25 +125,26 @@ class VariantReplica:
         else:
             store = node_store()
             artifact = receive(shipment, store)
+            self.timings["receive_s"] = time.perf_counter() - started
             ctx = variant_context(self.spec, store, shipment.tome_r, shipment.weights_id)
             self.runner = load_verified(self.variant, artifact, store, ctx)
             self.notes = dict(getattr(self.runner, "notes", {}) or {})
         self.one_pass = self.variant.batch_invariant and not self.variant.compiles_per_shape
         self.classify.set_max_batch_size(max_batch_size)
         self.classify.set_batch_wait_timeout_s(batch_wait_s)
-        self.ready_s = time.perf_counter() - started
+        self.timings["init_s"] = time.perf_counter() - started
 
     def info(self) -> dict:
-        """Which process and node this replica is, with how it runs (for the answer's note, tests and benchmarks)."""
+        """Which process and node this replica is, how it runs, and where its start went (tests, benchmarks)."""
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "threads": self.threads,
-                "ready_s": self.ready_s, "notes": self.notes}
+                "timings": self.timings, "notes": self.notes}
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def classify(self, images: list[np.ndarray]) -> list[dict]:
-        """Logits per head for each image (1, 3, S, S), and the pass's time; one pass for a batch when the variant's
-        answers do not depend on the batch, else one pass per image."""
+        """Logits per head for each image (its cropped uint8 pixels, `core.images.crop`), and the pass's time; one
+        pass for a batch when the variant's answers do not depend on the batch, else one pass per image."""
         start = time.perf_counter()
-        tensors = [torch.from_numpy(x) for x in images]
+        tensors = [normalize(x, self.spec) for x in images]
         with torch.inference_mode():
             if self.runner is None:
                 heads = forward_heads(self.model, torch.cat(tensors), distilled=self.spec.distilled)
@@ -142,5 +153,6 @@ class VariantReplica:
             else:
                 heads = {"logits": torch.cat([self.runner(x) for x in tensors])}
         ms = (time.perf_counter() - start) * 1e3
+        self.timings.setdefault("first_pass_ms", ms)
         return [{"heads": {name: logits[i].float().numpy() for name, logits in heads.items()}, "ms": ms,
                  "batch": len(images), "one_pass": self.one_pass, "pid": os.getpid()} for i in range(len(images))]

@@ -113,12 +113,13 @@ def load_image(source: ImageSource, *, fetch: FetchSettings = FetchSettings()) -
     return decode_image(path.read_bytes())
 
 
-def read_images(sources: list[ImageSource], specs: list[ModelSpec], *, fetch: FetchSettings,
-                workers: int) -> list[torch.Tensor | DeitDemoError]:
+def read_images(sources: list[ImageSource], specs: list[ModelSpec], *, fetch: FetchSettings, workers: int,
+                pixels: bool = False) -> list[torch.Tensor | np.ndarray | DeitDemoError]:
     """Each image fetched, decoded and preprocessed for its model, or the error that met it, so that one visitor's
     bad upload never fails the others. URLs are fetched first, several side by side (a slow host, up to
     `fetch.deadline_s`, holds up only its own visitor); then the images decode side by side on up to `workers`
-    threads (PIL decodes and resizes without the GIL)."""
+    threads (PIL decodes and resizes without the GIL). With `pixels`, each is the cropped uint8 pixels (`crop`),
+    for a forward pass elsewhere to `normalize`."""
 
     def get(source: ImageSource) -> ImageSource | DeitDemoError:
         try:
@@ -130,7 +131,8 @@ def read_images(sources: list[ImageSource], specs: list[ModelSpec], *, fetch: Fe
         try:
             if isinstance(source, DeitDemoError):
                 raise source
-            return preprocess(load_image(source), spec)
+            image = load_image(source)
+            return crop(image, spec) if pixels else preprocess(image, spec)
         except DeitDemoError as err:
             return err
 
@@ -161,16 +163,26 @@ def preprocess(image: Image.Image, spec: ModelSpec) -> torch.Tensor:
     Written with PIL and NumPy (no torchvision at serving time); tests prove it equals the tutorial's torchvision
     pipeline tensor for tensor.
     """
+    return normalize(crop(image, spec), spec)
+
+
+def crop(image: Image.Image, spec: ModelSpec) -> np.ndarray:
+    """The (S, S, 3) uint8 pixels the model sees: the short side resized, then the centre cropped. A quarter of the
+    normalised tensor's bytes, which is what a cluster's replicas are sent (`normalize` there gives the same tensor)."""
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
     new_short = spec.resize_size
     new_long = int(new_short * long / short)
     size = (new_short, new_long) if width <= height else (new_long, new_short)
     resized = image.resize(size, RESAMPLING[spec.interpolation]) if size != image.size else image
-    crop = spec.input_size
-    top = int(round((resized.height - crop) / 2.0))
-    left = int(round((resized.width - crop) / 2.0))
-    cropped = resized.crop((left, top, left + crop, top + crop))
-    pixels = np.asarray(cropped, dtype=np.float32) / 255.0
-    pixels = (pixels - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
-    return torch.from_numpy(pixels.transpose(2, 0, 1).copy()).unsqueeze(0)
+    side = spec.input_size
+    top = int(round((resized.height - side) / 2.0))
+    left = int(round((resized.width - side) / 2.0))
+    return np.asarray(resized.crop((left, top, left + side, top + side)), dtype=np.uint8)
+
+
+def normalize(pixels: np.ndarray, spec: ModelSpec) -> torch.Tensor:
+    """(S, S, 3) uint8 pixels -> the (1, 3, S, S) float32 tensor, with the model's mean and std."""
+    scaled = np.asarray(pixels, dtype=np.float32) / 255.0
+    scaled = (scaled - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
+    return torch.from_numpy(scaled.transpose(2, 0, 1).copy()).unsqueeze(0)

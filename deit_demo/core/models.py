@@ -226,8 +226,9 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     except Exception as err:
         code = re.search(r"GLOBAL ([\w.]+)", str(err)) or re.search(r"[Uu]nsupported global:? ([\w.]+)", str(err))
         if code:  # torch's own message would advise weights_only=False, which would run this file's code
-            raise DeitDemoError(f"Refused: checkpoint {path.name} contains code (it calls {code.group(1)}). Load only "
-                                "checkpoints saved as plain tensors (.safetensors, or a state dict of tensors).") from None
+            raise DeitDemoError(f"Refused: checkpoint {path.name} contains code (it calls {code.group(1)}). "
+                                "Load only checkpoints saved as plain tensors (.safetensors, or a state dict of "
+                                "tensors).") from None
         raise DeitDemoError(f"Could not read checkpoint {path.name} ({type(err).__name__}). Expected .safetensors or "
                             "a DeiT .pth saved as plain tensors.") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):

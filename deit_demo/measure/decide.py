@@ -12,8 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from deit_demo.measure.budget import OVER, UNCERTAIN, UNJUDGED, WITHIN, signed
-from deit_demo.measure.results import accuracy_of, pair_name, variant_name
-from deit_demo.measure.results import results_payload, write_json
+from deit_demo.measure.results import accuracy_of, pair_name, results_payload, variant_name, write_json
 from deit_demo.measure.sweep import SweepRow, SweepSettings
 from deit_demo.variants.registry import ORIGINAL
 

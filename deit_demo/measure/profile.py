@@ -47,7 +47,8 @@ RULES: list[tuple[str, str, str]] = [
 def classify(op: OpTime) -> str:
     """The class of one operator: by its kind and node name (`RULES`), linear layers by their role."""
     for kind, node, name in RULES:
-        if (not kind or re.search(kind, op.kind, re.IGNORECASE)) and (not node or re.search(node, op.node, re.IGNORECASE)):
+        if ((not kind or re.search(kind, op.kind, re.IGNORECASE))
+                and (not node or re.search(node, op.node, re.IGNORECASE))):
             return _linear_role(op) if name == "linear" else name
     return "other"
 
@@ -166,7 +167,10 @@ def explain(rows: list[Breakdown]) -> list[str]:
     done = [r for r in rows if r.status == "ok" and r.total_ms]
     if len(done) < 2:
         return []
-    speed = lambda r: r.wall_ms if r.wall_ms is not None else r.total_ms
+
+    def speed(r):
+        return r.wall_ms if r.wall_ms is not None else r.total_ms
+
     fastest = min(done, key=speed)
     sentences = []
     for r in done:

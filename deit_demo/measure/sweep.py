@@ -152,10 +152,13 @@ def run_sweep(settings: SweepSettings, load_model, store, *, progress: ProgressF
                              item.artifact.size_bytes if item.artifact is not None else 0, check=check,
                              x=_input(loaded[key].spec, batch)) for key, item, check in prepared]
 
-            def rows(done: list[Entry], batch: int = batch) -> list[SweepRow]:
+            def rows(done: list[Entry], batch: int = batch, threads: int = threads) -> list[SweepRow]:
                 return [_row(e, loaded[e.name.split("/", 1)[0]], batch, threads, judgements) for e in done]
 
-            publish = (lambda done: on_update(results + batches + rows(done))) if on_update else None
+            # called only during this iteration's measure(); `+=` on the lists extends them in place, so the bound
+            # objects are the ones the loop keeps extending
+            publish = ((lambda done, results=results, batches=batches: on_update(results + batches + rows(done)))
+                       if on_update else None)
             batches += rows(measure(entries, None, timing, threads=threads, progress=progress, cancel=cancel,
                                     on_round=publish, niceness=timing_niceness))
         # Rows in model -> variant -> batch order, as the tables read (timing went batch size by batch size)

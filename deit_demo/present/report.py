@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deit_demo.core.models import LoadedModel, ModelSpec
 from deit_demo.measure.budget import signed
-from deit_demo.measure.results import accuracy_of, pair_name, variant_name
+from deit_demo.measure.results import variant_name
 from deit_demo.variants import ORIGINAL
 from deit_demo.variants.pipeline import size_reference
 

@@ -241,7 +241,8 @@ class AutoServe:
         """Convert, check and time the candidates for `model_key` (now, on this thread); publish the fastest."""
         loaded = self.models.get(model_key)
         with self._lock:
-            self._choices.setdefault((loaded.spec.key, loaded.weights_id), AutoChoice(loaded.spec.key, loaded.weights_id))
+            self._choices.setdefault((loaded.spec.key, loaded.weights_id),
+                                     AutoChoice(loaded.spec.key, loaded.weights_id))
         with self._preparing:
             current = self.choice(loaded)
             if current.state != "preparing":
@@ -335,9 +336,9 @@ class AutoServe:
         """Serve the candidate while the others prepare, if its answers match and a short timing says it beats the
         original; True when published."""
         quick = TimingSettings(runs=4, warmup=1, block=3)
-        timed = {e.name: measured(e) for e in measure([Entry(ORIGINAL, original.runner),
-                                                       Entry(candidate.name, candidate.runner, check=candidate.check)],
-                                                      x, quick, threads=threads, min_agreement=self.rules.min_agreement)}
+        timed = {e.name: measured(e) for e in measure(
+            [Entry(ORIGINAL, original.runner), Entry(candidate.name, candidate.runner, check=candidate.check)],
+            x, quick, threads=threads, min_agreement=self.rules.min_agreement)}
         key = candidate.name
         if not beats_original(timed[key], timed[ORIGINAL], self.rules):
             return False

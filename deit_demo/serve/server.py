@@ -162,6 +162,8 @@ class _Ready:
 class Server:
     """Answers visitors: the models and runners it serves, the CPU budget, the serving thread, lanes and Auto."""
 
+    sends_pixels = False  # True where the passes run elsewhere: images travel as cropped uint8 pixels
+
     def __init__(self, models: ModelCache, store: ArtifactStore, settings: ServeSettings | None = None):
         self.settings = settings or ServeSettings()
         self.models = models
@@ -215,7 +217,7 @@ class Server:
                 out[i] = err
         todo = [i for i in range(len(requests)) if out[i] is None]
         tensors = dict(zip(todo, read_images([requests[i].source for i in todo], [specs[i] for i in todo],
-                                             fetch=self.fetch, workers=self.cpus.total)))
+                                             fetch=self.fetch, workers=self.cpus.total, pixels=self.sends_pixels)))
         groups: dict[tuple[str, str, int | None], list[int]] = {}
         for i, x in tensors.items():
             if isinstance(x, DeitDemoError):

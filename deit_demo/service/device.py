@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from deit_demo.core.errors import DeitDemoError, quoted
 from deit_demo.core.models import ModelSpec, get_spec
 from deit_demo.measure.bench import BenchResult
-from deit_demo.present.report import busy_mark, busy_note
 from deit_demo.measure.timing import LatencyStats, TimingSettings
+from deit_demo.present.report import busy_mark, busy_note
 from deit_demo.variants import VARIANTS, get_variant
 from deit_demo.variants.pipeline import ConversionResult
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import deit_demo.service.device as device
 from deit_demo.core.artifacts import ArtifactStore
 from deit_demo.core.errors import DeitDemoError
 from deit_demo.core.model_cache import ModelCache
@@ -17,7 +18,6 @@ from deit_demo.core.models import LoadedModel, get_spec
 from deit_demo.present.report import weights_banner
 from deit_demo.serve.browser import CONTENT_TYPES, ETags, Runtime
 from deit_demo.serve.classify import labels_for
-import deit_demo.service.device as device
 from deit_demo.variants import VariantContext, get_variant
 from deit_demo.variants.pipeline import ConversionResult, run_conversion
 

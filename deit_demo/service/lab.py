@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import deit_demo.service.device as device
 from deit_demo.core import activity
 from deit_demo.core.artifacts import ArtifactStore
 from deit_demo.core.cpus import machine_info
@@ -35,7 +36,6 @@ from deit_demo.present import charts
 from deit_demo.serve.browser import Runtime
 from deit_demo.serve.classify import ClassifyResult
 from deit_demo.serve.server import Answer, ClassifyRequest, Server
-import deit_demo.service.device as device
 from deit_demo.service.config import AppConfig
 from deit_demo.service.formats import BrowserFormats
 from deit_demo.service.jobs import JobDoor

@@ -1,4 +1,5 @@
-"""Train `deit_synth`: a distilled DeiT on procedural textures (`deit_demo.train.synth`), with DeiT's distillation compared.
+"""Train `deit_synth`: a distilled DeiT on procedural textures (`deit_demo.train.synth`), with DeiT's distillation
+compared.
 
     python -m deit_demo.train synth [--out assets/deit_synth.safetensors] [--epochs 16] [--train-images 5000]
 

@@ -20,5 +20,5 @@ from deit_demo.variants import web  # noqa: F401  isort: skip
 from deit_demo.variants.base import MAX_BATCH, Runner, Variant, VariantContext
 from deit_demo.variants.registry import ORIGINAL, VARIANTS, get_variant, parse_variant_keys, register
 
-__all__ = ["MAX_BATCH", "ORIGINAL", "Runner", "Variant", "VariantContext", "VARIANTS", "get_variant", "parse_variant_keys",
-           "register"]
+__all__ = ["MAX_BATCH", "ORIGINAL", "Runner", "Variant", "VariantContext", "VARIANTS", "get_variant",
+           "parse_variant_keys", "register"]

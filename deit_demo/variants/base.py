@@ -256,8 +256,8 @@ class Variant:
     def info(self) -> dict:
         ok, reason = self.available()
         return {"key": self.key, "title": self.title, "family": self.family, "precision": self.precision,
-                "lossy": self.lossy, "batch_invariant": self.batch_invariant, "description": self.description, "available": ok, "reason": reason,
-                "deprecation": self.deprecation, "browser": list(self.browser)}
+                "lossy": self.lossy, "batch_invariant": self.batch_invariant, "description": self.description,
+                "available": ok, "reason": reason, "deprecation": self.deprecation, "browser": list(self.browser)}
 
 
 def missing_packages(*modules: str) -> tuple[bool, str]:

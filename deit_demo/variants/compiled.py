@@ -183,8 +183,8 @@ class Pt2eInt8(Variant):
 
     family = "modern"
     suffix = ".pt2"
-    # 3: ExportedProgram + inductor freezing at load (AOTInductor lost the int8 weight prepacking); 4: no fp32 leftovers;
-    # 5: exported from distinct example rows
+    # 3: ExportedProgram + inductor freezing at load (AOTInductor lost the int8 weight prepacking);
+    # 4: no fp32 leftovers; 5: exported from distinct example rows
     version = 5
     title = "PT2E int8 (X86 inductor quantizer, compiled with freezing)"
     description = ("PT2E static int8 with the X86 inductor quantizer (oneDNN int8 kernels, VNNI/AMX), calibrated on "

@@ -135,7 +135,8 @@ class OpenVinoInt8(_OpenVino):
         import nncf
 
         nncf.set_log_level(logging.ERROR)
-        with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout: the CLI's table lives there
+        # NNCF draws progress bars on stdout: the CLI's table lives there
+        with contextlib.redirect_stdout(io.StringIO()):
             quantized = nncf.quantize(convert_ir(model, ctx), nncf.Dataset([x.numpy() for x in ctx.calibration]),
                                       model_type=nncf.ModelType.TRANSFORMER, subset_size=len(ctx.calibration))
         save_ir_tar(quantized, path)

@@ -1,4 +1,5 @@
-"""Doing less work: Token Merging (`deit_demo.variants.tome_merge`) in eager fp32, and stacked on the fastest int8 path (PT2E).
+"""Doing less work: Token Merging (`deit_demo.variants.tome_merge`) in eager fp32, and stacked on the fastest int8
+path (PT2E).
 
 Both are lossy by design: merged tokens change the answers a little, which is why their accuracy cost is measured
 (on deit_synth, and against the unmerged model wherever real weights are present). `r` (tokens merged per block)
