@@ -6,6 +6,7 @@ No `from __future__ import annotations` here: Gradio reads the `gr.Request` anno
 """
 
 import html
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -23,10 +24,13 @@ from deit_demo.service import (
     check_max_drop,
     compare,
     compare_warnings,
+    expand,
     load_results,
     machine_info,
     pareto_front,
     quoted,
+    run_fleet,
+    save_fleet,
 )
 
 
@@ -42,9 +46,13 @@ def max_drop_box(value) -> float | None:
                             f"{quoted(text)}).") from None
 
 
+EVERY_KIND = "every kind of node in the cluster"
+THIS_SERVER = "this server"
+
+
 @boundary("The sweep")
 def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup, budget_ms, budget_mb, min_top1,
-          max_drop=None, request: gr.Request = None, progress=gr.Progress()):
+          max_drop=None, where=THIS_SERVER, request: gr.Request = None, progress=gr.Progress()):
     """Models x variants timed together; yields the Pareto chart as rounds complete, then the recommendation and the
     recommended pair's deployment card (`Lab.decide`: the CLI's `sweep` runs the same)."""
     try:
@@ -59,6 +67,9 @@ def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup
     machine, stage = machine_info(), {"choice": None, "message": ""}
     cancel = lab.cancel_event(session_of(request))
     cancel.clear()
+    if where == EVERY_KIND:
+        yield from _sweep_each_kind(lab, settings, cancel, session_of(request))
+        return
 
     def job(publish):
         def chosen(rows, choice):
@@ -97,6 +108,35 @@ def sweep(lab: Lab, models, variants, threads_text, batch_text, n_runs, n_warmup
     yield view(outcome.rows, message, outcome.choice) + [files]
 
 
+def _sweep_each_kind(lab: Lab, settings: SweepSettings, cancel, visitor):
+    """The sweep on one node of each kind of the cluster at once: one frontier per kind as rows arrive, then a
+    recommendation per kind and the files (one per kind, and the combined one `compare` overlays)."""
+    arrived: dict[str, list] = {}
+
+    def job(publish):
+        def came(kind, rows):
+            arrived[kind.name] = rows
+            publish([(name, len(rows)) for name, rows in arrived.items()])
+        return run_fleet(lab, "sweep", settings, cancel=cancel, on_rows=came, visitor=visitor)
+
+    def view(counts, message):
+        lines = "\n".join(f"- {html.escape(name)}: {n} rows" for name, n in counts)
+        return [f"{message}\n\n{lines}", charts.fleet_pareto_chart(dict(arrived), budget_ms=settings.budget_ms), ""]
+
+    outcome, error, _ = yield from stream_job(job, view, "⏱️ sweeping on every kind of node… rows arrive per node")
+    if error is not None:
+        raise error
+    parts = {r.kind.name: (r.payload or {}).get("rows") or r.rows_so_far for r in outcome.kinds}
+    files = save_fleet(outcome, lab.session_dir(visitor) / f"sweep_fleet_{int(time.time())}")
+    message = "**A recommendation per kind of node:**\n\n" + "\n".join(
+        f"- {html.escape(line)}" for line in outcome.recommendations())
+    tables = "\n\n".join(f"**{html.escape(name)}**\n\n" + to_markdown(
+        [{k: r.get(k) for k in ("model", "variant", "median_ms", "status", "reason")} for r in rows])
+        for name, rows in parts.items() if rows)
+    yield [message + "\n\nA deployment card for any kind: `deit-demo card --cluster ADDRESS --each-kind`.",
+           charts.fleet_pareto_chart(parts, budget_ms=settings.budget_ms), tables, [str(f) for f in files]]
+
+
 def _verdict(rows, choice, machine: dict) -> str:
     """The recommendation, the machine, how token merging was tuned, and why the other pairs lost."""
     lost = "\n".join(f"- {html.escape(r['pair'])}: {html.escape(r['why'])}" for r in choice.rejected)
@@ -113,7 +153,8 @@ def compare_files(lab: Lab, files) -> tuple:
     changes their figures), and latency side by side with speed-ups."""
     if not files:
         raise gr.Error("Upload one or more results files (the JSON from Benchmark, Decide or the CLI's --json).")
-    payloads = [load_results(f, label=f"{i + 1}:{Path(str(f)).name[:40]}") for i, f in enumerate(files)]
+    payloads = [part for i, f in enumerate(files)  # a fleet file (every kind of node) gives each kind's run
+                for part in expand(load_results(f, label=f"{i + 1}:{Path(str(f)).name[:40]}"))]
     latency, machines = compare(payloads)
     warnings = "".join(f"⚠️ {html.escape(line.removeprefix('warning: '))}\n\n"
                        for line in compare_warnings(payloads))

@@ -244,6 +244,9 @@ def build_decide_tab(lab: Lab) -> None:
         min_top1 = gr.Textbox("", label="Minimum top-1 (%)", placeholder="no minimum", elem_id="decide-min-top1")
         max_drop = gr.Textbox("", label="Accuracy budget (top-1 points under the original, measured)",
                               placeholder="no budget", elem_id="decide-max-drop")
+    # With a cluster attached, the same sweep on one node of each kind of the cluster (docs/SCALING.md)
+    where = gr.Radio([decide_tab.THIS_SERVER, decide_tab.EVERY_KIND], value=decide_tab.THIS_SERVER, label="Run on",
+                     visible=lab.config.cluster is not None, elem_id="decide-where")
     with gr.Row():
         run = gr.Button("Run sweep", variant="primary")
         stop = gr.Button("Stop", variant="stop")
@@ -252,7 +255,7 @@ def build_decide_tab(lab: Lab) -> None:
     table = gr.Markdown(elem_id="decide-table")
     files = gr.File(label="Download the sweep (JSON, with the recommendation) and the deployment card (Markdown, JSON)",
                     file_count="multiple", interactive=False, elem_id="decide-files")
-    inputs = [models, keys, threads, batches, runs, warmup, budget_ms, budget_mb, min_top1, max_drop]
+    inputs = [models, keys, threads, batches, runs, warmup, budget_ms, budget_mb, min_top1, max_drop, where]
     run.click(preprocessed(partial(decide_tab.sweep, lab), inputs), inputs, [verdict, pareto, table, files],
               api_name="sweep", preprocess=False, concurrency_limit=1, concurrency_id=HEAVY,
               time_limit=TIME_LIMITS["sweep"])

@@ -19,6 +19,7 @@ from deit_demo.cli.commands import (
     cmd_convert,
     cmd_evaluate,
     cmd_models,
+    cmd_nodes,
     cmd_profile,
     cmd_sweep,
     cmd_tome_sweep,
@@ -64,6 +65,16 @@ def add_cluster(p: argparse.ArgumentParser, default: str | None = None) -> None:
                    "(default 0: only what queued meanwhile)")
 
 
+def add_fleet(p: argparse.ArgumentParser) -> None:
+    """--cluster and --each-kind: the same job on one node of each kind of the cluster (docs/SCALING.md)."""
+    p.add_argument("--cluster", default=None, metavar="local|HOST:PORT",
+                   help="a Ray cluster to run on with --each-kind")
+    p.add_argument("--each-kind", action="store_true", help="run on one node of each kind of the cluster, the kinds at "
+                   "once: a results file per kind (PATH_<kind>.json beside --json PATH) and the combined PATH.json")
+    p.add_argument("--deadline", type=float, default=3600.0, help="seconds a kind's job may run before it is "
+                   "cancelled and reported (default 3600)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deit-demo", description=(
         "DeiT Deployment Lab from the command line: classify, convert, evaluate, benchmark, profile, sweep and "
@@ -103,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the model's built-in test set (the models trained here)")
     p = add("bench", cmd_bench, "benchmark variants: warm-up, interleaved timing, profiler view, charts")
     add_model(p)
+    add_fleet(p)
     p.add_argument("--variants", default="original,scripted,scripted_int8")
     add_timing(p, BenchSettings)
     p.add_argument("--threads", type=int, default=0, help="0 = the CPUs this process may use")
@@ -120,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traces", metavar="DIR", help="write each runtime's trace (Chrome trace format) into DIR")
     p.add_argument("--html", metavar="PATH", help="write the stacked chart to a standalone HTML file")
     p = add("sweep", cmd_sweep, "time models x variants together; Pareto chart and a recommendation under budgets")
+    add_fleet(p)
     p.add_argument("--weights", default="hub", help="hub | random | PATH, for every model of the sweep")
     p.add_argument("--store", default=None, help="artifact store folder (default $DEIT_DEMO_HOME/artifacts)")
     p.add_argument("--tome-r", type=_non_negative, default=None, help="r for the token-merging variants")
@@ -138,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="PATH", help="write the Pareto chart to a standalone HTML file")
     p.add_argument("--card", metavar="PATH", help="also write the recommended pair's deployment card: PATH.md and "
                                                   "PATH.json (it measures the pair again, at batch 1 and 8)")
-    add_ship_commands(add, add_model, add_timing, add_cluster)
+    add_ship_commands(add, add_model, add_timing, add_cluster, add_fleet)
+    p = add("nodes", cmd_nodes, "the kinds of node in a Ray cluster (CPU, ISA flags, CPUs, accelerator, labels), with "
+                                "how many nodes of each")
+    p.add_argument("--cluster", required=True, metavar="local|HOST:PORT")
     p = add("compare", cmd_compare, "compare saved results files (this machine or others): latency side by side")
     p.add_argument("files", nargs="+", help="results JSON files (bench --json, sweep --json)")
     p.add_argument("--html", metavar="PATH", help="write the comparison chart to a standalone HTML file")

@@ -49,8 +49,9 @@ def lab_for(args):
 
     cluster = None
     if getattr(args, "cluster", None):
-        low, high = parse_replicas(args.replicas)
-        cluster = ClusterSettings(args.cluster, low, high, args.replica_cpus, args.batch_max, args.batch_wait_ms)
+        low, high = parse_replicas(getattr(args, "replicas", "1:2"))
+        cluster = ClusterSettings(args.cluster, low, high, getattr(args, "replica_cpus", 1.0),
+                                  getattr(args, "batch_max", 8), getattr(args, "batch_wait_ms", 0.0))
     # One user: no CPU kept for visitors, nothing to yield to, conversions in this process (whole tracebacks).
     return Lab(AppConfig(model=getattr(args, "model", None) or args.models.split(",")[0].strip(),
                          weights=args.weights, store_root=args.store, fallback_to_random=False,
@@ -70,6 +71,12 @@ def write_json_out(target: str | None, payload: dict) -> None:
         write_json(target, payload)
         if target != "-":
             print(f"wrote {target}", file=sys.stderr)
+
+
+def cmd_nodes(args) -> int:
+    from deit_demo.cli.fleet import cmd_nodes as nodes
+
+    return nodes(args)
 
 
 def cmd_models(args) -> int:
@@ -155,6 +162,10 @@ def cmd_bench(args) -> int:
     settings = BenchSettings(variants=args.variants, runs=args.runs, warmup=args.warmup, threads=args.threads,
                              batch_sizes=args.batch, block=args.block, input=args.input,
                              profile=not args.no_profile, time_budget_s=args.time_budget, tome_r=args.tome_r)
+    if getattr(args, "each_kind", False):
+        from deit_demo.cli.fleet import run_each_kind
+
+        return run_each_kind(args, "bench", settings, model=args.model)
     lab = lab_for(args)
     with progress_bars() as progress:
         loaded, results = lab.benchmark(args.model, settings, progress=progress)
@@ -256,6 +267,10 @@ def cmd_sweep(args) -> int:
                              weights=args.weights, tome_r=args.tome_r, budget_ms=args.budget_ms,
                              budget_mb=args.budget_mb, min_top1=args.min_top1,
                              min_agreement=args.min_agreement, max_drop=args.max_drop, eval_data=args.eval_data)
+    if args.each_kind:
+        from deit_demo.cli.fleet import run_each_kind
+
+        return run_each_kind(args, "sweep", settings)
     lab = lab_for(args)
     with progress_bars() as progress:
         # the Decide tab's flow: sweep -> recommendation -> (with --card) the recommended pair's card
@@ -297,9 +312,9 @@ def cmd_sweep(args) -> int:
 def cmd_compare(args) -> int:
     from deit_demo.present import charts
     from deit_demo.present.report import to_markdown
-    from deit_demo.service import compare, compare_warnings, load_results
+    from deit_demo.service import compare, compare_warnings, expand, load_results
 
-    payloads = [load_results(path) for path in args.files]
+    payloads = [part for path in args.files for part in expand(load_results(path))]  # a fleet file: each kind
     latency, machines = compare(payloads)
     warnings = compare_warnings(payloads)
     for line in warnings:

@@ -26,7 +26,7 @@ def add_budget(p: argparse.ArgumentParser, required: bool = False) -> None:
                         "model's built-in test split (the models trained here)")
 
 
-def add_ship_commands(add, add_model, add_timing, add_cluster) -> None:
+def add_ship_commands(add, add_model, add_timing, add_cluster, add_fleet) -> None:
     """The `tune`, `card` and `serve` sub-commands (the other arguments are build_parser's helpers)."""
     from deit_demo.service import CardSettings, TuneSettings
 
@@ -39,6 +39,7 @@ def add_ship_commands(add, add_model, add_timing, add_cluster) -> None:
     p.add_argument("--threads", type=int, default=0, help="0 = the CPUs this process may use")
     p = add("card", cmd_card, "a deployment card for one (model, variant): Markdown + JSON")
     add_model(p, default="deit_synth")
+    add_fleet(p)
     p.add_argument("--variant", required=True, help="a variant key (see `variants`)")
     p.add_argument("--batch", default="1,8", help="batch sizes to time (batch 1 is always timed)")
     add_timing(p, CardSettings, block=False)
@@ -89,6 +90,10 @@ def cmd_card(args) -> int:
 
     settings = CardSettings(args.variant, batch_sizes=args.batch, runs=args.runs, warmup=args.warmup,
                             threads=args.threads, tome_r=args.tome_r, eval_data=args.eval_data)
+    if args.each_kind:
+        from deit_demo.cli.fleet import run_each_kind
+
+        return run_each_kind(args, "card", settings, model=args.model)
     lab = lab_for(args)
     with progress_bars() as progress:
         _, card = lab.card(args.model, settings, progress=progress)

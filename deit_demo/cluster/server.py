@@ -19,11 +19,12 @@ import ray
 from ray import serve
 
 from deit_demo.cluster.connect import Attached, attach
+from deit_demo.cluster.jobs import _auto, _benchmark, _convert, adopt, run_on_worker, ship_weights
 from deit_demo.cluster.replica import VariantReplica, ship
 from deit_demo.cluster.settings import ClusterSettings
 from deit_demo.core.errors import DeitDemoError
 from deit_demo.core.models import LoadedModel
-from deit_demo.serve.auto import AUTO
+from deit_demo.serve.auto import AUTO, AutoChoice
 from deit_demo.serve.classify import results_from
 from deit_demo.serve.server import Server, trimmed
 from deit_demo.variants import ORIGINAL, get_variant
@@ -150,11 +151,12 @@ class ClusterServer(Server):
     def __init__(self, models, store, settings=None, cluster: ClusterSettings | None = None,
                  attached: Attached | None = None):
         super().__init__(models, store, settings)
-        self.auto.serve_here = False  # Auto chooses here; the cluster serves what it chose
+        self.auto.serve_here = False  # Auto's choice is made once; the cluster serves what it chose
+        self.auto.preparer = self._prepare_on_worker
         self.cluster = cluster or ClusterSettings()
         self.attached = attached or attach(self.cluster.address)
-        self.attached.started_serve = not self.attached.serve_running()
-        serve.start(http_options={"host": "127.0.0.1"}, proxy_location="Disabled")
+        self._serve_started = False  # Serve starts with the first deployment (a fleet sweep needs none)
+        self._weights: dict[str, object] = {}  # weights id -> the weights in the object store, for tasks
         self._deployed: dict[tuple[str, str, int | None], Deployed] = {}
         self._failed: dict[tuple[str, str, int | None], str] = {}
         self._lock = threading.Lock()
@@ -194,6 +196,7 @@ class ClusterServer(Server):
                 if not retry and key in self._failed:
                     raise DeitDemoError(self._failed[key])
             try:
+                self._start_serve()
                 made = deploy(loaded, key[1], self.runners.store, self.cluster, self.attached, key[2],
                               self.take_job_cpus)
             except DeitDemoError as err:
@@ -203,6 +206,52 @@ class ClusterServer(Server):
             with self._lock:
                 self._deployed[key] = made
             return made
+
+    # ------------------------------------------------------------------ heavy jobs on a worker node (cluster.jobs)
+
+    def _shipped(self, loaded: LoadedModel):
+        with self._lock:
+            found = self._weights.get(loaded.weights_id)
+        if found is None:
+            found = ship_weights(loaded)
+            with self._lock:
+                self._weights[loaded.weights_id] = found
+        return found
+
+    def convert(self, loaded: LoadedModel, keys: list[str], tome_r=None, cancel=None) -> list:
+        """Convert and check on a worker node; each made file committed here, in the store replicas are shipped
+        from, only if its sha256 is the one it was made with."""
+        (results, files), node = run_on_worker(_convert, self._shipped(loaded), list(keys), tome_r, cancel=cancel,
+                                               what=f"a conversion of {loaded.spec.key}")
+        made = {variant: adopt(self.runners.store, loaded.spec.key, loaded.weights_id, manifest, ray.get(ref))
+                for variant, manifest, ref in files}
+        for row in results:
+            row.notes["converted_on"] = node[:12]
+            if row.variant in made:
+                row.path = str(made[row.variant].path)
+        return results
+
+    def _prepare_on_worker(self, loaded: LoadedModel, threads: int):
+        """Auto's candidates prepared, checked and timed on a worker node; the chosen files committed here (sha256
+        checked), where the deployments are shipped from."""
+        (decision, checked, files), _ = run_on_worker(_auto, self._shipped(loaded), self.auto.candidates,
+                                                      self.auto.timing_runs, self.auto.rules,
+                                                      what=f"Auto's preparation of {loaded.spec.key}")
+        for _, manifest, ref in files:
+            adopt(self.runners.store, loaded.spec.key, loaded.weights_id, manifest, ray.get(ref))
+        return AutoChoice(loaded.spec.key, loaded.weights_id, "ready", decision, checked)
+
+    def benchmark(self, loaded: LoadedModel, settings, cancel=None) -> list:
+        """Time on a worker node, with the CPUs free there (its rows say which threads they had)."""
+        return run_on_worker(_benchmark, self._shipped(loaded), settings, cancel=cancel,
+                             what=f"a benchmark of {loaded.spec.key}")[0]
+
+    def _start_serve(self) -> None:
+        with self._lock:
+            if not self._serve_started:
+                self.attached.started_serve = not self.attached.serve_running()
+                serve.start(http_options={"host": "127.0.0.1"}, proxy_location="Disabled")
+                self._serve_started = True
 
     def _auto(self, loaded: LoadedModel) -> tuple[Deployed, str, float | None]:
         """Where Auto's requests go now, with the sentence and agreement to show: the verified choice once its

@@ -33,7 +33,7 @@ class ClusterSettings:
 
     def deployment_options(self, name: str) -> dict:
         return dict(name=name, num_replicas="auto", max_ongoing_requests=max(4, 2 * self.max_batch_size),
-                    ray_actor_options={"num_cpus": self.cpus_per_replica}, max_constructor_retry_count=2,
+                    ray_actor_options={"num_cpus": self.cpus_per_replica}, max_constructor_retry_count=1,
                     autoscaling_config={"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
                                         "target_ongoing_requests": self.target_ongoing_requests,
                                         "upscale_delay_s": self.upscale_delay_s,

@@ -64,6 +64,26 @@ def _depth(value, limit: int, level: int = 0) -> int:
     return level
 
 
+def fleet_payload(parts: list[dict], job: str) -> dict:
+    """One file for a job run on every kind of node: each kind's own payload (its machine, run and rows) under
+    `parts`, and every row once more at the top, marked with its kind, so a reader that knows nothing of fleets still
+    finds rows and a machine block. `expand` gives back the parts; `compare` and the Decide tab overlay them."""
+    rows = [{**row, "node_kind": part.get("node_kind", "")} for part in parts for row in part.get("rows", [])]
+    kinds = [part.get("node_kind", "") for part in parts]
+    return {"schema": RESULTS_SCHEMA, "kind": "fleet", "job": job, "machine": {
+        "cpu": f"{len(parts)} kinds of node", "kinds": kinds}, "run": run_metadata(rows), "rows": rows,
+        "recommendations": {part.get("node_kind", ""): part.get("recommendation", {}).get("sentence", "")
+                            for part in parts if part.get("recommendation")}, "parts": parts}
+
+
+def expand(payload: dict) -> list[dict]:
+    """A results file as the runs it holds: one, or each kind of node's for a fleet file (labelled with its kind)."""
+    if payload.get("kind") != "fleet":
+        return [payload]
+    return [{**part, "label": f"{payload.get('label', 'fleet')}:{part.get('node_kind', '?')[:40]}"}
+            for part in payload.get("parts", []) if isinstance(part, dict) and isinstance(part.get("machine"), dict)]
+
+
 def load_results(path: Path | str, label: str | None = None) -> dict:
     """A saved results file (bench, sweep or tome-sweep JSON), checked: size, nesting, schema, machine, rows."""
     path = Path(path)

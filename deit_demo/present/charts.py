@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from deit_demo.measure.bench import BenchResult
+from deit_demo.measure.decide import pareto_front
 from deit_demo.measure.profile import CLASSES
 from deit_demo.measure.results import accuracy_of, pair_name
 from deit_demo.variants import ORIGINAL
@@ -298,4 +299,34 @@ def device_chart(device: list[BenchResult], server: list[BenchResult]) -> go.Fig
     fig.update_layout(barmode="group", showlegend=True, legend=dict(orientation="h", y=1.02, x=0))
     if values:
         fig.update_yaxes(**log_ms_axis(values))
+    return fig
+
+
+SYMBOLS = ("circle", "diamond", "square", "triangle-up", "x", "star", "cross", "hexagon")
+
+
+def fleet_pareto_chart(kinds: dict[str, list[dict]], *, budget_ms: float | None = None) -> go.Figure:
+    """Every kind of node's sweep on one chart: a marker shape per kind, a colour per variant, and each kind's own
+    Pareto front (what wins on one kind of node may lose on another)."""
+    fig, span = go.Figure(), []
+    for n, (kind, rows) in enumerate(kinds.items()):
+        timed = [r for r in rows if r.get("median_ms") is not None and accuracy_of(r) is not None]
+        span += [r["median_ms"] for r in timed]
+        for variant in dict.fromkeys(r["variant"] for r in timed):
+            mine = [r for r in timed if r["variant"] == variant]
+            fig.add_scatter(x=[r["median_ms"] for r in mine], y=[accuracy_of(r) for r in mine], mode="markers",
+                            name=f"{variant} · {kind[:40]}", legendgroup=kind, text=[pair_name(r) for r in mine],
+                            marker=dict(size=11, color=variant_color(variant), symbol=SYMBOLS[n % len(SYMBOLS)],
+                                        line=dict(width=1, color="black")),
+                            hovertemplate="%{text} on " + kind[:60] + ": %{x:.1f} ms, %{y:.2f}%<extra></extra>")
+        front = pareto_front(timed)
+        if front:
+            fig.add_scatter(x=[r["median_ms"] for r in front], y=[accuracy_of(r) for r in front], mode="lines",
+                            name=f"frontier · {kind[:40]}", legendgroup=kind, line=dict(dash="dash", shape="hv"))
+    if budget_ms:
+        fig.add_scatter(x=[budget_ms, budget_ms], y=[0, 100], mode="lines", name=f"budget {budget_ms:g} ms",
+                        line=dict(color="red", dash="dot"), hoverinfo="name")
+    _layout(fig, f"Accuracy vs latency on {len(kinds)} kinds of node (shape = kind; one frontier each)",
+            "median latency per call (log scale)", "top-1 (%)")
+    fig.update_layout(showlegend=True, height=520, xaxis=log_ms_axis(span) if span else dict(type="log"))
     return fig

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from deit_demo.core.models import LoadedModel, ModelSpec
 from deit_demo.measure.budget import signed
+from deit_demo.measure.results import pair_name as pair_name  # the CLI's tables name pairs as the app's do
 from deit_demo.measure.results import variant_name
 from deit_demo.variants import ORIGINAL
 from deit_demo.variants.pipeline import size_reference

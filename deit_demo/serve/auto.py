@@ -20,12 +20,13 @@ from deit_demo.core import activity
 from deit_demo.core.cpus import settle_heap, torch_threads
 from deit_demo.core.errors import describe, log_unexpected
 from deit_demo.core.models import LoadedModel
-from deit_demo.measure.timing import Entry, TimingSettings, entries_from, measure
-from deit_demo.serve.policy import Decision, Rules, beats_original, choose, measured
+from deit_demo.measure.timing import Entry, TimingSettings, measure
+from deit_demo.serve.candidates import measure_candidates
+from deit_demo.serve.policy import Decision, Rules, beats_original, measured
 from deit_demo.serve.runners import RunnerCache, warm_for_visitors
 from deit_demo.variants import ORIGINAL, Runner, get_variant
 from deit_demo.variants.base import compiling_elsewhere
-from deit_demo.variants.pipeline import answer_check, check_inputs, prepare, prepare_variants, variant_context
+from deit_demo.variants.pipeline import prepare, variant_context
 
 AUTO = "auto"
 AUTO_TITLE = "Auto (fastest verified)"
@@ -167,6 +168,7 @@ class AutoServe:
         self.candidates = tuple(candidates)
         self.lanes, self.timing_runs, self.rules = lanes, timing_runs, rules
         self.serve_here = True  # False: a cluster serves what Auto chooses, so nothing is loaded here for serving
+        self.preparer = None  # a cluster's: the measurement as a task on a worker node
         self._choices: dict[tuple[str, str], AutoChoice] = {}
         self._lock = threading.Lock()
         self._todo: queue.Queue[str] = queue.Queue()
@@ -276,25 +278,23 @@ class AutoServe:
 
     def _choose(self, loaded: LoadedModel, threads: int) -> AutoChoice:
         """A new, complete choice for `loaded`: prepare, check and time the candidates beside the original (the first
-        fast one serves meanwhile), let the policy decide, then load what it chose."""
-        inputs = check_inputs(loaded.spec)
-        check, x = answer_check(loaded.model, inputs), next(iter(inputs.values()))
-        # Cheapest to prepare first (stable: the given order decides among equals), so that the first verified one
-        # to beat the original serves while the others are prepared (DeiT-B: the int8 ONNX model in seconds, the
-        # compiled graph after minutes).
-        order = sorted(self.candidates, key=lambda k: get_variant(k).prepare_cost)
-        entries, interim = [Entry(ORIGINAL, loaded.model)], False
-        for item in prepare_variants(loaded, order, self.runners.store, progress=self._note(loaded.spec.key)):
-            entries += entries_from([item], check=check)
-            if not interim and item.runner is not None and not item.variant.compiles_per_shape:
-                interim = self._publish_interim(loaded, entries[0], entries[-1], x, threads, len(inputs))
-        timing = TimingSettings(runs=self.timing_runs, warmup=2, block=3)
-        timed = {e.name: e for e in measure(entries, x, timing, threads=threads,
-                                            min_agreement=self.rules.min_agreement)}
-        decision = choose([measured(e) for e in timed.values()], self.rules)
-        runners = self._load_for_serving(loaded, decision, timed[decision.variant].runner, threads)
+        fast one serves meanwhile), let the policy decide, then load what it chose. A cluster replaces this with
+        the same measurement on a worker node (`preparer`)."""
+        if self.preparer is not None:
+            return self.preparer(loaded, threads)
+        published = []
+
+        def first_fast(original, candidate, x, checked) -> None:
+            if not published and self._publish_interim(loaded, original, candidate, x, threads, checked):
+                published.append(candidate.name)
+
+        found = measure_candidates(loaded, self.candidates, self.runners.store, threads=threads,
+                                   timing_runs=self.timing_runs, rules=self.rules, progress=self._note(loaded.spec.key),
+                                   on_prepared=first_fast)
+        decision = found.decision
+        runners = self._load_for_serving(loaded, decision, found.entries[decision.variant].runner, threads)
         return AutoChoice(loaded.spec.key, loaded.weights_id, "ready", replace(decision, rejected={
-            **decision.rejected, **runners[1]}), len(inputs), runners[0])
+            **decision.rejected, **runners[1]}), found.checked, runners[0])
 
     def _load_for_serving(self, loaded: LoadedModel, decision: Decision, checked: Runner | None,
                           threads: int) -> tuple[Runners, dict[str, str]]:

@@ -247,7 +247,7 @@ class Server:
                     except DeitDemoError as err:
                         answers = [err] * len(items)
                     for i, answer in zip(items, answers):
-                        out[i] = trimmed(found[0], answer, ks[i])
+                        out[i] = answer if isinstance(answer, DeitDemoError) else trimmed(found[0], answer, ks[i])
 
         SERVING.run(serve, timeout_s=60)
 

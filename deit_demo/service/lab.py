@@ -74,6 +74,7 @@ class Job:
 
     loaded: LoadedModel | None
     threads: int
+    remote: bool = False  # runs as a task on a cluster's worker node: no CPUs taken here
 
 
 class Lab:
@@ -130,13 +131,14 @@ class Lab:
 
     @contextlib.contextmanager
     def _job(self, what: str, *, visitor: str | None = None, cancel: threading.Event | None = None,
-             threads: int | None = None, model: str | None = None, weights: str | None = None) -> Iterator[Job]:
+             threads: int | None = None, model: str | None = None, weights: str | None = None,
+             here: bool = True) -> Iterator[Job]:
         """Every job's shape: through the door (its turn, the visitor's share), its CPUs taken, what runs noted, its
         model loaded inside that budget; all of it released however the job ends. Callers check the model key
         before (`_key`), so that a bad one is said at once rather than after a wait at the door."""
-        with self.door.enter(visitor, what, cancel), self.server.take_job_cpus(threads) as granted, \
-                activity.ACTIVITY.doing(what):
-            yield Job(self.models.get(model, weights) if model else None, granted)
+        cpus = self.server.take_job_cpus(threads) if here else contextlib.nullcontext(0)
+        with self.door.enter(visitor, what, cancel), cpus as granted, activity.ACTIVITY.doing(what):
+            yield Job(self.models.get(model, weights) if model else None, granted, remote=not here)
 
     # ---------------------------------------------------------------------------------------------- visitors
 
@@ -179,14 +181,17 @@ class Lab:
                 visitor: str | None = None) -> ConvertOutcome:
         """Convert and check `keys`; with labelled data for this model (built in or --eval-data), accuracy too."""
         chosen, start = parse_variant_keys(keys), time.perf_counter()
-        with self._job(f"a conversion of {model_key}", visitor=visitor, model=_key(model_key)) as job:
-            outcome = ConvertOutcome(job.loaded, run_conversion(job.loaded, chosen, self.store, progress=progress,
-                                                                tome_r=tome_r))
+        with self._job(f"a conversion of {model_key}", visitor=visitor, model=_key(model_key),
+                       here=self.config.cluster is None) as job:
+            # With a cluster, on a worker node: the cores that answer visitors never convert
+            outcome = ConvertOutcome(job.loaded, self.server.convert(job.loaded, chosen, tome_r) if job.remote else
+                                     run_conversion(job.loaded, chosen, self.store, progress=progress, tome_r=tome_r))
             if job.loaded.spec.eval_set is not None or self.config.eval_data:
                 ok = [r.variant for r in outcome.results if r.status == "ok"]
                 try:
-                    outcome.accuracy = evaluate(job.loaded, ok, self.store, self.config.eval_data, progress=progress,
-                                                tome_r=tome_r)
+                    with self.server.take_job_cpus() if job.remote else contextlib.nullcontext():
+                        outcome.accuracy = evaluate(job.loaded, ok, self.store, self.config.eval_data,
+                                                    progress=progress, tome_r=tome_r)
                     outcome.accuracy_note = with_accuracy(outcome.results, outcome.accuracy)
                 except DeitDemoError as err:
                     outcome.accuracy_note = f"Accuracy not measured: {err}"
@@ -205,7 +210,10 @@ class Lab:
                   visitor: str | None = None) -> tuple[LoadedModel, list[BenchResult]]:
         """Time the variants in `settings` on this lab's CPUs (a job takes at most `heavy_cpus`)."""
         with self._job(f"a benchmark of {model_key}", visitor=visitor, cancel=cancel,
-                       threads=settings.resolved_threads(), model=_key(model_key)) as job:
+                       threads=settings.resolved_threads(), model=_key(model_key),
+                       here=self.config.cluster is None) as job:
+            if job.remote:  # on a worker node, with the CPUs free there
+                return job.loaded, self.server.benchmark(job.loaded, settings, cancel)
             return job.loaded, run_benchmark(job.loaded, replace(settings, threads=job.threads), self.store,
                                              progress=progress, cancel=cancel, on_update=on_update,
                                              timing_niceness=self.config.serve.heavy_niceness)
