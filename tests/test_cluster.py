@@ -106,14 +106,15 @@ def test_a_replica_that_cannot_load_is_reported_and_auto_falls_back(app, cluster
     # A real fault on every node: where each node's store should be, a file (no node can write the variant's file,
     # root or not). Auto's verified choice cannot start there; the original keeps answering, saying why.
     lab = app.lab
+    choice = lab.server.auto.prepare("deit_tiny")  # on a worker node, its files committed here
+    assert choice.variant == "onnx_int8", choice.sentence()  # verified and faster there: what Auto would serve
     node_ids = [n["NodeID"][:12] for n in ray.nodes() if n["Alive"]]
     blocked = [cluster.stores / node for node in node_ids]
     for path in blocked:
-        if not path.exists():
-            path.write_text("not a folder")
+        if path.is_dir():
+            path.rename(path.with_name(path.name + ".aside"))
+        path.write_text("not a folder")
     try:
-        choice = lab.server.auto.prepare("deit_tiny")
-        assert choice.variant == "onnx_int8", choice.sentence()  # verified and faster here: what Auto would serve
         started = time.monotonic()
         note = ""
         while time.monotonic() - started < 200:
@@ -130,6 +131,9 @@ def test_a_replica_that_cannot_load_is_reported_and_auto_falls_back(app, cluster
         for path in blocked:
             if path.is_file():
                 path.unlink()
+            aside = path.with_name(path.name + ".aside")
+            if aside.is_dir():
+                aside.rename(path)
     # The fault mended, a visitor who asks for it by name starts it; from then on Auto's answers come from it
     lab.classify(IMAGES[0], "deit_tiny", "onnx_int8")
     _, answer = lab.classify(IMAGES[0], "deit_tiny", "auto")

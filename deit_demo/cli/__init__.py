@@ -19,12 +19,12 @@ from deit_demo.cli.commands import (
     cmd_convert,
     cmd_evaluate,
     cmd_models,
-    cmd_nodes,
     cmd_profile,
     cmd_sweep,
     cmd_tome_sweep,
     cmd_variants,
 )
+from deit_demo.cli.fleet import cmd_nodes
 from deit_demo.cli.ship import add_budget, add_ship_commands
 from deit_demo.service import ORIGINAL, BenchSettings, DeitDemoError, SweepSettings, configure_process, home
 

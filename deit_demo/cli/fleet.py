@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from deit_demo.cli.commands import emit, lab_for
+from deit_demo.cli.common import emit, lab_for
 
 COLUMNS = ["model", "variant", "batch_size", "threads", "median_ms", "p90_ms", "size_bytes", "status", "reason"]
 

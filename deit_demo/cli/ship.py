@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deit_demo.cli.commands import emit, lab_for, progress_bars, write_json_out
+from deit_demo.cli.common import emit, lab_for, progress_bars, write_json_out
 
 
 def _points(text: str) -> float:

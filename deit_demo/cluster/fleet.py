@@ -31,7 +31,7 @@ DECIDING_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "am
 class NodeKind:
     """One kind of node in the cluster, and the nodes of that kind."""
 
-    name: str  # readable: "AMD EPYC 9B14, 1 CPU, avx512_vnni avx512_bf16, kind=worker0"
+    name: str  # readable: "pool=edge, AMD EPYC 9B14, 1 CPU, avx512_vnni avx512_bf16"
     key: str  # a short id of the facts, for file names and lookups
     facts: dict
     nodes: tuple[str, ...]  # alive node ids of this kind
@@ -78,10 +78,11 @@ def node_kinds(timeout_s: float = 60.0) -> list[NodeKind]:
     kinds = []
     for key, members in groups.items():
         facts = members[0][1]
-        words = [facts["cpu"], f"{facts['cpus']} CPU{'s' if facts['cpus'] != 1 else ''}",
-                 " ".join(facts["isa"]) or "no deciding ISA flags"]
+        # the operator's labels first: they are what tells alike-looking kinds apart, and names get cut in tables
+        words = [f"{k}={v}" for k, v in sorted(facts["labels"].items())]
+        words += [facts["cpu"], f"{facts['cpus']} CPU{'s' if facts['cpus'] != 1 else ''}",
+                  " ".join(facts["isa"]) or "no deciding ISA flags"]
         words += [f"{facts['gpus']} x {facts['accelerator'] or 'GPU'}"] if facts["gpus"] else []
-        words += [f"{k}={v}" for k, v in sorted(facts["labels"].items())]
         kinds.append(NodeKind(", ".join(words), hashlib.sha256(repr(key).encode()).hexdigest()[:8], facts,
                               tuple(n for n, _ in members), any(n == here for n, _ in members)))
     return sorted(kinds, key=lambda k: (k.serves, k.name))
