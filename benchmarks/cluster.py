@@ -57,6 +57,13 @@ def loaded_phase(url: str, args, model: str, variant: str) -> dict:
     return phase(url, args.users, args.requests, model, variant, 19)
 
 
+def free(demo, model: str, variant: str) -> None:
+    """Delete a deployment, so that its CPUs are free for the next (Ray places a replica only where its CPUs are)."""
+    from ray import serve
+
+    serve.delete(demo.lab.server._deployed.pop((model, variant, None)).app, _blocking=True)
+
+
 def cold_start(demo, args) -> dict:
     """A fresh replica of (model, variant) on a node whose store holds the file already."""
     from ray import serve
@@ -122,6 +129,7 @@ def main() -> int:
             rows.append(row(name, loaded_phase(url, args, args.model, args.variant)))
             rows[-1]["start s"] = f"{attached_s:.1f}"
             if settings.min_replicas == 1:
+                free(demo, args.model, args.variant)  # the small model's replica needs the CPUs the big one holds
                 phase(url, 1, 2, args.small, args.variant)
                 added["ray"] = phase(url, 1, args.sequential, args.small, args.variant)
             else:

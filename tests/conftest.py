@@ -11,6 +11,11 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Ray fixes these when it is first imported, by whichever test file that is: the test clusters' nodes on 127.0.0.1
+# (not the machine's interface address), no token file written into ~/.ray, no driver joining a stray cluster
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 
 
 def pytest_configure(config):

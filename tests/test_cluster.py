@@ -14,12 +14,7 @@ from pathlib import Path
 
 import pytest
 
-# Before Ray is imported: every node, GCS and raylet on 127.0.0.1 (Ray rewrites 127.0.0.1 otherwise), no token auth
-# file written for a throwaway cluster, and never an automatic new cluster behind the test's back
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
-
+# tests/conftest.py sets Ray's environment before anything imports it: every node on 127.0.0.1, no token file
 ray = pytest.importorskip("ray")
 from gradio_client import Client, handle_file  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402

@@ -11,10 +11,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
-
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
@@ -134,12 +130,18 @@ def test_a_stop_cancels_the_visitors_task_and_a_deadline_is_reported(lab):
 
 def test_a_node_removed_mid_sweep_says_so_and_the_other_kind_completes(lab, cluster, tmp_path):
     worker_b = cluster.workers[1]
-    timer = threading.Timer(4.0, cluster.remove_node, args=(worker_b,))
-    timer.start()
-    try:
-        outcome = run_fleet(lab, "sweep", SweepSettings(**{**QUICK, "runs": 30}))
+    removal = threading.Thread(target=cluster.remove_node, args=(worker_b,))
+
+    def remove_once_b_has_begun(kind, rows):  # its first row is in: the sweep is under way there
+        if kind.facts["labels"].get("tier") == "b" and removal.ident is None:
+            removal.start()
+
+    try:  # enough runs that b's second variant is still timing when its node goes
+        outcome = run_fleet(lab, "sweep", SweepSettings(**{**QUICK, "runs": 200}), on_rows=remove_once_b_has_begun)
     finally:
-        timer.join()
+        if removal.ident is not None:
+            removal.join()
+    assert removal.ident is not None, "b never reported a row, so its node was never removed"
     by_tier = {r.kind.facts["labels"].get("tier"): r for r in outcome.kinds}
     assert by_tier["a"].payload is not None and not by_tier["a"].error
     assert by_tier["b"].payload is None and "was lost mid-sweep" in by_tier["b"].error, by_tier["b"].error

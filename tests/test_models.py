@@ -142,19 +142,18 @@ def test_random_weights_are_the_same_under_concurrency_and_in_every_process():
 
     keys = ["deit_base", "deit_small", "deit_tiny"]
     alone = {key: load_model(key, "random").weights_id for key in keys}
-    for _ in range(2):
-        together, start = {}, threading.Barrier(len(keys))
+    together, start = {}, threading.Barrier(len(keys))
 
-        def load(key, start=start, together=together):
-            start.wait()
-            together[key] = load_model(key, "random").weights_id
+    def load(key):
+        start.wait()
+        together[key] = load_model(key, "random").weights_id
 
-        threads = [threading.Thread(target=load, args=(key,)) for key in keys]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
-        assert together == alone
+    threads = [threading.Thread(target=load, args=(key,)) for key in keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert together == alone
     other = subprocess.run([sys.executable, "-c", "from deit_demo.core.models import load_model; "
                             "print(load_model('deit_tiny', 'random').weights_id)"],
                            capture_output=True, text=True, timeout=300)

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from deit_demo.core.errors import DeitDemoError
 
@@ -116,6 +117,14 @@ class Attached:
             return False
 
 
+def same_machine_env(hook: str) -> dict:
+    """A job's workers on this machine: the loopback hook, and this checkout on their path, so that a clone run
+    without `pip install -e .` works as it does in one process (a real cluster installs the project on each node)."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    return {"worker_process_setup_hook": hook, "env_vars": {"PYTHONPATH": path}}
+
+
 def attach(address: str, *, num_cpus: int | None = None) -> Attached:
     """Start a local head (`local`) or join the cluster at HOST:PORT; one clear line when that cannot be done."""
     start = time.monotonic()
@@ -124,7 +133,7 @@ def attach(address: str, *, num_cpus: int | None = None) -> Attached:
         from deit_demo.cluster.loopback import HOOK
 
         ray.init(address="local", include_dashboard=False, num_cpus=num_cpus, logging_level="warning",
-                 log_to_driver=False, runtime_env={"worker_process_setup_hook": HOOK})
+                 log_to_driver=False, runtime_env=same_machine_env(HOOK))
         return Attached(ray.get_runtime_context().gcs_address, True, True, time.monotonic() - start)
     host, port = parse_address(address)
     probe(host, port)
@@ -136,7 +145,7 @@ def attach(address: str, *, num_cpus: int | None = None) -> Attached:
     if loopback:
         from deit_demo.cluster.loopback import HOOK
 
-        hook = {"runtime_env": {"worker_process_setup_hook": HOOK}}
+        hook = {"runtime_env": same_machine_env(HOOK)}
     try:
         ray.init(address=f"{host}:{port}", logging_level="warning", log_to_driver=False, **hook)
     except (ConnectionError, TimeoutError, RuntimeError) as err:

@@ -68,7 +68,10 @@ def node_kinds(timeout_s: float = 60.0) -> list[NodeKind]:
         ref = refs[node["NodeID"]]
         if ref not in ready:
             continue  # a node that cannot answer in time is not counted (listed nowhere: it runs nothing)
-        facts = ray.get(ref)
+        try:
+            facts = ray.get(ref)
+        except ray.exceptions.RayError:
+            continue  # it died while it was asked: it runs nothing either
         facts["cpus"] = int(node["Resources"].get("CPU", 0))
         facts["gpus"] = int(node["Resources"].get("GPU", 0))
         facts["labels"] = {k: v for k, v in (node.get("Labels") or {}).items() if not k.startswith("ray.io/")}

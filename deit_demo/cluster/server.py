@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import ray
 from ray import serve
 
@@ -290,7 +291,8 @@ class ClusterServer(Server):
                 else:
                     target, note, agreement = self._target(loaded, (model, variant, r)), "", None
                 replies = self._call(target, [tensors[i] for i in items])
-                heads = {name: [reply["heads"][name] for reply in replies] for name in replies[0]["heads"]}
+                # copied: what arrives through the object store is read-only, and torch warns about such arrays
+                heads = {name: [np.array(reply["heads"][name]) for reply in replies] for name in replies[0]["heads"]}
                 answers = results_from(loaded, heads, k=max(ks[i] for i in items), variant=target.variant,
                                        elapsed_ms=max(reply["ms"] for reply in replies),
                                        one_pass=replies[0]["one_pass"])
