@@ -5,7 +5,8 @@
 Starts a Ray cluster on this machine (a head and two worker nodes with one CPU each, labelled as two kinds, every node
 on 127.0.0.1), runs the sweep on one node of each kind at once (as `deit-demo sweep --each-kind` does), prints each
 kind's table and recommendation and the combined file's overlay (`compare`), then runs it again and removes one
-worker node a few seconds in, to show what a kind whose node dies reports. Shuts everything down in a `finally`.
+worker node once its first rows are in, to show what a kind whose node dies reports. Shuts everything down in a
+`finally`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ def main() -> int:
     parser.add_argument("--models", default="deit_tiny,deit_small")
     parser.add_argument("--variants", default="original,onnx_int8,pt2e_int8")
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--remove-after", type=float, default=8.0, help="seconds into the second sweep")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="deit-fleet-"))
     os.environ["DEIT_DEMO_CLUSTER_STORE"] = str(folder / "node-stores")
@@ -75,13 +75,21 @@ def main() -> int:
         latency, _ = compare(expand(load_results(files[-1])))
         print("\ncombined file, overlaid by compare:\n" + to_markdown(latency))
 
-        timer = threading.Timer(args.remove_after, cluster.remove_node, args=(workers[1],))
-        timer.start()
+        removal = threading.Thread(target=cluster.remove_node, args=(workers[1],))
+        removed_at: list[float] = []
+
+        def remove_once_b_has_begun(kind, rows) -> None:  # its first rows are in: the sweep is under way there
+            if kind.facts["labels"].get("pool") == "b" and not removed_at:
+                removed_at.append(time.monotonic() - began)
+                removal.start()
+
         began = time.monotonic()
-        again = run_fleet(lab, "sweep", settings)
-        timer.join()
+        again = run_fleet(lab, "sweep", settings, on_rows=remove_once_b_has_begun)
+        if removed_at:
+            removal.join()
         took = time.monotonic() - began
-        print(f"\nwith the pool=b node removed {args.remove_after:.0f} s into the sweep ({took:.0f} s):")
+        when = f"{removed_at[0]:.0f} s into the sweep, after its first rows" if removed_at else "never (no rows)"
+        print(f"\nwith the pool=b node removed {when} ({took:.0f} s in all):")
         for result in again.kinds:
             rows = (result.payload or {}).get("rows")
             print(f"- {result.kind.name}: " + (f"{len(rows)} rows, saved" if rows else f"no result: {result.error} "
