@@ -18,7 +18,7 @@ from deit_demo.variants.base import OpTime, RuntimeProfile
 
 # The classes, in the order charts stack them (and one colour each)
 CLASSES = ("linear: QKV", "linear: projection", "linear: MLP", "linear: other", "attention matmuls", "softmax",
-           "layer norm", "GELU", "quantize / dequantize", "patch embedding", "data movement", "other")
+           "layer norm", "GELU", "quantize / dequantize", "patch embedding", "data movement", "element-wise", "other")
 
 # (operator kind, node name) patterns -> class; the first match wins. Linear layers are then split by role.
 RULES: list[tuple[str, str, str]] = [
@@ -41,6 +41,9 @@ RULES: list[tuple[str, str, str]] = [
     (r"transpose|reshape|permute|concat|\bcat\b|split|slice|squeeze|expand|copy|clone|contiguous|reorder|gather|"
      r"\bview|shape|cast|_to_copy|flatten|broadcast|select|stack|empty|ListConstruct|ListUnpack|as_strided|narrow|"
      r"unbind|resize_|\bt$", "", "data movement"),
+    # What is left of a ViT: the residual adds and scalings, e.g. OpenVINO's fused residual (an unnamed node
+    # "Multiply_N" over a block's Add and its fc2), shown as Add, Multiply or PowerStatic
+    (r"^(Add|Multiply|PowerStatic|Eltwise|Subtract|Divide|Power)$|^aten::(add|mul|div|sub)_?$", "", "element-wise"),
 ]
 
 

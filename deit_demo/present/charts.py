@@ -240,7 +240,7 @@ def pareto_chart(rows, front, *, budget_ms: float | None = None, machine: str = 
 
 
 CLASS_COLORS = dict(zip(CLASSES, ("#1f77b4", "#4a98c9", "#9ecae1", "#c6dbef", "#d62728", "#ff9896", "#2ca02c",
-                                    "#98df8a", "#9467bd", "#8c564b", "#bcbd22", "#7f7f7f")))
+                                    "#98df8a", "#9467bd", "#8c564b", "#bcbd22", "#17becf", "#7f7f7f")))
 
 
 def breakdown_chart(breakdowns) -> go.Figure:
