@@ -85,6 +85,11 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory):
+    """One store for the whole run, shared by the test workers (pytest-xdist): a file converted by one (every
+    variant of deit_tiny in test_variants, of deit_synth in test_synth) is reused by the other rather than converted
+    again; the store's own lock (`ArtifactStore.converting`) makes a worker wait for a file the other is making."""
     from deit_demo.core.artifacts import ArtifactStore
 
-    return ArtifactStore(tmp_path_factory.mktemp("store"))
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent / "shared-store" if os.environ.get("PYTEST_XDIST_WORKER") else base / "store"
+    return ArtifactStore(shared)

@@ -218,6 +218,39 @@ def _slow_convert(root: str) -> None:
     convert_variant(variant, loaded, ArtifactStore(root))
 
 
+def _convert_marking(root: str, marks: str) -> None:
+    from deit_demo.core.models import load_model
+
+    loaded = load_model("deit_tiny", "random")
+    variant = get_variant("scripted")
+    original_export = variant.export
+
+    def marked_export(model, path, ctx):
+        open(os.path.join(marks, f"export-{os.getpid()}"), "w").close()
+        time.sleep(5)  # long enough that the other process asks for the file meanwhile
+        return original_export(model, path, ctx)
+
+    variant.export = marked_export
+    artifact, reused = convert_variant(variant, loaded, ArtifactStore(root))
+    with open(os.path.join(marks, f"done-{os.getpid()}-{reused}"), "w") as handle:
+        handle.write(artifact.sha256)
+
+
+def test_two_processes_on_one_store_convert_a_file_once(tmp_path):
+    spawn = multiprocessing.get_context("spawn")
+    processes = [spawn.Process(target=_convert_marking, args=(str(tmp_path / "store"), str(tmp_path)))
+                 for _ in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(240)
+    assert [p.exitcode for p in processes] == [0, 0]
+    assert len(list(tmp_path.glob("export-*"))) == 1  # one converted...
+    done = sorted(tmp_path.glob("done-*"), key=lambda p: p.name.endswith("True"))
+    assert [p.name.rsplit("-", 1)[1] for p in done] == ["False", "True"]  # ...the other waited and reused its file
+    assert done[0].read_text() == done[1].read_text()
+
+
 def test_killed_conversion_leaves_nothing_reusable(tiny, tmp_path):
     process = multiprocessing.get_context("spawn").Process(target=_slow_convert, args=(str(tmp_path),))
     process.start()

@@ -8,6 +8,7 @@ sha256 are ever handed to a loader; nothing a user uploads is loaded.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -143,6 +145,26 @@ class ArtifactStore:
             scratch.write_text(json.dumps(data, indent=2, default=str))
             os.replace(scratch, path)
         return path
+
+    @contextmanager
+    def converting(self, model: str, weights_id: str, variant: str):
+        """Held while one process converts this key: another process on the same store (the app and a CLI run, two
+        servers) waits for the file rather than converting it a second time. The lock lives beside the folders, not
+        in one (`commit` replaces the folder). A store that cannot hold a lock file (read-only, full) coordinates
+        nothing; the conversion then says what is wrong with the store."""
+        try:
+            locks = self.root / ".locks"
+            locks.mkdir(parents=True, exist_ok=True)
+            handle = open(locks / f"{model}--{weights_id}--{variant}", "a")
+        except OSError:
+            yield
+            return
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released by the OS too, if this process dies holding it
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def new_workdir(self) -> Path:
         """A temporary folder inside the store (same file system, so `commit` can rename it). The store's folder is

@@ -133,21 +133,27 @@ def convert_variant(variant: Variant, loaded: LoadedModel, store: ArtifactStore,
                     ctx: VariantContext | None = None) -> tuple[Artifact, bool]:
     """The verified artifact for (model, weights, variant): reused from the store, or converted and committed."""
     ctx = ctx or variant_context(loaded.spec, store, weights_id=loaded.weights_id)
-    found = store.lookup(loaded.spec.key, loaded.weights_id, variant.store_key(ctx), variant.version)
+    key = (loaded.spec.key, loaded.weights_id, variant.store_key(ctx))
+    found = store.lookup(*key, variant.version)
     if found is not None:
         return found, True
-    workdir = store.new_workdir()
-    try:
-        if store.isolate:
-            artifact = convert_in_child(variant.key, loaded.model, workdir, ctx, loaded.weights_id)
-        else:
-            # A copy: exporters patch the module while tracing (non-strict torch.export swaps in fake parameters), and
-            # the same module may answer on other threads meanwhile; they saw fake tensors and failed.
-            with COMPILE_LOCK:
-                artifact = variant.convert(copy.deepcopy(loaded.model), workdir, ctx, weights_id=loaded.weights_id)
-        return store.commit(workdir, artifact), False
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with store.converting(*key):
+        found = store.lookup(*key, variant.version)  # made by another process while this one waited
+        if found is not None:
+            return found, True
+        workdir = store.new_workdir()
+        try:
+            if store.isolate:
+                artifact = convert_in_child(variant.key, loaded.model, workdir, ctx, loaded.weights_id)
+            else:
+                # A copy: exporters patch the module while tracing (non-strict torch.export swaps in fake parameters),
+                # and the same module may answer on other threads meanwhile; they saw fake tensors and failed.
+                with COMPILE_LOCK:
+                    artifact = variant.convert(copy.deepcopy(loaded.model), workdir, ctx,
+                                               weights_id=loaded.weights_id)
+            return store.commit(workdir, artifact), False
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def load_verified(variant: Variant, artifact: Artifact, store: ArtifactStore,
