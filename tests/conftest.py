@@ -59,10 +59,13 @@ socket.socket.connect = _guarded_connect
 socket.socket.connect_ex = _guarded_connect_ex
 
 
-# The files with the longest module fixtures (every variant of deit_tiny converted; every variant of deit_synth
-# evaluated; Auto prepared with compiled graphs) start first: the scheduler hands out whole files in collection order
-# (`--dist loadfile`), and one that started last kept one worker busy while the other had finished.
-LONGEST_FIRST = ("test_variants.py", "test_synth.py", "test_handlers.py", "test_cli.py")
+# Longest first (each file's measured total, 2026-12-05: 405 s for test_variants down to about 20 s): the scheduler
+# hands out whole files in collection order (`--dist loadfile`), and one long file that started last kept one worker
+# busy while the other had finished. The files not named here take seconds and fill in at the end.
+LONGEST_FIRST = ("test_variants.py", "test_synth.py", "test_cli.py", "test_cluster.py", "test_handlers.py",
+                 "test_fleet.py", "test_browser.py", "test_converter.py", "test_device.py", "test_cluster_local.py",
+                 "test_budget.py", "test_faults.py", "test_profile.py", "test_hardening.py", "test_app.py",
+                 "test_models.py", "test_digits.py", "test_serve.py", "test_architecture.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -176,14 +176,16 @@ def test_soak_script_reports_memory_and_descriptors(tmp_path):
     assert "after warm-up: RSS" in out.stdout and ": flat" in out.stdout
 
 
-def test_no_profiler_or_gpu_probe_noise_on_a_cpu_machine(capfd):
+def test_no_profiler_or_gpu_probe_noise_on_a_cpu_machine(capfd, store):
     out = run_cli("bench", "--model", "deit_digits", "--variants", "original", "--runs", "2", "--warmup", "0",
                   "--threads", "1")
     assert out.returncode == 0, out.stderr
     assert "profiler self-CPU ms" in out.stdout and "| original | 1 |" in out.stdout
     for noise in ("USDT", "profiler_start", "gpuGetDeviceCount", "STAGE:"):
         assert noise not in out.stderr and noise not in out.stdout
-    out = run_cli("classify", "assets/synth/dots.png", "--model", "deit_synth", "--variant", "executorch_fp32")
+    # the session's store: test_synth's file is reused (the noise is the runtime's, at load and run, not the export's)
+    out = run_cli("classify", "assets/synth/dots.png", "--model", "deit_synth", "--variant", "executorch_fp32",
+                  "--store", str(store.root))
     assert out.returncode == 0 and "cpuinfo_utils" not in out.stderr and "threadpool.cpp" not in out.stderr, out.stderr
     import torch
 

@@ -86,9 +86,9 @@ def test_every_node_and_every_ray_listener_is_on_loopback(cluster, app):
 
 
 @pytest.mark.parametrize("variant", ["original", "onnx_fp32"])
-def test_the_apps_answers_through_the_cluster_have_the_in_process_top5(app, tmp_path, variant):
+def test_the_apps_answers_through_the_cluster_have_the_in_process_top5(app, store, variant):
     client = Client(app.local_url, verbose=False)
-    local = Lab(AppConfig(model="deit_tiny", weights="random", store_root=str(tmp_path), auto_prepare=False,
+    local = Lab(AppConfig(model="deit_tiny", weights="random", store_root=str(store.root), auto_prepare=False,
                           isolate_conversions=False))
     for image in IMAGES:
         out = classify(client, image, variant)

@@ -67,17 +67,17 @@ def stop_and_check_nothing_stays(proc: subprocess.Popen) -> float:
     return time.monotonic() - began
 
 
-def test_deit_demo_serve_answers_plain_http_and_stops_everything_it_started(tmp_path):
+def test_deit_demo_serve_answers_plain_http_and_stops_everything_it_started(tmp_path, store):
     port, image = free_port(), example_images()[0]
     proc, said = start([sys.executable, "-m", "deit_demo", "serve", "--model", "deit_tiny", "--variant", "onnx_int8",
-                        "--weights", "random", "--store", str(tmp_path / "store"), "--port", str(port),
+                        "--weights", "random", "--store", str(store.root), "--port", str(port),
                         "--replicas", "1:1"], tmp_path, "serving deit_tiny/onnx_int8")
     try:
         url = f"http://127.0.0.1:{port}/"
         got = requests.post(url, data=image.read_bytes(), timeout=60)
         assert got.status_code == 200, got.text
         answer = got.json()
-        local = Lab(AppConfig(model="deit_tiny", weights="random", store_root=str(tmp_path / "store"),
+        local = Lab(AppConfig(model="deit_tiny", weights="random", store_root=str(store.root),
                               auto_prepare=False, isolate_conversions=False))
         expected = local.classify(str(image), "deit_tiny", "onnx_int8")[1].heads["logits"]
         assert [p["index"] for p in answer["heads"]["logits"]] == [p.index for p in expected]

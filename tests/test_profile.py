@@ -48,10 +48,14 @@ def test_a_real_trace_of_each_runtime_maps_onto_the_classes(key, prepared, tiny,
     item = prepared[key]
     if item.status != "ok":
         pytest.skip(f"{key} is {item.status} here: {item.reason}")
+    from torch._dynamo.utils import counters
+
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.inference_mode():  # the caller's mode differs from the input's: a compiled copy is still made once
         profile = (item.variant.profile(item.artifact, variant_context(tiny.spec, store), x, 4)
                    or torch_profile(item.runner, x, 4))
+    assert counters["stats"]["unique_graphs"] - graphs == (1 if item.variant.compiles_per_shape else 0)
     result = breakdown(key, profile, wall_ms=10.0)
     assert result.status == "ok" and result.total_ms > 0 and profile.images == 4
     shown = {name for name, ms in result.ms.items() if ms > 0}

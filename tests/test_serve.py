@@ -49,7 +49,7 @@ def compiled_like(monkeypatch):
 
 @pytest.mark.parametrize("cheap_first", [False, True], ids=["alone", "with a cheap candidate"])
 def test_a_visitor_served_while_auto_compiles_its_lanes_gets_a_variant_with_its_own_runner(
-        compiled_like, monkeypatch, tmp_path, cheap_first):
+        compiled_like, monkeypatch, store, cheap_first):
     # The race this guards against: Auto used to put its choice where visitors read it while still preparing, then set
     # the compiled runner, compiled lane copies for 15-30 s, and only then the variant's name. A visitor in that
     # window was served ("original", <compiled runner>): the wrong label, and a graph compiled for another shape.
@@ -57,7 +57,7 @@ def test_a_visitor_served_while_auto_compiles_its_lanes_gets_a_variant_with_its_
     # it beats the original, serves while the compiled one prepares: a faster answer soonest.
     candidates = (compiled_like.key, "onnx_int8") if cheap_first else (compiled_like.key,)
     serve = ServeSettings(auto_variants=candidates, cpus=2, classify_lanes=2)
-    lab = Lab(AppConfig(model="deit_tiny", store_root=str(tmp_path), auto_prepare=False, isolate_conversions=False,
+    lab = Lab(AppConfig(model="deit_tiny", store_root=str(store.root), auto_prepare=False, isolate_conversions=False,
                         serve=serve))
     in_window, release, seen = threading.Event(), threading.Event(), []
     lane_runner = auto.AutoServe._lane_runner
@@ -108,7 +108,7 @@ def test_a_published_choice_cannot_be_edited():
     assert changed.variant == "pt2e_int8" and changed.pick.variant == "pt2e_int8" and choice.variant == ORIGINAL
 
 
-def test_one_classification_crosses_few_modules_and_threads(tmp_path):
+def test_one_classification_crosses_few_modules_and_threads(store):
     # The steady path a visitor takes (everything loaded, Auto ready): the handler, the service, the server, the
     # image reader, Auto's snapshot, the classifier, the runtime and the banner; the caller's thread and the serving
     # thread. Before the Server owned what it serves: 15 modules and 3 threads (a loader thread on every request).
@@ -120,7 +120,7 @@ def test_one_classification_crosses_few_modules_and_threads(tmp_path):
         import trace_paths
     finally:
         sys.path.pop(0)
-    lab = Lab(AppConfig(model="deit_tiny", weights="random", store_root=str(tmp_path), auto_prepare=False,
+    lab = Lab(AppConfig(model="deit_tiny", weights="random", store_root=str(store.root), auto_prepare=False,
                         isolate_conversions=False, serve=ServeSettings(auto_variants=("onnx_int8",))))
     assert lab.server.auto.prepare("deit_tiny").variant in ("onnx_int8", ORIGINAL)
     trace = trace_paths.trace_classification(lab, "deit_tiny")
