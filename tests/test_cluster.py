@@ -174,6 +174,8 @@ def test_a_replica_killed_mid_load_loses_no_visitor_and_is_replaced(app):
     client = Client(app.local_url, verbose=False)
     classify(client, IMAGES[0], "original")
     target = lab.server._deployed[("deit_tiny", "original", None)]
+    # the calls go over Serve's gRPC channel (cluster.server.direct), whose dead replica must read as a RayActorError
+    assert target.handle.handle_options._by_reference is False
     details = context._get_global_client().get_serve_details()["applications"][target.app]["deployments"]
     pids = [r["pid"] for d in details.values() for r in d["replicas"] if r.get("pid") and r["state"] == "RUNNING"]
     assert pids, details
