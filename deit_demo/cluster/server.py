@@ -90,9 +90,10 @@ def run_app(app: str, bound, attached: Attached, what: str, route_prefix: str | 
 
 def direct(handle):
     """The handle with its calls sent to the replica over Serve's own gRPC channel (the one replicas of a composed
-    app call each other by), not as Ray actor tasks through the object store: a lone visitor's DeiT-Ti answer came
-    back about 4 ms sooner (docs/SCALING.md). Serve's router, batching, autoscaling and a dead replica's error
-    (`ActorUnavailableError`, a `RayActorError`) are the same either way. A Serve without the option keeps Ray's."""
+    app call each other by), not as Ray actor tasks, whose arguments over 100 KB (an image's pixels) go through the
+    object store: a lone visitor's answer comes back sooner (docs/SCALING.md has the figures). Serve's router,
+    batching, autoscaling and a dead replica's error (`ActorUnavailableError`, a `RayActorError`) are the same
+    either way. A Serve without the option keeps Ray's."""
     try:
         return handle.options(_by_reference=False)
     except (TypeError, ValueError):
